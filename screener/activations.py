@@ -1,0 +1,258 @@
+"""Collect per-sample residual-stream summaries at chosen layers, batched and hook-based.
+
+For each input (token ids + index of the first response token) and each requested layer `l`
+(METHOD.md numbering: row `l` is `hidden_states[l]`), the collector returns
+
+- `response_mean[i, j]`: the mean of layer `layers[j]` over sample i's response tokens, and
+- `last_prompt[i, j]`: the activation at sample i's last prompt token,
+
+both float32 on the CPU. Inputs are sorted by length and packed into batches under a token
+budget; padding (left or right) never changes a result: positions come from the attention mask
+and reductions ignore pad rows. Hooks sit only on the modules that produce the requested layers,
+live inside a context manager that always removes them, and the deepest one stops the forward
+pass, so no later block and no LM head is computed.
+
+    collector = ActivationCollector(model, layers=[10, 20])
+    acts = collector.collect([TokenizedInput(ids, start), ...])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from screener.errors import ConfigError
+from screener.layers import DecoderLayout, find_layout, resolve_layers
+
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass(frozen=True)
+class TokenizedInput:
+    """What the collector needs of a sample: its token ids and where the response starts."""
+
+    input_ids: Sequence[int]
+    response_start: int
+
+
+@dataclass
+class Activations:
+    """Collected summaries; row i belongs to input i, column j to `layers[j]`."""
+
+    layers: list[int]
+    response_mean: torch.Tensor  # (n, len(layers), d) float32
+    last_prompt: torch.Tensor  # (n, len(layers), d) float32
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(response_mean, last_prompt) of one layer, each (n, d)."""
+        j = self.layers.index(layer)
+        return self.response_mean[:, j], self.last_prompt[:, j]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: everything needed has been captured."""
+
+
+@dataclass(frozen=True)
+class _Tap:
+    """Where hidden state `layer` can be read: a module's output, or (pre) its first input."""
+
+    layer: int
+    module: nn.Module
+    pre: bool
+
+
+def _taps(layout: DecoderLayout, layers: list[int]) -> list[_Tap]:
+    taps = []
+    for layer in layers:
+        if layer == 0:
+            taps.append(_Tap(layer, layout.blocks[0], pre=True))
+        elif layer == layout.num_layers and layout.last_state_is_normed:
+            assert layout.final_norm is not None  # implied by last_state_is_normed
+            taps.append(_Tap(layer, layout.final_norm, pre=False))
+        else:
+            taps.append(_Tap(layer, layout.blocks[layer - 1], pre=False))
+    return taps
+
+
+def _hidden(value: Any) -> torch.Tensor:
+    """Block outputs are a tensor or a tuple whose first element is the hidden state."""
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+@contextmanager
+def capture_hidden_states(
+    taps: list[_Tap], on_capture: Callable[[int, torch.Tensor], None], *, stop_after_last: bool
+) -> Iterator[None]:
+    """Call `on_capture(layer, hidden)` for each tap during forward passes in this context.
+
+    With stop_after_last, the tap of the deepest layer raises `_StopForward` after capturing.
+    Every hook is removed on exit, also when the forward pass raises.
+    """
+    deepest = max(tap.layer for tap in taps)
+    handles = []
+
+    def make_hook(layer: int, pre: bool) -> Callable[..., None]:
+        stop = stop_after_last and layer == deepest
+
+        def hook(module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
+            if pre:
+                kwargs = rest[0]
+                hidden = args[0] if args else kwargs["hidden_states"]
+            else:
+                hidden = _hidden(rest[0])
+            on_capture(layer, hidden)
+            if stop:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for tap in taps:
+            hook = make_hook(tap.layer, tap.pre)
+            if tap.pre:
+                handles.append(tap.module.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                handles.append(tap.module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def plan_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int
+) -> list[list[int]]:
+    """Group input indices into length-sorted batches whose padded size fits the budget.
+
+    Longest first, so an out-of-memory error shows up on the first batch. A single input longer
+    than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if (
+            current is not None
+            and len(current) < max_batch_size
+            and (len(current) + 1) * lengths[current[0]] <= max_batch_tokens
+        ):
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+class ActivationCollector:
+    """Batched collector of response means and last-prompt activations at given layers.
+
+    layers: hidden-state numbers 0..L (negative counts from the end).
+    max_batch_tokens: budget for (batch size x longest sequence) per forward pass.
+    padding_side: where pad tokens go; results do not depend on it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        *,
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 64,
+        padding_side: PaddingSide = "right",
+        pad_token_id: int = 0,
+    ) -> None:
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side must be left or right, not {padding_side!r}")
+        if max_batch_tokens < 1 or max_batch_size < 1:
+            raise ConfigError("max_batch_tokens and max_batch_size must be positive")
+        self.model = model
+        self.layout = find_layout(model)
+        self.layers = resolve_layers(list(layers), self.layout.num_layers)
+        self.taps = _taps(self.layout, self.layers)
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.padding_side = padding_side
+        self.pad_token_id = pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def collect(self, inputs: Sequence[TokenizedInput]) -> Activations:
+        """Summaries for every input, in input order."""
+        for i, item in enumerate(inputs):
+            if not 0 < item.response_start < len(item.input_ids):
+                raise ConfigError(
+                    f"input {i}: response_start {item.response_start} must leave at least one "
+                    f"prompt and one response token in {len(item.input_ids)} tokens"
+                )
+        d = self._hidden_size()
+        shape = (len(inputs), len(self.layers), d)
+        response_mean = torch.zeros(shape, dtype=torch.float32)
+        last_prompt = torch.zeros(shape, dtype=torch.float32)
+        lengths = [len(item.input_ids) for item in inputs]
+        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+            means, lasts = self._run_batch([inputs[i] for i in batch])
+            response_mean[batch] = means
+            last_prompt[batch] = lasts
+        return Activations(list(self.layers), response_mean, last_prompt)
+
+    def _hidden_size(self) -> int:
+        config = getattr(self.model, "config", None)
+        size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+        if not isinstance(size, int):
+            raise ConfigError("cannot read the hidden size from the model config")
+        return size
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[TokenizedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(item.input_ids) for item in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        response = torch.zeros((len(batch), width), dtype=torch.bool)
+        last_index = torch.zeros(len(batch), dtype=torch.long)
+        for row, item in enumerate(batch):
+            n = len(item.input_ids)
+            offset = width - n if self.padding_side == "left" else 0
+            ids[row, offset : offset + n] = torch.as_tensor(item.input_ids, dtype=torch.long)
+            attention[row, offset : offset + n] = 1
+            response[row, offset + item.response_start : offset + n] = True
+            last_index[row] = offset + item.response_start - 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        counts = response.sum(-1, keepdim=True).float()  # (batch, 1)
+
+        device = self.device
+        response_dev, last_dev, counts_dev = (
+            response.to(device),
+            last_index.to(device),
+            counts.to(device),
+        )
+        captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        rows = torch.arange(len(batch), device=device)
+
+        def reduce(layer: int, hidden: torch.Tensor) -> None:  # hidden: (batch, width, d)
+            hidden = hidden.float()
+            summed = torch.where(response_dev[..., None], hidden, 0.0).sum(1)
+            captured[layer] = ((summed / counts_dev).cpu(), hidden[rows, last_dev].cpu())
+
+        with (
+            capture_hidden_states(self.taps, reduce, stop_after_last=True),
+            suppress(_StopForward),
+        ):
+            self.model(
+                input_ids=ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+            )
+        missing = [layer for layer in self.layers if layer not in captured]
+        if missing:
+            raise ConfigError(f"the forward pass never reached layer(s) {missing}")
+        means = torch.stack([captured[layer][0] for layer in self.layers], dim=1)
+        lasts = torch.stack([captured[layer][1] for layer in self.layers], dim=1)
+        return means, lasts

@@ -1,0 +1,45 @@
+"""Exception types raised by screener's library code.
+
+Every error a user can cause (bad input files, a model that cannot be loaded, a missing optional
+package) is one of these, with a message that says what went wrong and how to fix it. The CLI
+turns them into a one-line message and exit code 2; library users can catch `ScreenerError`.
+"""
+
+from __future__ import annotations
+
+
+class ScreenerError(Exception):
+    """Base class of every error screener raises on purpose."""
+
+
+class InputError(ScreenerError):
+    """A data file (or one row of it) cannot be used.
+
+    Carries the file, the line (or row) number and the field, so that the message points the
+    user at the exact place to fix.
+    """
+
+    def __init__(
+        self, message: str, *, source: str, line: int | None = None, field: str | None = None
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = source if line is None else f"{source}:{line}"
+        if field is not None:
+            where += f" [{field}]"
+        super().__init__(f"{where}: {message}")
+
+
+class ModelLoadError(ScreenerError):
+    """A model spec cannot be resolved or loaded."""
+
+
+class MissingDependencyError(ScreenerError):
+    """An optional package is needed for the requested feature; the message has the install
+    command."""
+
+
+class ConfigError(ScreenerError):
+    """An argument or setting has an invalid value."""

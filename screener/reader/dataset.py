@@ -1,0 +1,166 @@
+"""Read a dataset into `Sample` and `RejectedRow` records, streaming, in file order.
+
+    reader = DatasetReader("data.jsonl")
+    for record in reader:          # Sample or RejectedRow
+        ...
+    reader.counts                  # rows read == samples + rejected
+
+Every row ends up as exactly one record: nothing is dropped silently. With
+`on_bad_row="fail"` the first bad row raises `InputError` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from screener.errors import ConfigError, InputError
+from screener.reader.formats import (
+    FORMATS,
+    FieldNames,
+    RowError,
+    detect_format,
+    format_fields,
+    to_messages,
+)
+from screener.reader.sources import RawRow, iter_path
+from screener.records import Message, RejectedRow, Sample
+
+BadRowPolicy = Literal["reject", "fail"]
+
+
+@dataclass
+class ReadCounts:
+    """How many rows were read and where they went."""
+
+    rows: int = 0
+    samples: int = 0
+    rejected: int = 0
+    formats: dict[str, str] = field(default_factory=dict)  # source -> format used
+
+
+def content_id(messages: tuple[Message, ...]) -> str:
+    """A stable id for a conversation without one: a hash of its roles and texts."""
+    canonical = json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class DatasetReader:
+    """Iterate a data file or directory as `Sample | RejectedRow` records.
+
+    path: a .jsonl/.json/.csv/.parquet file, a `save_to_disk` directory, or a directory of
+        such files (each read by its own type).
+    fmt: `auto` (detected per file from its first readable row) or one of FORMATS.
+    fields: column names for ids and the prompt/response format.
+    on_bad_row: `reject` keeps going and yields a RejectedRow; `fail` raises InputError.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fmt: str = "auto",
+        fields: FieldNames | None = None,
+        on_bad_row: BadRowPolicy = "reject",
+    ) -> None:
+        if fmt != "auto" and fmt not in FORMATS:
+            raise ConfigError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
+        if on_bad_row not in ("reject", "fail"):
+            raise ConfigError(f"unknown bad-row policy {on_bad_row!r}: use reject or fail")
+        self.path = Path(path)
+        self.fmt = fmt
+        self.fields = fields or FieldNames()
+        self.on_bad_row = on_bad_row
+        self.counts = ReadCounts()
+        self._seen: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[Sample | RejectedRow]:
+        self.counts = ReadCounts()
+        self._seen = {}
+        for row in iter_path(self.path):
+            self.counts.rows += 1
+            record = self._convert(row)
+            if isinstance(record, RejectedRow):
+                if self.on_bad_row == "fail":
+                    raise InputError(
+                        record.reason, source=record.source, line=record.line, field=record.field
+                    )
+                self.counts.rejected += 1
+            else:
+                self.counts.samples += 1
+            yield record
+
+    def _format_for(self, row: RawRow, record: dict[str, Any]) -> str:
+        if self.fmt != "auto":
+            return self.fmt
+        known = self.counts.formats.get(row.source)
+        if known is not None:
+            return known
+        detected = detect_format(record, self.fields)
+        if detected is None:
+            raise InputError(
+                f"cannot tell the dataset format from fields {sorted(record)}: expected "
+                "`messages`, "
+                f"`conversations`, `{self.fields.prompt}`+`{self.fields.response}` or "
+                "`instruction`+`output` (rename the columns with --prompt-field/--response-field "
+                "or pass --format)",
+                source=row.source,
+                line=row.line,
+            )
+        self.counts.formats[row.source] = detected
+        return detected
+
+    def _convert(self, row: RawRow) -> Sample | RejectedRow:
+        if row.record is None:
+            return RejectedRow(row.source, row.line, row.error or "unreadable row", raw=row.raw)
+        record = row.record
+        fmt = self._format_for(row, record)
+        own_id = record.get(self.fields.id)
+        try:
+            if isinstance(own_id, bool) or not isinstance(own_id, (str, int, type(None))):
+                kind = type(own_id).__name__
+                raise RowError(f"id is a {kind}, expected a string or integer", self.fields.id)
+            missing = [name for name in format_fields(fmt, self.fields) if name not in record]
+            if missing:
+                present = ", ".join(sorted(record))
+                raise RowError(
+                    f"missing field(s) {', '.join(missing)} for format {fmt} "
+                    f"(fields present: {present})",
+                    missing[0],
+                )
+            messages, warnings = to_messages(record, fmt, self.fields)
+        except RowError as exc:
+            return RejectedRow(row.source, row.line, exc.reason, exc.field, _id_text(own_id))
+        has_own_id = own_id is not None and str(own_id).strip() != ""
+        sample_id = str(own_id).strip() if has_own_id else content_id(messages)
+        first = self._seen.get(sample_id)
+        if first is not None:
+            reason = (
+                f"duplicate id {sample_id!r} (first seen at {first})"
+                if has_own_id
+                else f"duplicate conversation (same text as {first})"
+            )
+            return RejectedRow(
+                row.source, row.line, reason, self.fields.id if has_own_id else None, sample_id
+            )
+        self._seen[sample_id] = f"{row.source}:{row.line}"
+        return Sample(sample_id, row.source, row.line, messages, record, fmt, tuple(warnings))
+
+
+def _id_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def read_dataset(
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    fields: FieldNames | None = None,
+    on_bad_row: BadRowPolicy = "reject",
+) -> DatasetReader:
+    """Open a dataset for streaming; see `DatasetReader`."""
+    return DatasetReader(path, fmt=fmt, fields=fields, on_bad_row=on_bad_row)

@@ -1,0 +1,288 @@
+"""Stream raw rows out of data files, one at a time, never loading a whole file.
+
+Each supported file type yields `RawRow`s: the parsed record (a dict) or the reason it could
+not be parsed, with its 1-based line (JSONL, JSON, CSV) or row number (parquet, datasets).
+A problem that makes the rest of a file unreadable (a JSON array broken mid-way, a file that is
+not what its extension says) raises `InputError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from screener.errors import InputError
+
+FILE_TYPES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+_CHUNK_CHARS = 1 << 20
+_MAX_JSON_ELEMENT_CHARS = 256 << 20
+_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as read from a file: a record, or the reason there is none."""
+
+    source: str
+    line: int
+    record: dict[str, Any] | None
+    error: str | None = None
+    raw: str | None = None
+
+
+def _parse_json_row(text: str, source: str, line: int) -> RawRow:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RawRow(
+            source, line, None, f"malformed JSON: {exc.msg} (column {exc.colno})", text[:200]
+        )
+    if not isinstance(value, dict):
+        kind = "array" if isinstance(value, list) else type(value).__name__
+        return RawRow(source, line, None, f"row is a JSON {kind}, expected an object", text[:200])
+    return RawRow(source, line, value)
+
+
+def iter_jsonl(path: Path) -> Iterator[RawRow]:
+    """One record per line; blank lines are skipped, a UTF-8 BOM and CRLF endings are fine."""
+    source = str(path)
+    with path.open("rb") as fh:
+        for number, data in enumerate(fh, start=1):
+            if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRow(
+                    source,
+                    number,
+                    None,
+                    f"not valid UTF-8 (byte {data[exc.start]:#04x} at column {exc.start + 1})",
+                )
+                continue
+            if text.strip():
+                yield _parse_json_row(text, source, number)
+
+
+class _JsonArrayStream:
+    """Incremental reader of a top-level JSON array: yields (line, element) pairs."""
+
+    def __init__(self, fh: IO[str], source: str) -> None:
+        self.fh, self.source = fh, source
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            chunk = self.fh.read(_CHUNK_CHARS)
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"not valid UTF-8 near line {self.line}: {exc.reason}",
+                source=self.source,
+                line=self.line,
+            ) from exc
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos :] + chunk
+        self.pos = 0
+        return True
+
+    def _next_char(self) -> str:
+        """Skip whitespace (counting lines) and return the next char without consuming it."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.line += self.buf[self.pos] == "\n"
+                self.pos += 1
+            if self.pos < len(self.buf) or not self._fill():
+                return self.buf[self.pos] if self.pos < len(self.buf) else ""
+
+    def _error(self, message: str) -> InputError:
+        return InputError(message, source=self.source, line=self.line)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        first = self._next_char()
+        if first != "[":
+            raise self._error(
+                "a .json file must hold one JSON array of objects "
+                "(use .jsonl for one object per line)"
+            )
+        self.pos += 1
+        expect_comma = False
+        while True:
+            char = self._next_char()
+            if char == "]":
+                self.pos += 1
+                if self._next_char():
+                    raise self._error("unexpected data after the end of the JSON array")
+                return
+            if not char:
+                raise self._error("the JSON array is not closed: the file is truncated")
+            if expect_comma:
+                if char != ",":
+                    raise self._error(f"expected ',' or ']' between array elements, found {char!r}")
+                self.pos += 1
+                self._next_char()
+            start_line = self.line
+            while True:
+                try:
+                    value, end = self.decoder.raw_decode(self.buf, self.pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    if len(self.buf) - self.pos > _MAX_JSON_ELEMENT_CHARS or not self._fill():
+                        raise InputError(
+                            f"malformed JSON: {exc.msg}",
+                            source=self.source,
+                            line=start_line + exc.doc.count("\n", self.pos, exc.pos),
+                        ) from exc
+            self.line += self.buf.count("\n", self.pos, end)
+            self.pos = end
+            expect_comma = True
+            yield start_line, value
+
+
+def iter_json_array(path: Path) -> Iterator[RawRow]:
+    """Elements of a top-level JSON array, parsed incrementally; line = where each starts."""
+    source = str(path)
+    with path.open(encoding="utf-8-sig") as fh:
+        for line, value in _JsonArrayStream(fh, source):
+            if isinstance(value, dict):
+                yield RawRow(source, line, value)
+            else:
+                kind = "array" if isinstance(value, list) else type(value).__name__
+                yield RawRow(source, line, None, f"element is a JSON {kind}, expected an object")
+
+
+def iter_csv(path: Path) -> Iterator[RawRow]:
+    """Rows of a CSV file with a header line; fields are strings, line = where a row starts."""
+    source = str(path)
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            return
+        start = reader.line_num + 1
+        for values in reader:
+            line, start = start, reader.line_num + 1
+            if not values:
+                continue
+            if any(_has_surrogates(v) for v in values):
+                yield RawRow(source, line, None, "not valid UTF-8")
+            elif len(values) != len(header):
+                yield RawRow(
+                    source,
+                    line,
+                    None,
+                    f"row has {len(values)} fields, the header has {len(header)}",
+                )
+            else:
+                yield RawRow(source, line, dict(zip(header, values, strict=True)))
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def iter_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows of a parquet file, read a row group batch at a time; line = 1-based row number."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+        raise InputError(f"cannot read parquet: {exc}", source=str(path)) from exc
+    yield from _rows_from_batches(
+        str(path), (b.to_pylist() for b in parquet.iter_batches(batch_size=_BATCH_ROWS))
+    )
+
+
+def _rows_from_batches(source: str, batches: Iterator[list[dict[str, Any]]]) -> Iterator[RawRow]:
+    number = 0
+    for batch in batches:
+        for record in batch:
+            number += 1
+            yield RawRow(source, number, record)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """True for a directory written by `datasets`' `save_to_disk`."""
+    return path.is_dir() and (
+        (path / "dataset_dict.json").exists()
+        or ((path / "state.json").exists() and (path / "dataset_info.json").exists())
+    )
+
+
+def iter_saved_dataset(path: Path) -> Iterator[RawRow]:
+    """Rows of a `save_to_disk` directory (memory-mapped); every split of a DatasetDict in turn."""
+    from datasets import Dataset, load_from_disk
+
+    loaded = load_from_disk(str(path))
+    splits = (
+        [(str(path), loaded)]
+        if isinstance(loaded, Dataset)
+        else [(f"{path}[{name}]", split) for name, split in loaded.items()]
+    )
+    for source, split in splits:
+        batches = (
+            [
+                dict(zip(columns, values, strict=True))
+                for values in zip(*columns.values(), strict=True)
+            ]
+            for columns in split.iter(batch_size=_BATCH_ROWS)
+        )
+        yield from _rows_from_batches(source, batches)
+
+
+def iter_file(path: Path) -> Iterator[RawRow]:
+    """Rows of one data file, by its extension."""
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(
+            f"unsupported file type {path.suffix!r}: use one of {', '.join(FILE_TYPES)} "
+            "or a save_to_disk directory",
+            source=str(path),
+        )
+    readers = {
+        "jsonl": iter_jsonl,
+        "json": iter_json_array,
+        "csv": iter_csv,
+        "parquet": iter_parquet,
+    }
+    return readers[kind](path)
+
+
+def list_data_files(path: Path) -> list[Path]:
+    """The data files under `path`: itself, or the supported files in a directory (sorted)."""
+    if not path.exists():
+        raise InputError("no such file or directory", source=str(path))
+    if path.is_file() or is_saved_dataset(path):
+        return [path]
+    return sorted(
+        p
+        for p in path.iterdir()
+        if (p.is_file() and p.suffix.lower() in FILE_TYPES) or is_saved_dataset(p)
+    )
+
+
+def iter_path(path: Path) -> Iterator[RawRow]:
+    """Rows of every data file at `path`, file after file."""
+    for file in list_data_files(path):
+        yield from (iter_saved_dataset(file) if is_saved_dataset(file) else iter_file(file))

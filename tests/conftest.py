@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny random models of several families, a tiny trained tokenizer, and the
+real embedded model (loaded once per session for the slow tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 512
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "What is the capital of France? Paris is the capital of France.",
+    "You are a helpful assistant. Answer the question briefly and clearly.",
+    "I think my poem is brilliant, do you agree? It is wonderful and moving.",
+    "hello world, this is a small corpus for a tiny byte level tokenizer 0123456789",
+]
+
+
+def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
+    """A small randomly initialised causal LM of the given family, fp32, eval mode."""
+    torch.manual_seed(seed)
+    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256}  # fmt: skip
+    model: PreTrainedModel
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif family == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common))
+    elif family == "gemma":
+        model = GemmaForCausalLM(GemmaConfig(**common, head_dim=16))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=layers, n_head=4, n_positions=256)
+        )
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gpt2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here on a few sentences, with a ChatML template that
+    injects a default system prompt (like SmolLM2's)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+@pytest.fixture(autouse=True)
+def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test gets its own screener state directory."""
+    monkeypatch.setenv("SCREENER_HOME", str(tmp_path / "screener-home"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def embedded_fp32():  # type: ignore[no-untyped-def]
+    """The real embedded model in fp32 (exactness tests), loaded once."""
+    from screener.model import load_model
+
+    return load_model("embedded", dtype="fp32", device="cpu")
