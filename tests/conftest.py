@@ -3,8 +3,12 @@ real embedded model (loaded once per session for the slow tests)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+
+# No test may reach a model hub; set before huggingface_hub reads it at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch

@@ -135,7 +135,8 @@ class _JsonArrayStream:
                 if char != ",":
                     raise self._error(f"expected ',' or ']' between array elements, found {char!r}")
                 self.pos += 1
-                self._next_char()
+                if not self._next_char():
+                    raise self._error("the JSON array is not closed: the file is truncated")
             start_line = self.line
             while True:
                 try:

@@ -1,0 +1,49 @@
+"""Integration tests on the real embedded model (SmolLM2-135M-Instruct from its GGUF wheel)."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+
+from screener.activations import ActivationCollector, TokenizedInput
+from screener.model import LoadedModel, embedded_model_file
+from screener.reader import read_dataset
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from tests.reference import naive_collect
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent.parent / "sample_datasets"
+
+
+def test_embedded_model_loads_with_its_chat_template(embedded_fp32: LoadedModel) -> None:
+    config = embedded_fp32.model.config
+    assert (config.num_hidden_layers, config.hidden_size) == (30, 576)
+    assert embedded_fp32.dtype == torch.float32 and len(embedded_fp32.fingerprint) == 16
+    assert embedded_model_file().name.endswith(".gguf")
+    prompt = Renderer(embedded_fp32.tokenizer).render_text(
+        (Message("user", "Hi"),), add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_collector_matches_naive_loop_on_two_real_samples(embedded_fp32: LoadedModel) -> None:
+    renderer = Renderer(embedded_fp32.tokenizer)
+    samples = [
+        s for s in islice(read_dataset(DATA / "chat_mixed.jsonl"), 2) if isinstance(s, Sample)
+    ]
+    rendered = [renderer.render(s) for s in samples]
+    assert all(isinstance(r, RenderedSample) and r.boundary == "tokens" for r in rendered)
+    inputs = [
+        TokenizedInput(r.input_ids, r.response_start)
+        for r in rendered
+        if isinstance(r, RenderedSample)
+    ]
+    layers = [0, 15, 20, 30]
+    acts = ActivationCollector(embedded_fp32.model, layers, padding_side="left").collect(inputs)
+    ref_mean, ref_last = naive_collect(embedded_fp32.model, inputs, layers)
+    torch.testing.assert_close(acts.response_mean, ref_mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(acts.last_prompt, ref_last, rtol=1e-4, atol=1e-4)
