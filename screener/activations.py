@@ -191,7 +191,7 @@ class ActivationCollector:
                     f"input {i}: response_start {item.response_start} must leave at least one "
                     f"prompt and one response token in {len(item.input_ids)} tokens"
                 )
-        d = self._hidden_size()
+        d = self.hidden_size
         shape = (len(inputs), len(self.layers), d)
         response_mean = torch.zeros(shape, dtype=torch.float32)
         last_prompt = torch.zeros(shape, dtype=torch.float32)
@@ -202,7 +202,8 @@ class ActivationCollector:
             last_prompt[batch] = lasts
         return Activations(list(self.layers), response_mean, last_prompt)
 
-    def _hidden_size(self) -> int:
+    @property
+    def hidden_size(self) -> int:
         config = getattr(self.model, "config", None)
         size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
         if not isinstance(size, int):

@@ -120,16 +120,20 @@ class Renderer:
             return RejectedRow(sample.source, sample.line, str(exc), "messages", sample.id)
         warnings = list(sample.warnings)
         if boundary != "tokens":
-            warnings.append(f"response boundary found by {boundary}: the template's prompt "
-                            "tokens are not a prefix of the conversation's")  # fmt: skip
+            warnings.append(
+                f"response boundary found by {boundary}: the template's prompt "
+                "tokens are not a prefix of the conversation's"
+            )
         if self.max_tokens is not None and len(full_ids) > self.max_tokens:
             if start >= self.max_tokens:
                 return RejectedRow(
-                    sample.source, sample.line,
+                    sample.source,
+                    sample.line,
                     f"the prompt is {start} tokens, which leaves no room for the response in "
                     f"the {self.max_tokens}-token context window",
-                    "messages", sample.id,
-                )  # fmt: skip
+                    "messages",
+                    sample.id,
+                )
             warnings.append(
                 f"response truncated to {self.max_tokens - start} of {len(full_ids) - start} "
                 f"tokens to fit the {self.max_tokens}-token context window"
