@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from screener import __version__
+from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.errors import ConfigError, ScreenerError
 from screener.reader import FORMATS, FieldNames, read_dataset
 from screener.records import RejectedRow
@@ -129,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument(
         "--batch-tokens",
         type=int,
-        default=8192,
-        help="padded tokens per forward pass (default 8192)",
+        default=DEFAULT_BATCH_TOKENS,
+        help=f"padded tokens per forward pass (default {DEFAULT_BATCH_TOKENS})",
     )
     collect.add_argument(
         "--out",

@@ -23,7 +23,11 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from screener.activations import ActivationCollector, Activations, TokenizedInput
+from screener.activations import (
+    ActivationCollector,
+    Activations,
+    TokenizedInput,
+)
 from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ScreenerError
 from screener.model import LoadedModel
