@@ -51,11 +51,6 @@ class Activations:
     response_mean: torch.Tensor  # (n, len(layers), d) float32
     last_prompt: torch.Tensor  # (n, len(layers), d) float32
 
-    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(response_mean, last_prompt) of one layer, each (n, d)."""
-        j = self.layers.index(layer)
-        return self.response_mean[:, j], self.last_prompt[:, j]
-
 
 class _StopForward(Exception):
     """Raised by the deepest hook: everything needed has been captured."""

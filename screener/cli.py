@@ -164,12 +164,13 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from screener.collect import collect_dataset, write_collect_outputs
+    from screener.collect import collect_dataset, prepare_out_dir, write_collect_outputs
     from screener.model import load_model
 
     if args.batch_tokens < 1 or (args.max_tokens is not None and args.max_tokens < 2):
         raise ConfigError("--batch-tokens must be positive and --max-tokens at least 2")
     out = args.out or Path("reports") / f"collect-{Path(args.data).stem}"
+    prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = (
         (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     )

@@ -29,7 +29,7 @@ from screener.activations import (
     TokenizedInput,
 )
 from screener.atomic import atomic_path, write_text_atomic
-from screener.errors import ScreenerError
+from screener.errors import ConfigError, ScreenerError
 from screener.model import LoadedModel
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import RejectedRow, Sample
@@ -165,22 +165,31 @@ def collect_dataset(
 
 
 def _rejected_json(row: RejectedRow) -> str:
-    return json.dumps(
-        {
-            "source": row.source,
-            "line": row.line,
-            "field": row.field,
-            "id": row.id,
-            "reason": row.reason,
-        },
-        ensure_ascii=False,
-    )
+    record = {
+        "source": row.source,
+        "line": row.line,
+        "field": row.field,
+        "id": row.id,
+        "reason": row.reason,
+        "raw": row.raw,
+    }
+    return json.dumps(record, ensure_ascii=False)
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the output directory, or say clearly why it cannot be used."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file: pass a directory path")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
 
 
 def write_collect_outputs(result: CollectResult, out_dir: Path) -> list[Path]:
     """Write samples.parquet, activations.safetensors, rejected.jsonl, summary.json and
     summary.md into `out_dir` (each atomically); return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     table = pl.DataFrame(
         {
             "id": [s.sample.id for s in result.samples],

@@ -102,10 +102,6 @@ class Renderer:
             raise RenderError(f"the chat template returned {type(text).__name__}, not text")
         return text
 
-    def prompt_ids(self, messages: tuple[Message, ...]) -> list[int]:
-        """Token ids of a prompt ready for generation (`add_generation_prompt=True`)."""
-        return self._ids(self.render_text(messages, add_generation_prompt=True))
-
     def _ids(self, text: str) -> list[int]:
         # The template writes any BOS token itself, so the tokenizer must not add another.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

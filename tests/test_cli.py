@@ -112,3 +112,16 @@ def test_collect_rejects_bad_layer_with_exit_2(
                  "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
     assert code == 2
     assert "layer 9 does not exist: this model has hidden states 0..3" in capsys.readouterr().err
+
+
+def test_collect_out_that_is_a_file_fails_before_loading(
+    data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    code = main(["collect", str(data_file), "--model", "no-such/model", "--out", str(taken)])
+    assert code == 2
+    assert (
+        capsys.readouterr().err
+        == f"screener: error: --out {taken} is an existing file: pass a directory path\n"
+    )

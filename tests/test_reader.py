@@ -265,3 +265,24 @@ def test_json_array_elements_longer_than_a_read_chunk(tmp_path: Path) -> None:
     )
     samples, _ = read_all(path)
     assert [len(s.response) for s in samples] == [len(big), 1]
+
+
+def test_csv_invalid_utf8_header_only_and_json_non_object_elements(tmp_path: Path) -> None:
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_bytes(b"id,prompt,response\r\na,Q,A\r\nb,Q\xff,A\r\n")
+    samples, [bad] = read_all(bad_csv)
+    assert [s.id for s in samples] == ["a"]
+    assert (bad.line, bad.reason) == (3, "not valid UTF-8")
+
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("id,prompt,response\n")
+    assert read_all(header_only) == ([], [])
+
+    array = tmp_path / "a.json"
+    array.write_text('[{"prompt": "Q", "response": "A"},\n "text",\n [1]]')
+    samples, rejected = read_all(array)
+    assert len(samples) == 1
+    assert [(r.line, r.reason) for r in rejected] == [
+        (2, "element is a JSON str, expected an object"),
+        (3, "element is a JSON array, expected an object"),
+    ]
