@@ -72,6 +72,13 @@ def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
 FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gpt2"]
 
 
+def save_tiny_model(folder: Path, family: str, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """Save a tiny model and tokenizer as a local model directory that load_model accepts."""
+    tiny_model(family).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained here on a few sentences, with a ChatML template that

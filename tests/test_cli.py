@@ -19,7 +19,7 @@ from screener.model import load_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.render import RenderedSample, Renderer
-from tests.conftest import tiny_model
+from tests.conftest import save_tiny_model
 from tests.reference import naive_collect
 
 NO_ASSISTANT = "no assistant turn: the last assistant turn is the response to screen"
@@ -42,10 +42,7 @@ def data_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_dir(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> Path:
-    folder = tmp_path / "tiny"
-    tiny_model("qwen2").save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path / "tiny", "qwen2", tiny_tokenizer)
 
 
 def test_check_lists_rejected_rows_and_counts(

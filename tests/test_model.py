@@ -12,15 +12,12 @@ from transformers import PreTrainedTokenizerFast
 from screener import model as model_module
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError
 from screener.model import fingerprint, load_model, resolve_dtype
-from tests.conftest import tiny_model
+from tests.conftest import save_tiny_model, tiny_model
 
 
 @pytest.fixture
 def tiny_dir(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> Path:
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path / "tiny", "llama", tiny_tokenizer)
 
 
 def test_load_local_directory_in_each_dtype(tiny_dir: Path) -> None:
