@@ -85,18 +85,18 @@ def _hidden(value: Any) -> torch.Tensor:
 
 @contextmanager
 def capture_hidden_states(
-    taps: list[_Tap], on_capture: Callable[[int, torch.Tensor], None], *, stop_after_last: bool
+    taps: list[_Tap], on_capture: Callable[[int, torch.Tensor], None]
 ) -> Iterator[None]:
     """Call `on_capture(layer, hidden)` for each tap during forward passes in this context.
 
-    With stop_after_last, the tap of the deepest layer raises `_StopForward` after capturing.
+    The tap of the deepest layer then raises `_StopForward`: nothing later is needed.
     Every hook is removed on exit, also when the forward pass raises.
     """
     deepest = max(tap.layer for tap in taps)
     handles = []
 
     def make_hook(layer: int, pre: bool) -> Callable[..., None]:
-        stop = stop_after_last and layer == deepest
+        stop = layer == deepest
 
         def hook(module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
             if pre:
@@ -202,8 +202,10 @@ class ActivationCollector:
 
     @property
     def hidden_size(self) -> int:
-        config = getattr(self.model, "config", None)
-        size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+        """d, the width of the residual stream (the text model's, for multimodal configs)."""
+        config: Any = getattr(self.model, "config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        size = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", None)
         if not isinstance(size, int):
             raise ConfigError("cannot read the hidden size from the model config")
         return size
@@ -240,14 +242,12 @@ class ActivationCollector:
             captured[layer] = ((summed / counts_dev).cpu(), hidden[rows, last_dev].cpu())
 
         with (
-            capture_hidden_states(self.taps, reduce, stop_after_last=True),
+            capture_hidden_states(self.taps, reduce),
             suppress(_StopForward),
         ):
             self.model(
                 input_ids=ids.to(device),
-                # Right padding needs no mask: causal attention never lets a real token see the
-                # pads after it, and the mask-free path is the fastest attention kernel.
-                attention_mask=None if self.padding_side == "right" else attention.to(device),
+                attention_mask=attention.to(device),
                 position_ids=positions.to(device),
                 use_cache=False,
             )

@@ -24,17 +24,19 @@ import torch
 from safetensors.torch import save_file
 
 from screener.activations import (
+    DEFAULT_BATCH_TOKENS,
     ActivationCollector,
     Activations,
     TokenizedInput,
 )
 from screener.atomic import atomic_path, write_text_atomic
-from screener.errors import ConfigError, ScreenerError
+from screener.errors import ConfigError, InputError, ScreenerError
 from screener.model import LoadedModel
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, context_window
 
+LAYER_CONVENTION = "row l = hidden_states[l]; 0 = embeddings, L = last block after final norm"
 SAMPLES_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "id": pl.String,
     "source": pl.String,
@@ -77,7 +79,7 @@ class CollectResult:
                 "device": str(self.model.device),
             },
             "layers": self.layers,
-            "layer_convention": "row l = hidden_states[l]; 0 = embeddings, L = after final norm",
+            "layer_convention": LAYER_CONVENTION,
             "rows_read": self.rows_read,
             "collected": len(self.samples),
             "rejected": len(self.rejected),
@@ -89,10 +91,16 @@ class CollectResult:
 
 
 def _render_all(
-    records: Iterable[Sample | RejectedRow], renderer: Renderer
+    records: Iterable[Sample | RejectedRow], renderer: Renderer, on_bad_row: BadRowPolicy
 ) -> Iterator[RenderedSample | RejectedRow]:
+    """Render each sample; rows rejected here obey the same bad-row policy as the reader's."""
     for record in records:
-        yield record if isinstance(record, RejectedRow) else renderer.render(record)
+        rendered = record if isinstance(record, RejectedRow) else renderer.render(record)
+        if on_bad_row == "fail" and isinstance(rendered, RejectedRow):
+            raise InputError(
+                rendered.reason, source=rendered.source, line=rendered.line, field=rendered.field
+            )
+        yield rendered
 
 
 def collect_dataset(
@@ -104,7 +112,7 @@ def collect_dataset(
     fields: FieldNames | None = None,
     on_bad_row: BadRowPolicy = "reject",
     max_tokens: int | None = None,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     chunk_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
 ) -> CollectResult:
@@ -128,7 +136,7 @@ def collect_dataset(
     samples: list[RenderedSample] = []
     rejected: list[RejectedRow] = []
     means, lasts = [], []
-    stream = _render_all(reader, renderer)
+    stream = _render_all(reader, renderer, on_bad_row)
     while chunk := list(islice(stream, chunk_size)):
         ready = [r for r in chunk if isinstance(r, RenderedSample)]
         rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
@@ -214,6 +222,7 @@ def write_collect_outputs(result: CollectResult, out_dir: Path) -> list[Path]:
         }
         metadata = {
             "layers": json.dumps(result.layers),
+            "layer_convention": LAYER_CONVENTION,
             "fingerprint": result.model.fingerprint,
             "rows": "same order as samples.parquet",
         }

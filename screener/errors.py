@@ -25,7 +25,6 @@ class InputError(ScreenerError):
         self.source = source
         self.line = line
         self.field = field
-        self.reason = message
         where = source if line is None else f"{source}:{line}"
         if field is not None:
             where += f" [{field}]"
@@ -43,3 +42,13 @@ class MissingDependencyError(ScreenerError):
 
 class ConfigError(ScreenerError):
     """An argument or setting has an invalid value."""
+
+
+class RowError(ScreenerError):
+    """One row cannot be used. Readers turn it into a `RejectedRow` (or, with the `fail`
+    policy, an `InputError`); `field` names the part of the record at fault."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field

@@ -24,7 +24,7 @@ _BLOCK_PATHS = (
     "model.decoder.layers",  # OPT
     "transformer.blocks",  # MPT
 )
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+_FINAL_NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layer_norm", "final_layernorm", "final_norm")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ model id (which needs the weights in the local cache or network access). A GGUF 
 dequantized once into a safetensors copy under the state root (`models/`), so later loads take
 about a second instead of ~15 s. The fingerprint is a
 stable hash of the architecture config and a strided sample of every weight tensor: caches and
-vector files use it to tell models apart. It does not depend on the dtype the model was loaded
-in (weights are rounded to bfloat16 before hashing), so key caches on the dtype separately.
+vector files use it to tell models apart. Weights are rounded to bfloat16 before hashing, so
+fp32 and bf16 loads of the same weights share a fingerprint (key caches on the dtype
+separately); an fp16 load rounds differently and gets another one.
 """
 
 from __future__ import annotations
@@ -77,9 +78,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -173,13 +177,10 @@ def _converted_gguf(folder: str, gguf_file: str) -> str | None:
     if (target / _CONVERTED_MARKER).exists():
         return str(target)
     log.info("converting %s to safetensors once, under %s", path, target)
+    staging: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    except OSError as exc:
-        log.warning("cannot cache the converted GGUF model (%s); loading it directly", exc)
-        return None
-    try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=gguf_file, dtype=torch.float32
@@ -195,7 +196,8 @@ def _converted_gguf(folder: str, gguf_file: str) -> str | None:
         log.warning("cannot cache the converted GGUF model (%s); loading it directly", exc)
         return None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 
@@ -217,11 +219,11 @@ def load_model(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     location, extra, name = _source_for(spec)
-    if "gguf_file" in extra:
-        converted = _converted_gguf(location, extra["gguf_file"])
-        if converted is not None:
-            location, extra = converted, {}
     try:
+        if "gguf_file" in extra:
+            converted = _converted_gguf(location, extra["gguf_file"])
+            if converted is not None:
+                location, extra = converted, {}
         tokenizer = AutoTokenizer.from_pretrained(
             location, trust_remote_code=trust_remote_code, **extra
         )
@@ -259,7 +261,7 @@ def _config_identity(model: PreTrainedModel) -> str:
 
 @torch.no_grad()
 def fingerprint(model: PreTrainedModel) -> str:
-    """A 16-hex-digit hash of the model's config and weights, independent of load dtype."""
+    """A 16-hex-digit hash of the model's config and weights (the same for fp32 and bf16)."""
     digest = hashlib.sha256(_config_identity(model).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())

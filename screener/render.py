@@ -23,9 +23,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from screener.errors import RowError
 from screener.records import Message, RejectedRow, Sample
 
 log = logging.getLogger(__name__)
+_RESPONSE_MARKER = "SCREENERRESPONSEMARKER"
 
 # Used for models without a chat template: "System: ...", "User: ...", "Assistant: ..." blocks.
 PLAIN_CHAT_TEMPLATE = (
@@ -54,10 +56,6 @@ class RenderedSample:
     @property
     def num_response_tokens(self) -> int:
         return len(self.input_ids) - self.response_start
-
-
-class RenderError(Exception):
-    """The template cannot render this conversation (the reason goes into a RejectedRow)."""
 
 
 def context_window(config: Any) -> int | None:
@@ -97,9 +95,13 @@ class Renderer:
                 chat_template=self.template,
             )
         except Exception as exc:  # jinja raises TemplateError, templates may raise anything
-            raise RenderError(f"the chat template refused this conversation: {exc}") from exc
+            raise RowError(
+                f"the chat template refused this conversation: {exc}", "messages"
+            ) from exc
         if not isinstance(text, str):
-            raise RenderError(f"the chat template returned {type(text).__name__}, not text")
+            raise RowError(
+                f"the chat template returned {type(text).__name__}, not text", "messages"
+            )
         return text
 
     def _ids(self, text: str) -> list[int]:
@@ -112,8 +114,8 @@ class Renderer:
             prompt_text = self.render_text(sample.prompt, add_generation_prompt=True)
             full_text = self.render_text(sample.messages, add_generation_prompt=False)
             full_ids, start, boundary = self._boundary(sample, prompt_text, full_text)
-        except RenderError as exc:
-            return RejectedRow(sample.source, sample.line, str(exc), "messages", sample.id)
+        except RowError as exc:
+            return RejectedRow(sample.source, sample.line, exc.reason, exc.field, sample.id)
         warnings = list(sample.warnings)
         if boundary != "tokens":
             warnings.append(
@@ -137,6 +139,26 @@ class Renderer:
             full_ids = full_ids[: self.max_tokens]
         return RenderedSample(sample, tuple(full_ids), start, boundary, tuple(warnings))
 
+    def _response_offset(self, sample: Sample, full_text: str) -> int:
+        """Where the response text starts in `full_text`, for templates that render the prompt
+        differently once the answer is present: render again with a marker in place of the
+        response, and require everything before the marker to match."""
+        marked = (*sample.messages[:-1], Message("assistant", _RESPONSE_MARKER))
+        marked_text = self.render_text(marked, add_generation_prompt=False)
+        offset = marked_text.find(_RESPONSE_MARKER)
+        response = sample.response
+        if offset < 0 or full_text[:offset] != marked_text[:offset]:
+            raise RowError(
+                "the chat template renders this response in a way screener cannot "
+                "locate (the text before it depends on the response)",
+                "messages",
+            )
+        if not (
+            full_text.startswith(response, offset) or full_text.startswith(response.strip(), offset)
+        ):
+            raise RowError("the chat template does not reproduce the response text", "messages")
+        return offset
+
     def _boundary(
         self, sample: Sample, prompt_text: str, full_text: str
     ) -> tuple[list[int], int, str]:
@@ -150,14 +172,15 @@ class Renderer:
         if full_text.startswith(prompt_text):
             char, boundary = len(prompt_text), "text"
         else:
-            char, boundary = full_text.rfind(sample.response.strip()), "content"
-            if char < 0:
-                raise RenderError("the chat template does not reproduce the response text")
-        if self.tokenizer.is_fast:
-            offsets = encoded["offset_mapping"]
-            start = next((i for i, (_, end) in enumerate(offsets) if end > char), len(full_ids))
-        else:
-            start = len(self._ids(full_text[:char]))
+            char, boundary = self._response_offset(sample, full_text), "content"
+        if not self.tokenizer.is_fast:
+            raise RowError(
+                "the prompt's tokens are not a prefix of the conversation's, and this (slow) "
+                "tokenizer gives no character offsets to place the boundary: use a fast tokenizer",
+                "messages",
+            )
+        offsets = encoded["offset_mapping"]
+        start = next((i for i, (_, end) in enumerate(offsets) if end > char), len(full_ids))
         if start >= len(full_ids):
-            raise RenderError("the rendered conversation has no response tokens")
+            raise RowError("the rendered conversation has no response tokens", "messages")
         return full_ids, start, boundary

@@ -18,10 +18,16 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MptConfig,
+    MptForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -48,9 +54,15 @@ _CORPUS = [
 def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
     """A small randomly initialised causal LM of the given family, fp32, eval mode."""
     torch.manual_seed(seed)
-    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 256}  # fmt: skip
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
     model: PreTrainedModel
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -60,6 +72,24 @@ def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
         model = MistralForCausalLM(MistralConfig(**common))
     elif family == "gemma":
         model = GemmaForCausalLM(GemmaConfig(**common, head_dim=16))
+    elif family == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**common))
+    elif family == "opt":
+        model = OPTForCausalLM(
+            OPTConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                ffn_dim=128,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                max_position_embeddings=256,
+                word_embed_proj_dim=64,
+            )
+        )
+    elif family == "mpt":
+        model = MptForCausalLM(
+            MptConfig(vocab_size=VOCAB, d_model=64, n_heads=4, n_layers=layers, max_seq_len=256)
+        )
     elif family == "gpt2":
         model = GPT2LMHeadModel(
             GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=layers, n_head=4, n_positions=256)
@@ -69,7 +99,7 @@ def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
     return model.eval()
 
 
-FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gpt2"]
+FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "opt", "mpt"]
 
 
 def save_tiny_model(folder: Path, family: str, tokenizer: PreTrainedTokenizerFast) -> Path:

@@ -23,8 +23,10 @@ from tests.conftest import save_tiny_model
 from tests.reference import naive_collect
 
 NO_ASSISTANT = "no assistant turn: the last assistant turn is the response to screen"
-CHAT = [{"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris is the capital of France."}]  # fmt: skip
+CHAT = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital of France."},
+]
 
 
 @pytest.fixture
@@ -32,9 +34,15 @@ def data_file(tmp_path: Path) -> Path:
     rows = [
         {"id": "a", "messages": CHAT},
         {"id": "b", "messages": [CHAT[0]]},
-        {"id": "c", "messages": [{"role": "system", "content": "Be brief."}, *CHAT[:1],
-                                 {"role": "assistant", "content": "Paris."}]},
-    ]  # fmt: skip
+        {
+            "id": "c",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                *CHAT[:1],
+                {"role": "assistant", "content": "Paris."},
+            ],
+        },
+    ]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
     return path
@@ -65,8 +73,12 @@ def test_check_fail_policy_exits_2_with_one_line(
 
 def test_real_entry_point_reports_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
-    done = subprocess.run([sys.executable, "-m", "screener.cli", "check", str(missing)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "screener.cli", "check", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr == f"screener: error: {missing}: no such file or directory\n"
 
@@ -75,8 +87,23 @@ def test_collect_writes_outputs_that_match_the_reference(
     data_file: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    code = main(["collect", str(data_file), "--model", str(tiny_dir), "--layers", "1,-1",
-                 "--dtype", "fp32", "--device", "cpu", "--out", str(out), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "collect",
+            str(data_file),
+            "--model",
+            str(tiny_dir),
+            "--layers",
+            "1,-1",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     samples = pl.read_parquet(out / "samples.parquet")
     assert samples["id"].to_list() == ["a", "c"] and samples["line"].to_list() == [1, 3]
@@ -105,8 +132,21 @@ def test_collect_writes_outputs_that_match_the_reference(
 def test_collect_rejects_bad_layer_with_exit_2(
     data_file: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["collect", str(data_file), "--model", str(tiny_dir), "--layers", "9",
-                 "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "collect",
+            str(data_file),
+            "--model",
+            str(tiny_dir),
+            "--layers",
+            "9",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "layer 9 does not exist: this model has hidden states 0..3" in capsys.readouterr().err
 
@@ -121,4 +161,34 @@ def test_collect_out_that_is_a_file_fails_before_loading(
     assert (
         capsys.readouterr().err
         == f"screener: error: --out {taken} is an existing file: pass a directory path\n"
+    )
+
+
+def test_collect_fail_policy_also_covers_rows_rejected_while_rendering(
+    data_file: Path, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(data_file.read_text().splitlines()[0] + "\n")
+    args = [
+        "collect",
+        str(clean),
+        "--model",
+        str(tiny_dir),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--layers",
+        "1",
+        "--max-tokens",
+        "5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 0  # rejected with a reason, the run goes on
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["rejected"] == 1
+    assert main([*args, "--on-bad-row", "fail"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"screener: error: {clean}:1 [messages]: the prompt is ")
+    assert err.endswith(
+        "tokens, which leaves no room for the response in the 5-token context window\n"
     )

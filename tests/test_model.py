@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from screener import model as model_module
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError
-from screener.model import fingerprint, load_model, resolve_dtype
+from screener.model import fingerprint, load_model, resolve_device, resolve_dtype
 from tests.conftest import save_tiny_model, tiny_model
 
 
@@ -85,3 +85,9 @@ def test_remote_code_is_off_by_default(tiny_dir: Path, monkeypatch: pytest.Monke
     load_model(str(tiny_dir), device="cpu")
     load_model(str(tiny_dir), device="cpu", trust_remote_code=True)
     assert seen == [False, True]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU here"):
+        resolve_device("cuda")

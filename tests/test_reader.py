@@ -57,8 +57,15 @@ def test_turns_after_last_assistant_are_dropped_with_warning(tmp_path: Path) -> 
 
 
 def test_sharegpt_format(tmp_path: Path) -> None:
-    rows = [{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-                               {"from": "gpt", "value": "A"}]}]  # fmt: skip
+    rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "Q"},
+                {"from": "gpt", "value": "A"},
+            ]
+        }
+    ]
     [sample], _ = read_all(write_jsonl(tmp_path / "d.jsonl", rows))
     assert sample.format == "sharegpt"
     assert sample.messages == (
@@ -70,10 +77,15 @@ def test_sharegpt_format(tmp_path: Path) -> None:
 
 def test_alpaca_format_with_and_without_input(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
-    path.write_text(json.dumps([
-        {"instruction": "Translate", "input": "bonjour", "output": "hello"},
-        {"instruction": "Say hi", "input": "", "output": "hi"},
-    ], indent=2))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "Translate", "input": "bonjour", "output": "hello"},
+                {"instruction": "Say hi", "input": "", "output": "hi"},
+            ],
+            indent=2,
+        )
+    )
     samples, _ = read_all(path)
     assert [s.format for s in samples] == ["alpaca", "alpaca"]
     assert samples[0].messages[0] == Message("user", "Translate\n\nbonjour")
@@ -90,8 +102,10 @@ def test_prompt_response_with_configured_field_names(tmp_path: Path) -> None:
 
 
 def test_prompt_response_as_message_lists(tmp_path: Path) -> None:
-    row = {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
-           "response": [{"role": "assistant", "content": "A"}]}  # fmt: skip
+    row = {
+        "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        "response": [{"role": "assistant", "content": "A"}],
+    }
     [sample], _ = read_all(write_jsonl(tmp_path / "d.jsonl", [row]))
     assert [m.role for m in sample.messages] == ["system", "user", "assistant"]
 
@@ -130,8 +144,12 @@ def test_parquet_and_save_to_disk_and_mixed_directory(tmp_path: Path) -> None:
         {"train": Dataset.from_list(rows[:2]), "test": Dataset.from_list(rows[2:])}
     ).save_to_disk(str(tmp_path / "dd"))
     samples, _ = read_all(tmp_path / "dd")
-    assert sorted(s.id for s in samples) == ["r0", "r1", "r2"]
-    assert {Path(s.source.split("[")[0]).name for s in samples} == {"dd"}
+    dd = tmp_path / "dd"
+    assert [(s.source, s.line, s.id) for s in samples] == [
+        (f"{dd}[train]", 1, "r0"),
+        (f"{dd}[train]", 2, "r1"),
+        (f"{dd}[test]", 1, "r2"),
+    ]
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -165,24 +183,52 @@ def test_ids_fall_back_to_a_stable_content_hash(tmp_path: Path) -> None:
 
 BAD_ROWS: list[tuple[Any, str, str | None]] = [
     ({"messages": [{"role": "user", "content": "Q"}]}, "no assistant turn", "messages"),
-    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  "}]},
-     "the assistant response is empty", "messages[1].content"),
-    ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}]},
-     "content is a int, expected a string", "messages[0].content"),
-    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "A"}]},
-     "content is null", "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
-                   {"role": "assistant", "content": "A"}]},
-     "content part of type 'image_url' is not text", "messages[0].content"),
-    ({"messages": [{"role": "wizard", "content": "Q"}, {"role": "assistant", "content": "A"}]},
-     "unknown role 'wizard'", "messages[0].role"),
-    ({"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q"}]},
-     "the assistant response has no user turn before it", "messages"),
-    ({"messages": "hello"}, "expected a list of turns, found a str", "messages"),
+    (
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "  "}]},
+        "the assistant response is empty",
+        "messages[1].content",
+    ),
+    (
+        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}]},
+        "content is a int, expected a string",
+        "messages[0].content",
+    ),
+    (
+        {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "A"}]},
+        "content is null",
+        "messages[0].content",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+        "content part of type 'image_url' is not text",
+        "messages[0].content",
+    ),
+    (
+        {"messages": [{"role": "wizard", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+        "unknown role 'wizard'",
+        "messages[0].role",
+    ),
+    (
+        {"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q"}]},
+        "the assistant response has no user turn before it",
+        "messages",
+    ),
+    ({"messages": "hello"}, "expected a list of turns, found text that is not JSON", "messages"),
+    ({"messages": {"role": "user"}}, "expected a list of turns, found a dict", "messages"),
+    (
+        {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "A"}]},
+        "every user turn before the response is empty",
+        "messages",
+    ),
     ({"id": 1.5, "messages": CHAT}, "id is a float", "id"),
     ({"prompt": "Q"}, "missing field(s) messages", "messages"),
     ([1, 2], "row is a JSON array, expected an object", None),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("row", "reason", "field"), BAD_ROWS)
@@ -218,8 +264,12 @@ def test_malformed_json_and_invalid_utf8_lines(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_and_duplicate_content(tmp_path: Path) -> None:
-    rows = [{"id": "a", "messages": CHAT}, {"id": "a", "messages": CHAT[::-1] + CHAT},
-            {"messages": CHAT}, {"messages": CHAT}]  # fmt: skip
+    rows = [
+        {"id": "a", "messages": CHAT},
+        {"id": "a", "messages": CHAT[::-1] + CHAT},
+        {"messages": CHAT},
+        {"messages": CHAT},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     samples, rejected = read_all(path)
     assert [s.line for s in samples] == [1, 3]
@@ -286,3 +336,74 @@ def test_csv_invalid_utf8_header_only_and_json_non_object_elements(tmp_path: Pat
         (2, "element is a JSON str, expected an object"),
         (3, "element is a JSON array, expected an object"),
     ]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 11, 16, 40])
+def test_json_array_parses_the_same_at_any_read_chunk_size(
+    chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from screener.reader import sources
+
+    monkeypatch.setattr(sources, "_CHUNK_CHARS", chunk)
+    path = tmp_path / "d.json"
+    path.write_text(
+        '[{"prompt": "Q \\u00e9\\n", "response": "A1"},\n 1234567, "txt",\n'
+        ' {"prompt": "Q2", "response": "A2"}  ]\n'
+    )
+    samples, rejected = read_all(path)
+    assert [(s.line, s.messages[0].content) for s in samples] == [(1, "Q é\n"), (3, "Q2")]
+    assert [(r.line, r.reason) for r in rejected] == [
+        (2, "element is a JSON int, expected an object"),
+        (2, "element is a JSON str, expected an object"),
+    ]
+
+
+def test_malformed_json_array_fails_without_reading_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from screener.reader import sources
+
+    monkeypatch.setattr(sources, "_CHUNK_CHARS", 64)
+    reads = []
+    original = sources._JsonArrayStream._fill
+
+    def counting_fill(self: sources._JsonArrayStream) -> bool:
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(sources._JsonArrayStream, "_fill", counting_fill)
+    path = tmp_path / "d.json"
+    path.write_text('[{"prompt": },' + ' {"prompt": "Q", "response": "A"},' * 1000 + "]")
+    with pytest.raises(InputError, match=r"d.json:1: malformed JSON: Expecting value"):
+        list(read_dataset(path))
+    assert len(reads) <= 2
+
+
+def test_file_shapes_that_cannot_be_read_fail_with_a_reason(tmp_path: Path) -> None:
+    pretty = tmp_path / "array.jsonl"
+    pretty.write_text('[\n  {"prompt": "Q", "response": "A"}\n]\n')
+    with pytest.raises(InputError, match=r"array.jsonl:1: this .jsonl file holds a JSON array"):
+        list(read_dataset(pretty))
+    repeated = tmp_path / "r.csv"
+    repeated.write_text("prompt,response,response\nQ,A,B\n")
+    with pytest.raises(InputError, match=r"r.csv:1: the header repeats column\(s\) response"):
+        list(read_dataset(repeated))
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(InputError, match="no data files here"):
+        list(read_dataset(empty_dir))
+
+
+def test_csv_messages_column_and_content_part_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["id", "messages"], ["a", json.dumps(CHAT)]])
+    [sample], _ = read_all(path)
+    assert sample.messages == (Message("user", "Hi?"), Message("assistant", "Hello!"))
+
+    parts = {
+        "prompt": [{"type": "text", "text": "Q "}, {"type": "text", "text": "more"}],
+        "response": "A",
+    }
+    [sample], _ = read_all(write_jsonl(tmp_path / "p.jsonl", [parts]))
+    assert sample.messages == (Message("user", "Q more"), Message("assistant", "A"))

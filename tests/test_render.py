@@ -66,21 +66,36 @@ def test_straddling_token_goes_to_the_response(tiny_tokenizer: PreTrainedTokeniz
     assert tokenizer.decode(result.input_ids[result.response_start :]) == " Paris is the capital.\n"
 
 
-def test_template_that_rewrites_the_prompt_locates_the_response(
+# Like reasoning templates: an empty think block only in the generation prompt.
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think></think>\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("response", ["Paris is the capital.", "im", "end", "\n"])
+def test_content_boundary_finds_short_responses_that_also_occur_in_markup(
+    tiny_tokenizer: PreTrainedTokenizerFast, response: str
+) -> None:
+    conversation = sample(("user", "Capital?"), ("assistant", response))
+    result = rendered(Renderer(with_template(tiny_tokenizer, THINK_TEMPLATE)).render(conversation))
+    assert result.boundary == "content"
+    expected = f"{response}<|im_end|>\n"
+    assert tiny_tokenizer.decode(result.input_ids[result.response_start :]) == expected
+
+
+def test_content_boundary_rejects_templates_whose_prefix_depends_on_the_response(
     tiny_tokenizer: PreTrainedTokenizerFast,
 ) -> None:
-    # Like reasoning templates: an empty think block only in the generation prompt.
+    # The text before the answer changes with the answer's length: nothing can be located.
     template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n<think></think>\n{% endif %}"
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}[{{ m['content'] | length }}]"
+        "{% endif %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}>{% endif %}"
     )
-    result = rendered(Renderer(with_template(tiny_tokenizer, template)).render(QA))
-    assert result.boundary == "content"
-    assert (
-        tiny_tokenizer.decode(result.input_ids[result.response_start :])
-        == "Paris is the capital.<|im_end|>\n"
-    )
+    result = Renderer(with_template(tiny_tokenizer, template)).render(QA)
+    assert isinstance(result, RejectedRow)
+    assert "the text before it depends on the response" in result.reason
 
 
 def test_missing_template_uses_plain_format_with_warning(
@@ -91,12 +106,12 @@ def test_missing_template_uses_plain_format_with_warning(
         renderer = Renderer(tokenizer)
     assert "no chat template" in caplog.text
     result = rendered(renderer.render(QA))
-    text = tokenizer.decode(result.input_ids)
-    assert (
-        text
-        == "User: What is the capital of France?\n\nAssistant: Paris is the capital.<|im_end|>\n\n"
+    assert tokenizer.decode(result.input_ids[: result.response_start]) == (
+        "User: What is the capital of France?\n\nAssistant:"
     )
-    assert tokenizer.decode(result.input_ids[result.response_start :]).strip().startswith("Paris")
+    assert tokenizer.decode(result.input_ids[result.response_start :]) == (
+        " Paris is the capital.<|im_end|>\n\n"
+    )
 
 
 def test_template_errors_become_rejected_rows(tiny_tokenizer: PreTrainedTokenizerFast) -> None:

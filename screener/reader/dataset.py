@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from screener.errors import ConfigError, InputError
+from screener.errors import ConfigError, InputError, RowError
 from screener.reader.formats import (
     FORMATS,
     FieldNames,
-    RowError,
     detect_format,
     format_fields,
     to_messages,

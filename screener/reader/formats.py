@@ -13,9 +13,12 @@ prompt. Problems with one row raise `RowError` with the field at fault.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from screener.errors import RowError
+from screener.reader.sources import json_kind
 from screener.records import ROLES, Message, Role
 
 FORMATS = ("messages", "sharegpt", "prompt_response", "alpaca")
@@ -25,15 +28,6 @@ _SHAREGPT_ROLES: dict[str, Role] = {
     "system": "system",
 }  # fmt: skip
 _ROLE_ALIASES: dict[str, Role] = {"developer": "system"}
-
-
-class RowError(Exception):
-    """One row cannot be used; `field` names the part of the record at fault."""
-
-    def __init__(self, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -91,14 +85,19 @@ def _text(value: Any, field: str) -> str:
                     field,
                 )
         return "".join(texts)
-    raise RowError(f"content is a {type(value).__name__}, expected a string", field)
+    raise RowError(f"content is a {json_kind(value)}, expected a string", field)
 
 
 def _turns(
     value: Any, field: str, role_key: str, content_key: str, roles: dict[str, Role]
 ) -> list[Message]:
+    if isinstance(value, str):  # CSV cells hold the turns as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError("expected a list of turns, found text that is not JSON", field) from None
     if not isinstance(value, list):
-        raise RowError(f"expected a list of turns, found a {type(value).__name__}", field)
+        raise RowError(f"expected a list of turns, found a {json_kind(value)}", field)
     messages = []
     for index, turn in enumerate(value):
         where = f"{field}[{index}]"
@@ -137,8 +136,11 @@ def _conversation(
         raise RowError(
             "the assistant response is empty", response_field or f"{field}[{last}].content"
         )
-    if not any(m.role == "user" for m in messages[:last]):
+    users = [m for m in messages[:last] if m.role == "user"]
+    if not users:
         raise RowError("the assistant response has no user turn before it", field)
+    if not any(m.content.strip() for m in users):
+        raise RowError("every user turn before the response is empty", field)
     warnings = []
     if last < len(messages) - 1:
         warnings.append(f"dropped {len(messages) - 1 - last} turn(s) after the last assistant turn")
@@ -189,6 +191,10 @@ def _uses_role_keys(turns: Any) -> bool:
 
 def _side(value: Any, field: str, role: Role) -> list[Message]:
     """A prompt or response column: plain text, or a list of message dicts."""
-    if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(t, dict) and "role" in t for t in value)
+    ):
         return _turns(value, field, "role", "content", _chat_roles())
     return [Message(role, _text(value, field))]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ FILE_TYPES = {
 _CHUNK_CHARS = 1 << 20
 _MAX_JSON_ELEMENT_CHARS = 256 << 20
 _BATCH_ROWS = 1024
+_MAX_CSV_FIELD_CHARS = 2**31 - 1  # csv's own default (128 KiB) is too small for long chats
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class RawRow:
     raw: str | None = None
 
 
+def json_kind(value: Any) -> str:
+    """How JSON would name the type of `value` (for error messages)."""
+    return "array" if isinstance(value, list) else type(value).__name__
+
+
 def _parse_json_row(text: str, source: str, line: int) -> RawRow:
     try:
         value = json.loads(text)
@@ -49,8 +54,9 @@ def _parse_json_row(text: str, source: str, line: int) -> RawRow:
             source, line, None, f"malformed JSON: {exc.msg} (column {exc.colno})", text[:200]
         )
     if not isinstance(value, dict):
-        kind = "array" if isinstance(value, list) else type(value).__name__
-        return RawRow(source, line, None, f"row is a JSON {kind}, expected an object", text[:200])
+        return RawRow(
+            source, line, None, f"row is a JSON {json_kind(value)}, expected an object", text[:200]
+        )
     return RawRow(source, line, value)
 
 
@@ -71,6 +77,13 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
                     f"not valid UTF-8 (byte {data[exc.start]:#04x} at column {exc.start + 1})",
                 )
                 continue
+            if number == 1 and text.strip() == "[":
+                raise InputError(
+                    "this .jsonl file holds a JSON array: name it .json, "
+                    "or write one object per line",
+                    source=source,
+                    line=1,
+                )
             if text.strip():
                 yield _parse_json_row(text, source, number)
 
@@ -113,6 +126,30 @@ class _JsonArrayStream:
     def _error(self, message: str) -> InputError:
         return InputError(message, source=self.source, line=self.line)
 
+    def _may_be_cut(self, exc: json.JSONDecodeError) -> bool:
+        """True when a decode error may only mean the element continues past the buffer."""
+        if len(self.buf) - self.pos > _MAX_JSON_ELEMENT_CHARS:
+            return False
+        # An unterminated string reports where it starts; other cut-offs report the end.
+        return exc.msg.startswith("Unterminated string") or exc.pos >= len(self.buf) - 6
+
+    def _decode_element(self, start_line: int) -> tuple[Any, int]:
+        """Decode the element at `pos`, reading more of the file while it may be incomplete."""
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                if self._may_be_cut(exc) and self._fill():
+                    continue
+                line = start_line + exc.doc.count("\n", self.pos, exc.pos)
+                raise InputError(
+                    f"malformed JSON: {exc.msg}", source=self.source, line=line
+                ) from exc
+            # A number that ends the buffer may go on in the next chunk.
+            if end >= len(self.buf) and self._fill():
+                continue
+            return value, end
+
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         first = self._next_char()
         if first != "[":
@@ -138,17 +175,7 @@ class _JsonArrayStream:
                 if not self._next_char():
                     raise self._error("the JSON array is not closed: the file is truncated")
             start_line = self.line
-            while True:
-                try:
-                    value, end = self.decoder.raw_decode(self.buf, self.pos)
-                    break
-                except json.JSONDecodeError as exc:
-                    if len(self.buf) - self.pos > _MAX_JSON_ELEMENT_CHARS or not self._fill():
-                        raise InputError(
-                            f"malformed JSON: {exc.msg}",
-                            source=self.source,
-                            line=start_line + exc.doc.count("\n", self.pos, exc.pos),
-                        ) from exc
+            value, end = self._decode_element(start_line)
             self.line += self.buf.count("\n", self.pos, end)
             self.pos = end
             expect_comma = True
@@ -163,19 +190,27 @@ def iter_json_array(path: Path) -> Iterator[RawRow]:
             if isinstance(value, dict):
                 yield RawRow(source, line, value)
             else:
-                kind = "array" if isinstance(value, list) else type(value).__name__
-                yield RawRow(source, line, None, f"element is a JSON {kind}, expected an object")
+                yield RawRow(
+                    source, line, None, f"element is a JSON {json_kind(value)}, expected an object"
+                )
 
 
 def iter_csv(path: Path) -> Iterator[RawRow]:
     """Rows of a CSV file with a header line; fields are strings, line = where a row starts."""
     source = str(path)
-    csv.field_size_limit(sys.maxsize)
+    csv.field_size_limit(_MAX_CSV_FIELD_CHARS)
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
             return
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise InputError(
+                f"the header repeats column(s) {', '.join(repeated)}: rename them",
+                source=source,
+                line=1,
+            )
         start = reader.line_num + 1
         for values in reader:
             line, start = start, reader.line_num + 1
@@ -276,11 +311,18 @@ def list_data_files(path: Path) -> list[Path]:
         raise InputError("no such file or directory", source=str(path))
     if path.is_file() or is_saved_dataset(path):
         return [path]
-    return sorted(
+    files = sorted(
         p
         for p in path.iterdir()
         if (p.is_file() and p.suffix.lower() in FILE_TYPES) or is_saved_dataset(p)
     )
+    if not files:
+        raise InputError(
+            f"no data files here (looked for {', '.join(FILE_TYPES)} files and "
+            "save_to_disk directories)",
+            source=str(path),
+        )
+    return files
 
 
 def iter_path(path: Path) -> Iterator[RawRow]:
