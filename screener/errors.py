@@ -52,3 +52,11 @@ class RowError(ScreenerError):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class TraitPackError(ScreenerError):
+    """A trait pack is missing, unreadable or breaks a rule of the pack format."""
+
+
+class VectorFileError(ScreenerError):
+    """A persona vector file is unreadable, invalid, or belongs to another model."""

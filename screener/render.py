@@ -104,6 +104,11 @@ class Renderer:
             )
         return text
 
+    def prompt_ids(self, messages: tuple[Message, ...]) -> list[int]:
+        """Token ids of a prompt ready for generation (`add_generation_prompt=True`); raises
+        RowError when the template refuses it."""
+        return self._ids(self.render_text(messages, add_generation_prompt=True))
+
     def _ids(self, text: str) -> list[int]:
         # The template writes any BOS token itself, so the tokenizer must not add another.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
