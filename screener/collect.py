@@ -31,12 +31,12 @@ from screener.activations import (
 )
 from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ConfigError, InputError, ScreenerError
+from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, context_window
 
-LAYER_CONVENTION = "row l = hidden_states[l]; 0 = embeddings, L = last block after final norm"
 SAMPLES_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "id": pl.String,
     "source": pl.String,

@@ -15,6 +15,8 @@ from torch import nn
 
 from screener.errors import ConfigError, ModelLoadError
 
+LAYER_CONVENTION = "row l = hidden_states[l]; 0 = embeddings, L = last block after final norm"
+
 # Paths from the causal-LM wrapper to its list of decoder blocks, by architecture family.
 _BLOCK_PATHS = (
     "model.layers",  # Llama, Mistral, Qwen2, Gemma, Phi3, OLMo

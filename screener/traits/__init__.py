@@ -11,6 +11,7 @@ a path to their own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -59,6 +60,11 @@ class TraitPack:
         for key in ("instructions", "extraction_questions", "eval_questions"):
             data[key] = list(data[key])
         return data
+
+    def digest(self) -> str:
+        """SHA-256 of the pack's canonical JSON, to record which pack made a vector."""
+        canonical = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def judge_prompt(self, question: str, answer: str) -> str:
         """The rubric with the question and answer filled in."""

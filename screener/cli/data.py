@@ -1,24 +1,22 @@
-"""The `screener` command: parses arguments, calls the library, reports.
-
-Errors screener raises on purpose become one line on stderr and exit code 2; an interrupt
-exits 130. Everything here is also available from Python (see the README).
-"""
+"""`screener check` and `screener collect`: reading datasets and collecting activations."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from screener import __version__
 from screener.activations import DEFAULT_BATCH_TOKENS
-from screener.errors import ConfigError, ScreenerError
+from screener.cli.common import (
+    EXIT_OK,
+    add_model_options,
+    add_quiet_option,
+    load_model_from_args,
+    progress_printer,
+)
+from screener.errors import ConfigError
 from screener.reader import FORMATS, FieldNames, read_dataset
 from screener.records import RejectedRow
-
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
 def _layers(text: str) -> list[int]:
@@ -66,15 +64,8 @@ def _fields(args: argparse.Namespace) -> FieldNames:
     return FieldNames(prompt=args.prompt_field, response=args.response_field, id=args.id_field)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="screener",
-        description="Screen finetuning data for persona risk (evil, sycophancy, "
-        "hallucination, ...) with persona vectors, before training on it.",
-    )
-    parser.add_argument("--version", action="version", version=f"screener {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(commands: Any) -> None:
+    """Add the check and collect subcommands."""
     check = commands.add_parser(
         "check",
         help="read a dataset and report rows that cannot be used",
@@ -82,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rows and list each rejected row with file, line, field and reason.",
     )
     _add_data_options(check)
+    check.set_defaults(run=_run_check)
     check.add_argument(
         "--show", type=int, default=20, help="how many rejected rows to print (default 20)"
     )
@@ -95,30 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "summary.json and summary.md to --out.",
     )
     _add_data_options(collect)
-    collect.add_argument(
-        "--model",
-        default="embedded",
-        help="embedded (SmolLM2-135M-Instruct, default), a .gguf file, a local "
-        "model directory, or a Hugging Face model id",
-    )
+    add_model_options(collect)
     collect.add_argument(
         "--layers",
         type=_layers,
         default=[20],
         help="hidden-state rows to collect, comma-separated; 0 = embeddings, "
         "-1 = last (default: 20)",
-    )
-    collect.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPUs and CPUs with AMX/AVX512-BF16, else fp32",
-    )
-    collect.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    collect.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow the model to run code shipped with it (off by default)",
     )
     collect.add_argument(
         "--max-tokens",
@@ -139,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output directory (default: reports/collect-<data name>)",
     )
-    collect.add_argument("--quiet", action="store_true", help="print only the final summary line")
-    return parser
+    add_quiet_option(collect)
+    collect.set_defaults(run=_run_collect)
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -165,24 +140,13 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _run_collect(args: argparse.Namespace) -> int:
     from screener.collect import collect_dataset, prepare_out_dir, write_collect_outputs
-    from screener.model import load_model
 
     if args.batch_tokens < 1 or (args.max_tokens is not None and args.max_tokens < 2):
         raise ConfigError("--batch-tokens must be positive and --max-tokens at least 2")
     out = args.out or Path("reports") / f"collect-{Path(args.data).stem}"
     prepare_out_dir(out)  # fail before the model loads, not after the work is done
-    say = (
-        (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    )
-    if args.quiet or not sys.stderr.isatty():
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # keep CI logs and --quiet clean
-    say(f"loading model {args.model} ...")
-    loaded = load_model(
-        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
-    )
-    say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
     result = collect_dataset(
         args.data,
         loaded,
@@ -202,23 +166,3 @@ def _run_collect(args: argparse.Namespace) -> int:
         f"{summary['tokens_per_second']} tokens/s; wrote {out}/summary.md"
     )
     return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `screener` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="screener: %(levelname)s: %(message)s")
-    runners = {"check": _run_check, "collect": _run_collect}
-    try:
-        return runners[args.command](args)
-    except ScreenerError as exc:
-        print(f"screener: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("screener: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The `screener` command: parses arguments, calls the library, reports.
+
+Each module registers its subcommands (`register(commands)`), each with a `run` function.
+Errors screener raises on purpose become one line on stderr and exit code 2; an interrupt
+exits 130. Everything here is also available from Python (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from screener import __version__
+from screener.cli import data, vectors
+from screener.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from screener.errors import ScreenerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="screener",
+        description="Screen finetuning data for persona risk (evil, sycophancy, "
+        "hallucination, ...) with persona vectors, before training on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"screener {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.register(commands)
+    vectors.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `screener` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="screener: %(levelname)s: %(message)s")
+    try:
+        code: int = args.run(args)
+        return code
+    except ScreenerError as exc:
+        print(f"screener: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("screener: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,7 @@
+"""`python -m screener.cli`: the same as the `screener` command."""
+
+import sys
+
+from screener.cli import main
+
+sys.exit(main())

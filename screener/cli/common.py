@@ -1,0 +1,60 @@
+"""Options and helpers shared by the CLI's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from screener.model import LoadedModel, load_model
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --dtype, --device, --trust-remote-code."""
+    parser.add_argument(
+        "--model",
+        default="embedded",
+        help="embedded (SmolLM2-135M-Instruct, default), a .gguf file, a local "
+        "model directory, or a Hugging Face model id",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and CPUs with AMX/AVX512-BF16, else fp32",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model to run code shipped with it (off by default)",
+    )
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
+
+
+def progress_printer(args: argparse.Namespace) -> Callable[[str], None]:
+    """A function that prints progress to stderr, or nothing with --quiet.
+
+    Also turns transformers' progress bars off when quiet or not on a terminal (CI logs).
+    """
+    if args.quiet or not sys.stderr.isatty():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if args.quiet:
+        return lambda message: None
+    return lambda message: print(message, file=sys.stderr)
+
+
+def load_model_from_args(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedModel:
+    say(f"loading model {args.model} ...")
+    loaded = load_model(
+        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
+    return loaded

@@ -1,0 +1,234 @@
+"""`screener traits`, `screener extract` and `screener vectors`: persona vectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from screener import __version__
+from screener.cli.common import (
+    EXIT_OK,
+    add_model_options,
+    add_quiet_option,
+    load_model_from_args,
+    progress_printer,
+)
+from screener.errors import ConfigError
+from screener.traits import list_packs, load_pack
+
+
+def register(commands: Any) -> None:
+    """Add the traits, extract and vectors subcommands."""
+    traits = commands.add_parser("traits", help="list and show trait packs")
+    trait_commands = traits.add_subparsers(dest="traits_command", required=True, metavar="ACTION")
+    listing = trait_commands.add_parser("list", help="the shipped trait packs")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=_run_traits_list)
+    show = trait_commands.add_parser("show", help="one trait pack in full")
+    show.add_argument("name", help="a shipped trait name or a pack .json file")
+    show.add_argument("--json", action="store_true", help="print the pack as JSON")
+    show.set_defaults(run=_run_traits_show)
+
+    extract = commands.add_parser(
+        "extract",
+        help="extract persona vectors for traits on a model",
+        description="Generate eliciting and suppressing responses for each trait pack, take the "
+        "difference of mean response activations at every layer, score each layer by the "
+        "held-out AUROC of the projection, and write a vector file.",
+    )
+    add_model_options(extract)
+    extract.add_argument(
+        "--traits", required=True, help="comma-separated trait names or pack .json files"
+    )
+    extract.add_argument(
+        "--rollouts",
+        type=int,
+        default=1,
+        help="responses per (instruction, question) and side (default 1)",
+    )
+    extract.add_argument(
+        "--max-new-tokens", type=int, default=96, help="longest generated response (default 96)"
+    )
+    extract.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy (default); the paper sampled at 1.0",
+    )
+    extract.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    extract.add_argument(
+        "--layer", type=int, default=None, help="use this layer instead of the best held-out AUROC"
+    )
+    extract.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
+    extract.add_argument(
+        "--out", type=Path, required=True, help="vector file to write (.safetensors)"
+    )
+    add_quiet_option(extract)
+    extract.set_defaults(run=_run_extract)
+
+    vectors = commands.add_parser("vectors", help="show and import persona vector files")
+    vector_commands = vectors.add_subparsers(
+        dest="vectors_command", required=True, metavar="ACTION"
+    )
+    vshow = vector_commands.add_parser(
+        "show", help="metadata and per-layer separation of a vector file"
+    )
+    vshow.add_argument("file", help="a vector file, or `builtin` for the embedded model's vectors")
+    vshow.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    vshow.set_defaults(run=_run_vectors_show)
+    vimport = vector_commands.add_parser(
+        "import",
+        help="import reference {trait}_response_avg_diff.pt tensors",
+        description="Convert tensors saved by the reference persona-vectors code ([L+1, d] per "
+        "trait, loaded with weights_only=True) into a screener vector file for --model.",
+    )
+    vimport.add_argument("files", nargs="+", type=Path, help="{trait}_response_avg_diff.pt files")
+    add_model_options(vimport)
+    vimport.add_argument(
+        "--layer",
+        type=int,
+        required=True,
+        help="the layer to use for screening (row l = hidden_states[l])",
+    )
+    vimport.add_argument("--out", type=Path, required=True, help="vector file to write")
+    add_quiet_option(vimport)
+    vimport.set_defaults(run=_run_vectors_import)
+
+
+def _run_traits_list(args: argparse.Namespace) -> int:
+    packs = list_packs()
+    if args.json:
+        print(json.dumps([{"name": p.name, "description": p.description} for p in packs], indent=2))
+        return EXIT_OK
+    width = max(len(p.name) for p in packs)
+    for pack in packs:
+        print(f"{pack.name:<{width}}  {pack.description}")
+    return EXIT_OK
+
+
+def _run_traits_show(args: argparse.Namespace) -> int:
+    pack = load_pack(args.name)
+    if args.json:
+        print(json.dumps(pack.to_json(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{pack.name}: {pack.description}\n")
+    for index, pair in enumerate(pack.instructions, start=1):
+        print(f"pair {index}\n  + {pair.pos}\n  - {pair.neg}")
+    print("\nextraction questions:")
+    print("\n".join(f"  {q}" for q in pack.extraction_questions))
+    print("\nheld-out evaluation questions:")
+    print("\n".join(f"  {q}" for q in pack.eval_questions))
+    print(f"\njudge rubric:\n{pack.judge_rubric}")
+    return EXIT_OK
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    import shlex
+    import sys
+
+    return shlex.join(["screener", *sys.argv[1:]]) if sys.argv[1:] else f"screener {args.command}"
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from screener.atomic import atomic_path
+    from screener.generate import GenerationSettings
+    from screener.vectors import TraitVector, VectorFile, save_vectors
+    from screener.vectors.extract import ExtractionSettings, extract_trait
+
+    packs = [load_pack(name.strip()) for name in args.traits.split(",") if name.strip()]
+    if not packs:
+        raise ConfigError("--traits needs at least one trait name")
+    with atomic_path(args.out):  # check the destination is writable before hours of work
+        pass
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
+    generation = GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed)
+    settings = ExtractionSettings(args.rollouts, generation, args.layer, args.batch_size)
+    config = loaded.model.config.get_text_config()
+    traits = {}
+    for pack in packs:
+        result = extract_trait(loaded, pack, settings, progress=say)
+        traits[pack.name] = TraitVector(
+            pack.name,
+            result.vectors,
+            result.chosen_layer,
+            list(result.heldout_auroc),
+            result.details,
+        )
+        auroc = result.heldout_auroc[result.chosen_layer]
+        print(f"{pack.name}: layer {result.chosen_layer}, held-out AUROC {auroc:.3f}")
+        for question, positive, negative in result.examples[:1]:
+            say(f"  Q: {question}")
+            say(f"  eliciting:   {positive[:160]!r}\n  suppressing: {negative[:160]!r}")
+    vector_file = VectorFile(
+        loaded.name,
+        loaded.fingerprint,
+        int(config.num_hidden_layers),
+        int(config.hidden_size),
+        traits,
+        _command_line(args),
+        __version__,
+    )
+    save_vectors(vector_file, args.out)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _run_vectors_show(args: argparse.Namespace) -> int:
+    from screener.vectors import load_vectors
+
+    vector_file = load_vectors(args.file)
+    meta = vector_file.metadata()
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return EXIT_OK
+    print(
+        f"{vector_file.path}\nmodel: {vector_file.model_id} "
+        f"(fingerprint {vector_file.fingerprint}, L={vector_file.num_layers}, "
+        f"d={vector_file.hidden_size})\ncommand: {vector_file.command}"
+    )
+    names = list(vector_file.traits)
+    for name in names:
+        trait = vector_file.traits[name]
+        auroc = trait.heldout_auroc[trait.chosen_layer]
+        shown = "unknown" if auroc is None else f"{auroc:.3f}"
+        print(f"{name}: chosen layer {trait.chosen_layer}, held-out AUROC {shown}")
+    print("\nheld-out AUROC per layer (* = chosen)")
+    print("layer " + " ".join(f"{n[:11]:>12}" for n in names))
+    for layer in range(vector_file.num_layers + 1):
+        cells = []
+        for name in names:
+            trait = vector_file.traits[name]
+            value = trait.heldout_auroc[layer]
+            mark = "*" if layer == trait.chosen_layer else " "
+            cells.append(f"{'-' if value is None else f'{value:.3f}'}{mark}".rjust(12))
+        print(f"{layer:>5} " + " ".join(cells))
+    return EXIT_OK
+
+
+def _run_vectors_import(args: argparse.Namespace) -> int:
+    from screener.vectors import VectorFile, save_vectors
+    from screener.vectors.store import import_reference_vectors
+
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
+    suffix = "_response_avg_diff"
+    traits = {}
+    for path in args.files:
+        trait = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
+        traits[trait] = import_reference_vectors(path, trait, loaded, args.layer)
+    config = loaded.model.config.get_text_config()
+    vector_file = VectorFile(
+        loaded.name,
+        loaded.fingerprint,
+        int(config.num_hidden_layers),
+        int(config.hidden_size),
+        traits,
+        _command_line(args),
+        __version__,
+    )
+    save_vectors(vector_file, args.out)
+    print(f"imported {', '.join(traits)} -> {args.out}")
+    return EXIT_OK
