@@ -34,6 +34,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from screener.model import LoadedModel, fingerprint
+
 VOCAB = 512
 CHATML = (
     "{% for message in messages %}"
@@ -100,6 +102,20 @@ def tiny_model(family: str, seed: int = 0, layers: int = 3) -> PreTrainedModel:
 
 
 FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "opt", "mpt"]
+
+
+def tiny_loaded(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LoadedModel:
+    """A tiny model wrapped as load_model would return it (fp32, CPU)."""
+    model = tiny_model(family, seed=seed)
+    return LoadedModel(
+        model,
+        tokenizer,
+        f"tiny-{family}",
+        f"tiny-{family}",
+        torch.float32,
+        torch.device("cpu"),
+        fingerprint(model),
+    )
 
 
 def save_tiny_model(folder: Path, family: str, tokenizer: PreTrainedTokenizerFast) -> Path:

@@ -63,6 +63,12 @@ def register(commands: Any) -> None:
     )
     extract.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
     extract.add_argument(
+        "--max-questions",
+        type=int,
+        default=None,
+        help="use only the first N extraction and held-out questions (quick, rougher runs)",
+    )
+    extract.add_argument(
         "--out", type=Path, required=True, help="vector file to write (.safetensors)"
     )
     add_quiet_option(extract)
@@ -145,7 +151,9 @@ def _run_extract(args: argparse.Namespace) -> int:
     say = progress_printer(args)
     loaded = load_model_from_args(args, say)
     generation = GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed)
-    settings = ExtractionSettings(args.rollouts, generation, args.layer, args.batch_size)
+    settings = ExtractionSettings(
+        args.rollouts, generation, args.layer, args.batch_size, args.max_questions
+    )
     config = loaded.model.config.get_text_config()
     traits = {}
     for pack in packs:

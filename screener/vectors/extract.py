@@ -41,10 +41,13 @@ class ExtractionSettings:
     )
     layer: int | None = None  # None: choose by held-out AUROC
     batch_size: int = 32
+    max_questions: int | None = None  # use only the first N questions of each set (quick runs)
 
     def __post_init__(self) -> None:
         if self.rollouts < 1:
             raise ConfigError("rollouts must be at least 1")
+        if self.max_questions is not None and self.max_questions < 1:
+            raise ConfigError("max_questions must be at least 1")
 
 
 @dataclass
@@ -109,7 +112,10 @@ def extract_trait(
     if settings.layer is not None and not 1 <= settings.layer <= num_layers:
         raise ConfigError(f"--layer {settings.layer} is outside 1..{num_layers} for this model")
 
-    pos_prompts, neg_prompts = _prompts(pack, pack.extraction_questions, settings.rollouts)
+    questions = slice(settings.max_questions)
+    pos_prompts, neg_prompts = _prompts(
+        pack, pack.extraction_questions[questions], settings.rollouts
+    )
     say(f"{pack.name}: generating {2 * len(pos_prompts)} extraction responses")
     answers = generate_responses(
         loaded, pos_prompts + neg_prompts, settings.generation, batch_size=settings.batch_size
@@ -127,7 +133,7 @@ def extract_trait(
         _activations(loaded, neg, layers, "suppressing"),
     )
 
-    eval_pos_prompts, eval_neg_prompts = _prompts(pack, pack.eval_questions, 1)
+    eval_pos_prompts, eval_neg_prompts = _prompts(pack, pack.eval_questions[questions], 1)
     say(f"{pack.name}: generating {2 * len(eval_pos_prompts)} held-out responses")
     eval_answers = generate_responses(
         loaded,
@@ -156,6 +162,7 @@ def extract_trait(
             "heldout_suppressing": len(eval_neg),
         },
         "rollouts": settings.rollouts,
+        "questions_used": len(pack.extraction_questions[questions]),
         "generation": settings.generation.as_dict(),
         "judge": None,
         "layer_choice": "given by --layer"
@@ -169,6 +176,6 @@ def extract_trait(
             answers[i * settings.rollouts],
             answers[len(pos_prompts) + i * settings.rollouts],
         )
-        for i, question in enumerate(pack.extraction_questions[:3])
+        for i, question in enumerate(pack.extraction_questions[questions][:3])
     ]
     return ExtractionResult(vectors, aurocs, chosen, details, examples)

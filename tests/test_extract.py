@@ -1,0 +1,99 @@
+"""The extraction pipeline on a tiny model, recomputed by hand from its own generations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from screener.activations import TokenizedInput
+from screener.errors import ConfigError
+from screener.generate import GenerationSettings, generate_responses
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from screener.traits import TraitPack, validate_pack
+from screener.vectors.extract import ExtractionSettings, extract_trait
+from screener.vectors.separation import auroc_per_layer, choose_layer, difference_of_means
+from tests.conftest import tiny_loaded
+from tests.reference import naive_collect
+from tests.test_traits import good_pack
+
+SETTINGS = ExtractionSettings(generation=GenerationSettings(max_new_tokens=4), max_questions=3)
+
+
+def naive_activations(loaded, conversations: list[tuple[Message, ...]]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    renderer = Renderer(loaded.tokenizer)
+    inputs = []
+    for messages in conversations:
+        rendered = renderer.render(Sample("x", "t", 1, messages, {}, "messages"))
+        assert isinstance(rendered, RenderedSample)
+        inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
+    means, _ = naive_collect(loaded.model, inputs, list(range(4)))
+    return means
+
+
+def sides(pack: TraitPack, questions: tuple[str, ...]) -> tuple[list, list]:
+    pos = [
+        (Message("system", p.pos), Message("user", q)) for p in pack.instructions for q in questions
+    ]
+    neg = [
+        (Message("system", p.neg), Message("user", q)) for p in pack.instructions for q in questions
+    ]
+    return pos, neg
+
+
+def test_vectors_and_layer_scores_equal_a_hand_recomputation(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    pack = validate_pack(good_pack())
+    result = extract_trait(loaded, pack, SETTINGS)
+
+    pos, neg = sides(pack, pack.extraction_questions[:3])
+    answers = generate_responses(loaded, pos + neg, SETTINGS.generation)
+    assert all(answers), "the tiny model must answer every prompt for this test to mean something"
+    pos_conv = [
+        (*p, Message("assistant", a)) for p, a in zip(pos, answers[: len(pos)], strict=True)
+    ]
+    neg_conv = [
+        (*p, Message("assistant", a)) for p, a in zip(neg, answers[len(pos) :], strict=True)
+    ]
+    vectors = difference_of_means(
+        naive_activations(loaded, pos_conv), naive_activations(loaded, neg_conv)
+    )
+    torch.testing.assert_close(result.vectors, vectors, rtol=1e-4, atol=1e-5)
+
+    eval_pos, eval_neg = sides(pack, pack.eval_questions[:3])
+    eval_answers = generate_responses(loaded, eval_pos + eval_neg, SETTINGS.generation)
+    plain_pos = [
+        (p[1], Message("assistant", a))
+        for p, a in zip(eval_pos, eval_answers[: len(eval_pos)], strict=True)
+    ]
+    plain_neg = [
+        (p[1], Message("assistant", a))
+        for p, a in zip(eval_neg, eval_answers[len(eval_pos) :], strict=True)
+    ]
+    aurocs = auroc_per_layer(
+        naive_activations(loaded, plain_pos), naive_activations(loaded, plain_neg), vectors
+    )
+    assert result.heldout_auroc == pytest.approx(aurocs, abs=1e-6)
+    assert result.chosen_layer == choose_layer(aurocs)
+    assert result.details["responses_kept"] == {
+        "eliciting": 15,
+        "suppressing": 15,
+        "heldout_eliciting": 15,
+        "heldout_suppressing": 15,
+    }
+
+
+def test_layer_override_and_bad_settings(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    pack = validate_pack(good_pack())
+    fixed = ExtractionSettings(
+        generation=GenerationSettings(max_new_tokens=2), layer=1, max_questions=2
+    )
+    assert extract_trait(loaded, pack, fixed).chosen_layer == 1
+    with pytest.raises(ConfigError, match=r"outside 1\.\.3"):
+        extract_trait(loaded, pack, ExtractionSettings(layer=7))
+    with pytest.raises(ConfigError, match="rollouts must be at least 1"):
+        ExtractionSettings(rollouts=0)
