@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from screener.errors import ConfigError
-from screener.layers import DecoderLayout, find_layout, resolve_layers
+from screener.layers import Tap, find_layout, resolve_layers, tap
 
 PaddingSide = Literal["left", "right"]
 # Padded tokens per forward pass. Measured on a 2-core AMX CPU with the embedded model, 4096
@@ -56,28 +56,6 @@ class _StopForward(Exception):
     """Raised by the deepest hook: everything needed has been captured."""
 
 
-@dataclass(frozen=True)
-class _Tap:
-    """Where hidden state `layer` can be read: a module's output, or (pre) its first input."""
-
-    layer: int
-    module: nn.Module
-    pre: bool
-
-
-def _taps(layout: DecoderLayout, layers: list[int]) -> list[_Tap]:
-    taps = []
-    for layer in layers:
-        if layer == 0:
-            taps.append(_Tap(layer, layout.blocks[0], pre=True))
-        elif layer == layout.num_layers and layout.last_state_is_normed:
-            assert layout.final_norm is not None  # implied by last_state_is_normed
-            taps.append(_Tap(layer, layout.final_norm, pre=False))
-        else:
-            taps.append(_Tap(layer, layout.blocks[layer - 1], pre=False))
-    return taps
-
-
 def _hidden(value: Any) -> torch.Tensor:
     """Block outputs are a tensor or a tuple whose first element is the hidden state."""
     return value[0] if isinstance(value, (tuple, list)) else value
@@ -85,14 +63,14 @@ def _hidden(value: Any) -> torch.Tensor:
 
 @contextmanager
 def capture_hidden_states(
-    taps: list[_Tap], on_capture: Callable[[int, torch.Tensor], None]
+    taps: list[Tap], on_capture: Callable[[int, torch.Tensor], None]
 ) -> Iterator[None]:
     """Call `on_capture(layer, hidden)` for each tap during forward passes in this context.
 
     The tap of the deepest layer then raises `_StopForward`: nothing later is needed.
     Every hook is removed on exit, also when the forward pass raises.
     """
-    deepest = max(tap.layer for tap in taps)
+    deepest = max(where.layer for where in taps)
     handles = []
 
     def make_hook(layer: int, pre: bool) -> Callable[..., None]:
@@ -111,12 +89,12 @@ def capture_hidden_states(
         return hook
 
     try:
-        for tap in taps:
-            hook = make_hook(tap.layer, tap.pre)
-            if tap.pre:
-                handles.append(tap.module.register_forward_pre_hook(hook, with_kwargs=True))
+        for where in taps:
+            hook = make_hook(where.layer, where.pre)
+            if where.pre:
+                handles.append(where.module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
-                handles.append(tap.module.register_forward_hook(hook))
+                handles.append(where.module.register_forward_hook(hook))
         yield
     finally:
         for handle in handles:
@@ -171,7 +149,7 @@ class ActivationCollector:
         self.model = model
         self.layout = find_layout(model)
         self.layers = resolve_layers(list(layers), self.layout.num_layers)
-        self.taps = _taps(self.layout, self.layers)
+        self.taps = [tap(self.layout, layer) for layer in self.layers]
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.padding_side = padding_side

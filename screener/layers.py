@@ -96,3 +96,22 @@ def resolve_layers(layers: list[int] | tuple[int, ...], num_layers: int) -> list
     if not resolved:
         raise ConfigError("no layers requested: pass at least one layer number")
     return sorted(resolved)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where hidden state `layer` can be read or changed: the output of `module`, or with
+    `pre` its first input (the embedding output enters the first block that way)."""
+
+    layer: int
+    module: nn.Module
+    pre: bool
+
+
+def tap(layout: DecoderLayout, layer: int) -> Tap:
+    """The module position that carries `hidden_states[layer]` (layer in 0..L)."""
+    if layer == 0:
+        return Tap(layer, layout.blocks[0], pre=True)
+    if layer == layout.num_layers and layout.last_state_is_normed and layout.final_norm is not None:
+        return Tap(layer, layout.final_norm, pre=False)
+    return Tap(layer, layout.blocks[layer - 1], pre=False)

@@ -192,3 +192,49 @@ def test_collect_fail_policy_also_covers_rows_rejected_while_rendering(
     assert err.endswith(
         "tokens, which leaves no room for the response in the 5-token context window\n"
     )
+
+
+def test_traits_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["traits", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in listed][:3] == ["apathetic", "evil", "hallucination"]
+    assert main(["traits", "show", "evil"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("evil: ") and "held-out evaluation questions:" in out
+    assert main(["traits", "show", "grumpy"]) == 2
+    assert "unknown trait 'grumpy'" in capsys.readouterr().err
+
+
+def test_vectors_import_then_show(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = torch.randn(4, 64)
+    torch.save(rows, tmp_path / "evil_response_avg_diff.pt")
+    out = tmp_path / "v.safetensors"
+    code = main(
+        [
+            "vectors",
+            "import",
+            str(tmp_path / "evil_response_avg_diff.pt"),
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--layer",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out == f"imported evil -> {out}\n"
+    assert main(["vectors", "show", str(out), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["traits"]["evil"]["chosen_layer"] == 2
+    assert meta["traits"]["evil"]["heldout_auroc"] == [None] * 4
+    assert meta["command"].startswith("screener") and meta["model"]["num_layers"] == 3
+    assert main(["vectors", "show", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "evil: chosen layer 2, held-out AUROC unknown" in table
+    assert "\n    2           -*\n" in table

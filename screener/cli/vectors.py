@@ -74,6 +74,30 @@ def register(commands: Any) -> None:
     add_quiet_option(extract)
     extract.set_defaults(run=_run_extract)
 
+    steer = commands.add_parser(
+        "steer",
+        help="answer a question with and without a persona vector added",
+        description="Generate the model's answer to QUESTION twice: plain, and with COEF times "
+        "the trait's unit vector added to every position at the chosen layer. If the vector "
+        "captures the trait, the steered answer shows it.",
+    )
+    steer.add_argument("question", help="the user message to answer")
+    add_model_options(steer)
+    steer.add_argument("--vectors", default="builtin", help="vector file (default: builtin)")
+    steer.add_argument("--trait", required=True, help="trait to steer toward")
+    steer.add_argument(
+        "--coef",
+        type=float,
+        required=True,
+        help="how much of the unit vector to add (negative steers away)",
+    )
+    steer.add_argument(
+        "--layer", type=int, default=None, help="layer to steer at (default: chosen)"
+    )
+    steer.add_argument("--max-new-tokens", type=int, default=96, help="answer length (default 96)")
+    add_quiet_option(steer)
+    steer.set_defaults(run=_run_steer)
+
     vectors = commands.add_parser("vectors", help="show and import persona vector files")
     vector_commands = vectors.add_subparsers(
         dest="vectors_command", required=True, metavar="ACTION"
@@ -181,6 +205,28 @@ def _run_extract(args: argparse.Namespace) -> int:
     )
     save_vectors(vector_file, args.out)
     print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _run_steer(args: argparse.Namespace) -> int:
+    from screener.generate import GenerationSettings, generate_responses
+    from screener.records import Message
+    from screener.vectors import load_vectors
+    from screener.vectors.steer import steering
+
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
+    trait = load_vectors(args.vectors, model=loaded).trait(args.trait)
+    layer = trait.chosen_layer if args.layer is None else args.layer
+    prompt = [(Message("user", args.question),)]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    [plain] = generate_responses(loaded, prompt, settings)
+    with steering(loaded.model, layer, trait.vectors[layer], args.coef):
+        [steered] = generate_responses(loaded, prompt, settings)
+    print(
+        f"question: {args.question}\n\nplain:\n{plain}\n\n"
+        f"steered ({args.trait}, layer {layer}, coef {args.coef:g}):\n{steered}"
+    )
     return EXIT_OK
 
 
