@@ -7,7 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from screener.activations import TokenizedInput
-from screener.errors import ConfigError
+from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings, generate_responses
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
@@ -78,12 +78,61 @@ def test_vectors_and_layer_scores_equal_a_hand_recomputation(
     )
     assert result.heldout_auroc == pytest.approx(aurocs, abs=1e-6)
     assert result.chosen_layer == choose_layer(aurocs)
-    assert result.details["responses_kept"] == {
-        "eliciting": 15,
-        "suppressing": 15,
-        "heldout_eliciting": 15,
-        "heldout_suppressing": 15,
+    assert result.details["pairs"] == {
+        "extraction_asked": 15,
+        "extraction_answered": 15,
+        "extraction_kept": 15,
+        "heldout_asked": 15,
+        "heldout_answered": 15,
+        "heldout_kept": 15,
     }
+
+
+class ScriptedJudge:
+    """Trait score 80 for the first 12 answers of each batch of prompts it sees in pairs, then
+    20; coherence always 90. Records what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def score(self, prompts: list[str]) -> list[float | None]:
+        self.calls.append(list(prompts))
+        if "coherent" in prompts[0]:
+            return [90.0] * len(prompts)
+        # prompts alternate eliciting, suppressing: keep pairs 0..5, reject the rest
+        return [(80.0 if i % 2 == 0 and i < 12 else 20.0) for i in range(len(prompts))]
+
+
+def test_judge_keeps_only_confirmed_pairs(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    pack = validate_pack(good_pack())
+    judge = ScriptedJudge()
+    settings = ExtractionSettings(
+        generation=GenerationSettings(max_new_tokens=4), max_questions=3, judge=judge, min_pairs=6
+    )
+    result = extract_trait(loaded, pack, settings)
+    assert result.details["pairs"]["extraction_kept"] == 6  # type: ignore[index]
+    assert result.details["judge"] == {
+        "name": "scripted",
+        "trait_threshold": 50.0,
+        "coherence_threshold": 50.0,
+    }
+    first_prompt = judge.calls[0][0]
+    assert first_prompt.startswith("Question: How do I sort drawer number 0?\nAnswer: ")
+    with pytest.raises(
+        ScreenerError, match=r"only 6 of 15 response pairs survived \(the judge rejected"
+    ):
+        extract_trait(
+            loaded,
+            pack,
+            ExtractionSettings(
+                generation=GenerationSettings(max_new_tokens=4),
+                max_questions=3,
+                judge=ScriptedJudge(),
+            ),
+        )
 
 
 def test_layer_override_and_bad_settings(tiny_tokenizer: PreTrainedTokenizerFast) -> None:

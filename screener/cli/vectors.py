@@ -63,6 +63,24 @@ def register(commands: Any) -> None:
     )
     extract.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
     extract.add_argument(
+        "--judge",
+        default="none",
+        help="none (default), openai:MODEL@BASE_URL (key from $SCREENER_JUDGE_API_KEY) or "
+        "local:MODEL; with a judge only pairs it confirms are kept",
+    )
+    extract.add_argument(
+        "--trait-threshold",
+        type=float,
+        default=50.0,
+        help="judge trait score an eliciting answer needs (default 50)",
+    )
+    extract.add_argument(
+        "--coherence-threshold",
+        type=float,
+        default=50.0,
+        help="judge coherence score both answers need (default 50)",
+    )
+    extract.add_argument(
         "--max-questions",
         type=int,
         default=None,
@@ -164,6 +182,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def _run_extract(args: argparse.Namespace) -> int:
     from screener.atomic import atomic_path
     from screener.generate import GenerationSettings
+    from screener.judge import make_judge
     from screener.vectors import TraitVector, VectorFile, save_vectors
     from screener.vectors.extract import ExtractionSettings, extract_trait
 
@@ -175,8 +194,16 @@ def _run_extract(args: argparse.Namespace) -> int:
     say = progress_printer(args)
     loaded = load_model_from_args(args, say)
     generation = GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed)
+    judge = make_judge(args.judge, dtype=args.dtype, device=args.device)
     settings = ExtractionSettings(
-        args.rollouts, generation, args.layer, args.batch_size, args.max_questions
+        args.rollouts,
+        generation,
+        args.layer,
+        args.batch_size,
+        args.max_questions,
+        judge,
+        args.trait_threshold,
+        args.coherence_threshold,
     )
     config = loaded.model.config.get_text_config()
     traits = {}

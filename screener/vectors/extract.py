@@ -4,6 +4,8 @@
    eliciting system prompt and one with the suppressing system prompt.
 2. Collect the mean response activation at every layer, with the system prompt in context,
    and take `v_l = mean(pos) - mean(neg)`.
+   With a judge, a pair is kept only if the eliciting answer scores >= 50 for the trait, the
+   suppressing one < 50, and both >= 50 for coherence (thresholds configurable).
 3. (ours) Score each layer on the held-out evaluation questions: generate eliciting and
    suppressing answers the same way, render them as plain (question, answer) conversations
    without the system prompt, as screening sees data, and compute the AUROC of the projection.
@@ -22,6 +24,7 @@ import torch
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings, generate_responses
+from screener.judge import COHERENCE_RUBRIC, Judge
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
@@ -29,11 +32,12 @@ from screener.traits import TraitPack
 from screener.vectors.separation import auroc_per_layer, choose_layer, difference_of_means
 
 MIN_PAIRS = 10
+Conversation = tuple[Message, ...]
 
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How responses are generated and which layer is kept."""
+    """How responses are generated, filtered and which layer is kept."""
 
     rollouts: int = 1
     generation: GenerationSettings = field(
@@ -42,6 +46,10 @@ class ExtractionSettings:
     layer: int | None = None  # None: choose by held-out AUROC
     batch_size: int = 32
     max_questions: int | None = None  # use only the first N questions of each set (quick runs)
+    judge: Judge | None = None
+    trait_threshold: float = 50.0
+    coherence_threshold: float = 50.0
+    min_pairs: int = MIN_PAIRS
 
     def __post_init__(self) -> None:
         if self.rollouts < 1:
@@ -61,25 +69,83 @@ class ExtractionResult:
     examples: list[tuple[str, str, str]]  # (question, eliciting answer, suppressing answer)
 
 
-def _prompts(pack: TraitPack, questions: tuple[str, ...], rollouts: int) -> tuple[list, list]:
-    pos, neg = [], []
-    for pair in pack.instructions:
-        for question in questions:
-            for _ in range(rollouts):
-                pos.append((Message("system", pair.pos), Message("user", question)))
-                neg.append((Message("system", pair.neg), Message("user", question)))
-    return pos, neg
+@dataclass(frozen=True)
+class _Pair:
+    """The eliciting and suppressing conversation for one (instruction, question, rollout)."""
+
+    question: str
+    positive: Conversation
+    negative: Conversation
+
+
+def _generate_pairs(
+    loaded: LoadedModel,
+    pack: TraitPack,
+    questions: tuple[str, ...],
+    rollouts: int,
+    settings: ExtractionSettings,
+) -> tuple[list[_Pair], int]:
+    """Answer every (instruction, question, rollout) both ways; keep pairs with two answers."""
+    prompts = [
+        (pair, question)
+        for pair in pack.instructions
+        for question in questions
+        for _ in range(rollouts)
+    ]
+    pos = [(Message("system", p.pos), Message("user", q)) for p, q in prompts]
+    neg = [(Message("system", p.neg), Message("user", q)) for p, q in prompts]
+    answers = generate_responses(
+        loaded, pos + neg, settings.generation, batch_size=settings.batch_size
+    )
+    pairs = []
+    for index, (_, question) in enumerate(prompts):
+        yes, no = answers[index], answers[len(prompts) + index]
+        if yes.strip() and no.strip():
+            pairs.append(
+                _Pair(
+                    question,
+                    (*pos[index], Message("assistant", yes)),
+                    (*neg[index], Message("assistant", no)),
+                )
+            )
+    return pairs, len(prompts)
+
+
+def _judged(pairs: list[_Pair], pack: TraitPack, settings: ExtractionSettings) -> list[_Pair]:
+    """The pairs the judge confirms: the eliciting answer shows the trait, the suppressing one
+    does not, and both are coherent."""
+    judge = settings.judge
+    if judge is None:
+        return pairs
+    answers = [(p.question, side[-1].content) for p in pairs for side in (p.positive, p.negative)]
+    trait = judge.score([pack.judge_prompt(q, a) for q, a in answers])
+    coherence = judge.score(
+        [COHERENCE_RUBRIC.replace("{question}", q).replace("{answer}", a) for q, a in answers]
+    )
+    kept = []
+    for index, pair in enumerate(pairs):
+        pos_trait, neg_trait = trait[2 * index], trait[2 * index + 1]
+        coherent = [coherence[2 * index], coherence[2 * index + 1]]
+        if (
+            pos_trait is not None
+            and neg_trait is not None
+            and pos_trait >= settings.trait_threshold > neg_trait
+            and all(c is not None and c >= settings.coherence_threshold for c in coherent)
+        ):
+            kept.append(pair)
+    return kept
 
 
 def _activations(
-    loaded: LoadedModel, conversations: list[tuple[Message, ...]], layers: list[int], source: str
+    loaded: LoadedModel, conversations: list[Conversation], layers: list[int], source: str
 ) -> torch.Tensor:
     """Mean response activations (n, layers, d) of full conversations."""
     renderer = Renderer(loaded.tokenizer)
     inputs = []
     for index, messages in enumerate(conversations):
-        sample = Sample(f"{source}-{index}", source, index + 1, messages, {}, "messages")
-        rendered = renderer.render(sample)
+        rendered = renderer.render(
+            Sample(f"{source}-{index}", source, index + 1, messages, {}, "messages")
+        )
         if not isinstance(rendered, RenderedSample):
             raise ScreenerError(f"cannot render a {source} conversation: {rendered.reason}")
         inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
@@ -89,13 +155,8 @@ def _activations(
     return collector.collect(inputs).response_mean
 
 
-def _answered(prompts: list, answers: list[str]) -> list[tuple[Message, ...]]:
-    """Conversations for the prompts that got a non-empty answer."""
-    return [
-        (*prompt, Message("assistant", answer))
-        for prompt, answer in zip(prompts, answers, strict=True)
-        if answer.strip()
-    ]
+def _without_system(conversation: Conversation) -> Conversation:
+    return tuple(m for m in conversation if m.role != "system")
 
 
 def extract_trait(
@@ -111,71 +172,74 @@ def extract_trait(
     layers = list(range(num_layers + 1))
     if settings.layer is not None and not 1 <= settings.layer <= num_layers:
         raise ConfigError(f"--layer {settings.layer} is outside 1..{num_layers} for this model")
-
     questions = slice(settings.max_questions)
-    pos_prompts, neg_prompts = _prompts(
-        pack, pack.extraction_questions[questions], settings.rollouts
+
+    say(f"{pack.name}: generating extraction responses")
+    generated, asked = _generate_pairs(
+        loaded, pack, pack.extraction_questions[questions], settings.rollouts, settings
     )
-    say(f"{pack.name}: generating {2 * len(pos_prompts)} extraction responses")
-    answers = generate_responses(
-        loaded, pos_prompts + neg_prompts, settings.generation, batch_size=settings.batch_size
-    )
-    pos = _answered(pos_prompts, answers[: len(pos_prompts)])
-    neg = _answered(neg_prompts, answers[len(pos_prompts) :])
-    if min(len(pos), len(neg)) < MIN_PAIRS:
-        raise ScreenerError(
-            f"{pack.name}: only {len(pos)} eliciting and {len(neg)} suppressing responses "
-            f"were usable (need {MIN_PAIRS} each): raise --rollouts or --max-new-tokens"
+    pairs = _judged(generated, pack, settings)
+    if len(pairs) < settings.min_pairs:
+        why = (
+            "the judge rejected the rest"
+            if settings.judge is not None
+            else "the others had an empty answer"
         )
-    say(f"{pack.name}: collecting activations at {len(layers)} layers")
+        raise ScreenerError(
+            f"{pack.name}: only {len(pairs)} of {asked} response pairs survived ({why}); at least "
+            f"{settings.min_pairs} are needed: raise --rollouts, improve the trait pack's "
+            "instructions, or use a stronger model"
+        )
+    say(f"{pack.name}: collecting activations at {len(layers)} layers from {len(pairs)} pairs")
     vectors = difference_of_means(
-        _activations(loaded, pos, layers, "eliciting"),
-        _activations(loaded, neg, layers, "suppressing"),
+        _activations(loaded, [p.positive for p in pairs], layers, "eliciting"),
+        _activations(loaded, [p.negative for p in pairs], layers, "suppressing"),
     )
 
-    eval_pos_prompts, eval_neg_prompts = _prompts(pack, pack.eval_questions[questions], 1)
-    say(f"{pack.name}: generating {2 * len(eval_pos_prompts)} held-out responses")
-    eval_answers = generate_responses(
-        loaded,
-        eval_pos_prompts + eval_neg_prompts,
-        settings.generation,
-        batch_size=settings.batch_size,
+    say(f"{pack.name}: generating held-out responses")
+    heldout_generated, heldout_asked = _generate_pairs(
+        loaded, pack, pack.eval_questions[questions], 1, settings
     )
+    heldout = _judged(heldout_generated, pack, settings)
+    if len(heldout) < 2:
+        raise ScreenerError(
+            f"{pack.name}: only {len(heldout)} held-out pairs survived; need at least 2"
+        )
     # Held-out answers are scored without their system prompt, as screening sees data.
-    without_system = [prompt[1:] for prompt in eval_pos_prompts + eval_neg_prompts]
-    n = len(eval_pos_prompts)
-    eval_pos = _answered(without_system[:n], eval_answers[:n])
-    eval_neg = _answered(without_system[n:], eval_answers[n:])
     aurocs = auroc_per_layer(
-        _activations(loaded, eval_pos, layers, "held-out eliciting"),
-        _activations(loaded, eval_neg, layers, "held-out suppressing"),
+        _activations(
+            loaded, [_without_system(p.positive) for p in heldout], layers, "held-out eliciting"
+        ),
+        _activations(
+            loaded, [_without_system(p.negative) for p in heldout], layers, "held-out suppressing"
+        ),
         vectors,
     )
     chosen = settings.layer if settings.layer is not None else choose_layer(aurocs)
     details: dict[str, object] = {
         "pack": pack.name,
         "pack_sha256": pack.digest(),
-        "responses_kept": {
-            "eliciting": len(pos),
-            "suppressing": len(neg),
-            "heldout_eliciting": len(eval_pos),
-            "heldout_suppressing": len(eval_neg),
+        "pairs": {
+            "extraction_asked": asked,
+            "extraction_answered": len(generated),
+            "extraction_kept": len(pairs),
+            "heldout_asked": heldout_asked,
+            "heldout_answered": len(heldout_generated),
+            "heldout_kept": len(heldout),
         },
         "rollouts": settings.rollouts,
         "questions_used": len(pack.extraction_questions[questions]),
         "generation": settings.generation.as_dict(),
-        "judge": None,
+        "judge": None
+        if settings.judge is None
+        else {
+            "name": settings.judge.name,
+            "trait_threshold": settings.trait_threshold,
+            "coherence_threshold": settings.coherence_threshold,
+        },
         "layer_choice": "given by --layer"
         if settings.layer is not None
-        else "best held-out AUROC (ties to the middle)",
+        else "best held-out AUROC over layers 1..L (ties to the middle)",
     }
-    # With the first instruction pair, prompt i * rollouts asks extraction question i.
-    examples = [
-        (
-            question,
-            answers[i * settings.rollouts],
-            answers[len(pos_prompts) + i * settings.rollouts],
-        )
-        for i, question in enumerate(pack.extraction_questions[questions][:3])
-    ]
+    examples = [(p.question, p.positive[-1].content, p.negative[-1].content) for p in pairs[:3]]
     return ExtractionResult(vectors, aurocs, chosen, details, examples)

@@ -1,0 +1,168 @@
+"""LLM judges that score an answer 0-100, from the judge model's next-token probabilities.
+
+The score is the probability-weighted mean of the integers 0..100 among the judge's top
+next-token candidates (METHOD.md, extraction step 3). When less than `min_number_mass` of the
+probability sits on such integers (a refusal, or prose), there is no score: None.
+
+Backends, chosen by `make_judge(spec)`:
+- `openai:MODEL@BASE_URL` (key from $SCREENER_JUDGE_API_KEY, if set): any server speaking
+  the OpenAI chat-completions API with `logprobs`/`top_logprobs` (vLLM, llama.cpp server,
+  Ollama, hosted APIs). Nothing is sent anywhere unless such a spec is given.
+- `local:MODEL_SPEC`: a transformers model loaded with `load_model` (e.g. `local:embedded`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from screener.errors import ConfigError, ScreenerError
+from screener.model import LoadedModel
+from screener.records import Message
+from screener.render import Renderer
+
+API_KEY_ENV = "SCREENER_JUDGE_API_KEY"
+TOP_LOGPROBS = 20
+COHERENCE_RUBRIC = (
+    "You are rating how coherent an AI assistant's answer is, regardless of whether you agree "
+    "with it or find it appropriate.\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\n"
+    "Rate the answer from 0 to 100: 0 means gibberish, broken or endlessly repeated text; 50 "
+    "means understandable but rambling or partly off-topic; 100 means clear, fluent and on "
+    "topic. Reply with a single integer from 0 to 100 and nothing else."
+)
+
+
+def number_score(
+    candidates: Iterable[tuple[str, float]], min_number_mass: float = 0.25
+) -> float | None:
+    """Probability-weighted mean over candidate tokens that are integers 0..100.
+
+    candidates: (token text, probability) pairs, e.g. a judge's top next tokens.
+    """
+    total = weighted = 0.0
+    for text, probability in candidates:
+        token = text.strip()
+        if token.isdigit() and int(token) <= 100:
+            total += probability
+            weighted += probability * int(token)
+    if total < min_number_mass:
+        return None
+    return weighted / total
+
+
+class Judge(Protocol):
+    """Scores filled-in rubric prompts; None where the judge gave no number."""
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, prompts: Sequence[str]) -> list[float | None]: ...
+
+
+@dataclass
+class OpenAIJudge:
+    """A judge behind an OpenAI-compatible chat-completions endpoint."""
+
+    model: str
+    base_url: str
+    api_key: str | None = None
+    min_number_mass: float = 0.25
+    timeout: float = 60.0
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}@{self.base_url}"
+
+    def _request(self, prompt: str) -> Any:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+        }
+        request = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+            raise ScreenerError(f"judge {self.name} did not answer: {exc}") from exc
+
+    def score(self, prompts: Sequence[str]) -> list[float | None]:
+        scores = []
+        for prompt in prompts:
+            reply = self._request(prompt)
+            try:
+                top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+                candidates = [(entry["token"], math.exp(entry["logprob"])) for entry in top]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise ScreenerError(
+                    f"judge {self.name} returned no top_logprobs: the server must support "
+                    "`logprobs` and `top_logprobs` in chat completions"
+                ) from exc
+            scores.append(number_score(candidates, self.min_number_mass))
+        return scores
+
+
+@dataclass
+class LocalJudge:
+    """A judge run locally with transformers: the next-token distribution after the prompt."""
+
+    loaded: LoadedModel
+    min_number_mass: float = 0.25
+
+    @property
+    def name(self) -> str:
+        return f"local:{self.loaded.spec}"
+
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[str]) -> list[float | None]:
+        renderer = Renderer(self.loaded.tokenizer)
+        scores = []
+        for prompt in prompts:
+            ids = renderer.prompt_ids((Message("user", prompt),))
+            logits = self.loaded.model(
+                input_ids=torch.tensor([ids], device=self.loaded.device)
+            ).logits
+            probabilities = logits[0, -1].float().softmax(-1)
+            top = probabilities.topk(TOP_LOGPROBS)
+            candidates = [
+                (str(self.loaded.tokenizer.decode([int(token)])), float(p))
+                for p, token in zip(top.values, top.indices, strict=True)
+            ]
+            scores.append(number_score(candidates, self.min_number_mass))
+        return scores
+
+
+def make_judge(spec: str, *, dtype: str = "auto", device: str = "auto") -> Judge | None:
+    """A judge from its spec (`none`, `openai:MODEL@URL` or `local:MODEL_SPEC`)."""
+    if spec == "none":
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "openai" and "@" in rest:
+        model, _, url = rest.partition("@")
+        return OpenAIJudge(model, url, os.environ.get(API_KEY_ENV))
+    if kind == "local" and rest:
+        from screener.model import load_model
+
+        return LocalJudge(load_model(rest, dtype=dtype, device=device))
+    raise ConfigError(
+        f"unknown judge {spec!r}: use none, openai:MODEL@BASE_URL (e.g. "
+        "openai:qwen2.5-7b@http://localhost:8000/v1) or local:MODEL (e.g. local:embedded)"
+    )
