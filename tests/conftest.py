@@ -146,11 +146,17 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-@pytest.fixture(autouse=True)
-def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test gets its own screener state directory."""
-    monkeypatch.setenv("SCREENER_HOME", str(tmp_path / "screener-home"))
+@pytest.fixture(scope="session", autouse=True)
+def _state_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The test session gets its own screener state directory (never the user's), shared so
+    the embedded model is converted once."""
+    previous = os.environ.get("SCREENER_HOME")
+    os.environ["SCREENER_HOME"] = str(tmp_path_factory.mktemp("screener-home"))
     yield
+    if previous is None:
+        del os.environ["SCREENER_HOME"]
+    else:
+        os.environ["SCREENER_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

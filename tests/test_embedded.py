@@ -62,3 +62,36 @@ def test_converted_copy_equals_the_gguf_load(
         torch.testing.assert_close(
             direct.model(ids).logits, embedded_fp32.model(ids).logits, rtol=0, atol=0
         )
+
+
+def test_extract_command_writes_a_complete_loadable_vector(tmp_path: Path) -> None:
+    from screener.cli import main
+    from screener.vectors import load_vectors
+
+    out = tmp_path / "evil.safetensors"
+    code = main(
+        [
+            "extract",
+            "--traits",
+            "evil",
+            "--max-questions",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    vectors = load_vectors(out)
+    meta = vectors.metadata()
+    assert meta["model"]["num_layers"] == 30 and meta["model"]["hidden_size"] == 576
+    assert meta["command"] == (
+        f"screener extract --traits evil --max-questions 2 --max-new-tokens 12 --out {out} --quiet"
+    )
+    evil = meta["traits"]["evil"]
+    assert 1 <= evil["chosen_layer"] <= 30 and len(evil["heldout_auroc"]) == 31
+    assert evil["pairs"]["extraction_asked"] == 10 and evil["judge"] is None
+    assert evil["generation"]["max_new_tokens"] == 12 and len(evil["pack_sha256"]) == 64
+    assert vectors.trait("evil").vectors.shape == (31, 576)

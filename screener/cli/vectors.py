@@ -172,13 +172,6 @@ def _run_traits_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    import shlex
-    import sys
-
-    return shlex.join(["screener", *sys.argv[1:]]) if sys.argv[1:] else f"screener {args.command}"
-
-
 def _run_extract(args: argparse.Namespace) -> int:
     from screener.atomic import atomic_path
     from screener.generate import GenerationSettings
@@ -227,7 +220,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         int(config.num_hidden_layers),
         int(config.hidden_size),
         traits,
-        _command_line(args),
+        args.command_line,
         __version__,
     )
     save_vectors(vector_file, args.out)
@@ -307,7 +300,7 @@ def _run_vectors_import(args: argparse.Namespace) -> int:
         int(config.num_hidden_layers),
         int(config.hidden_size),
         traits,
-        _command_line(args),
+        args.command_line,
         __version__,
     )
     save_vectors(vector_file, args.out)
