@@ -4,32 +4,26 @@ The score is the probability-weighted mean of the integers 0..100 among the judg
 next-token candidates (METHOD.md, extraction step 3). When less than `min_number_mass` of the
 probability sits on such integers (a refusal, or prose), there is no score: None.
 
-Backends, chosen by `make_judge(spec)`:
-- `openai:MODEL@BASE_URL` (key from $SCREENER_JUDGE_API_KEY, if set): any server speaking
-  the OpenAI chat-completions API with `logprobs`/`top_logprobs` (vLLM, llama.cpp server,
-  Ollama, hosted APIs). Nothing is sent anywhere unless such a spec is given.
-- `local:MODEL_SPEC`: a transformers model loaded with `load_model` (e.g. `local:embedded`).
+Backends, chosen by `make_judge(spec)` (specs as in `screener.endpoints`): an
+OpenAI-compatible endpoint that returns `logprobs`/`top_logprobs`, or a local transformers
+model.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
-from screener.errors import ConfigError, ScreenerError
+from screener.endpoints import OpenAIEndpoint, openai_endpoint, parse_spec
+from screener.errors import ScreenerError
 from screener.model import LoadedModel
 from screener.records import Message
 from screener.render import Renderer
 
-API_KEY_ENV = "SCREENER_JUDGE_API_KEY"
 TOP_LOGPROBS = 20
 COHERENCE_RUBRIC = (
     "You are rating how coherent an AI assistant's answer is, regardless of whether you agree "
@@ -71,43 +65,19 @@ class Judge(Protocol):
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible chat-completions endpoint."""
 
-    model: str
-    base_url: str
-    api_key: str | None = None
+    endpoint: OpenAIEndpoint
     min_number_mass: float = 0.25
-    timeout: float = 60.0
 
     @property
     def name(self) -> str:
-        return f"openai:{self.model}@{self.base_url}"
-
-    def _request(self, prompt: str) -> Any:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 1,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
-        }
-        request = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={
-                "Content-Type": "application/json",
-                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
-            raise ScreenerError(f"judge {self.name} did not answer: {exc}") from exc
+        return self.endpoint.name
 
     def score(self, prompts: Sequence[str]) -> list[float | None]:
         scores = []
         for prompt in prompts:
-            reply = self._request(prompt)
+            reply = self.endpoint.complete(
+                prompt, max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS
+            )
             try:
                 top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
                 candidates = [(entry["token"], math.exp(entry["logprob"])) for entry in top]
@@ -151,18 +121,12 @@ class LocalJudge:
 
 
 def make_judge(spec: str, *, dtype: str = "auto", device: str = "auto") -> Judge | None:
-    """A judge from its spec (`none`, `openai:MODEL@URL` or `local:MODEL_SPEC`)."""
+    """A judge from its spec: `none`, `openai:MODEL@BASE_URL` or `local:MODEL_SPEC`."""
     if spec == "none":
         return None
-    kind, _, rest = spec.partition(":")
-    if kind == "openai" and "@" in rest:
-        model, _, url = rest.partition("@")
-        return OpenAIJudge(model, url, os.environ.get(API_KEY_ENV))
-    if kind == "local" and rest:
-        from screener.model import load_model
+    kind, model, url = parse_spec(spec, "judge")
+    if kind == "openai":
+        return OpenAIJudge(openai_endpoint(model, url))
+    from screener.model import load_model
 
-        return LocalJudge(load_model(rest, dtype=dtype, device=device))
-    raise ConfigError(
-        f"unknown judge {spec!r}: use none, openai:MODEL@BASE_URL (e.g. "
-        "openai:qwen2.5-7b@http://localhost:8000/v1) or local:MODEL (e.g. local:embedded)"
-    )
+    return LocalJudge(load_model(model, dtype=dtype, device=device))

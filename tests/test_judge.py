@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from screener.endpoints import OpenAIEndpoint
 from screener.errors import ConfigError, ScreenerError
 from screener.judge import LocalJudge, OpenAIJudge, make_judge, number_score
 from screener.records import Message
@@ -83,7 +84,7 @@ def server() -> Iterator[str]:
 
 
 def test_openai_compatible_judge_on_loopback(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCREENER_JUDGE_API_KEY", "sk-test")
+    monkeypatch.setenv("SCREENER_API_KEY", "sk-test")
     judge = make_judge(f"openai:judge-model@{server}")
     assert isinstance(judge, OpenAIJudge)
     scores = judge.score(["rate A", "rate B", "rate C"])
@@ -100,7 +101,7 @@ def test_openai_compatible_judge_on_loopback(server: str, monkeypatch: pytest.Mo
 
 
 def test_unreachable_judge_and_bad_specs() -> None:
-    judge = OpenAIJudge("m", "http://127.0.0.1:9/v1", timeout=2)
+    judge = OpenAIJudge(OpenAIEndpoint("m", "http://127.0.0.1:9/v1", timeout=2))
     with pytest.raises(ScreenerError, match="did not answer"):
         judge.score(["rate A"])
     assert make_judge("none") is None

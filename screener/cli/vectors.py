@@ -65,7 +65,7 @@ def register(commands: Any) -> None:
     extract.add_argument(
         "--judge",
         default="none",
-        help="none (default), openai:MODEL@BASE_URL (key from $SCREENER_JUDGE_API_KEY) or "
+        help="none (default), openai:MODEL@BASE_URL (key from $SCREENER_API_KEY) or "
         "local:MODEL; with a judge only pairs it confirms are kept",
     )
     extract.add_argument(
