@@ -3,9 +3,14 @@ real embedded model (loaded once per session for the slow tests)."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 # No test may reach a model hub; set before huggingface_hub reads it at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -165,3 +170,41 @@ def embedded_fp32():  # type: ignore[no-untyped-def]
     from screener.model import load_model
 
     return load_model("embedded", dtype="fp32", device="cpu")
+
+
+@dataclass
+class ChatServer:
+    """An OpenAI-compatible chat-completions server on loopback whose replies a test scripts."""
+
+    url: str
+    reply: Callable[[dict[str, Any]], dict[str, Any]]
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer("", lambda body: {})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # http.server's method name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            server.requests.append(
+                {"path": self.path, "auth": self.headers.get("Authorization"), **body}
+            )
+            data = json.dumps(server.reply(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield server
+    httpd.shutdown()
+    httpd.server_close()

@@ -3,12 +3,8 @@ logprobs, and a tiny local model checked against its own logits."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +15,7 @@ from screener.errors import ConfigError, ScreenerError
 from screener.judge import LocalJudge, OpenAIJudge, make_judge, number_score
 from screener.records import Message
 from screener.render import Renderer
-from tests.conftest import tiny_loaded
+from tests.conftest import ChatServer, tiny_loaded
 
 
 def test_number_score_by_hand() -> None:
@@ -36,61 +32,23 @@ SCRIPT: dict[str, list[tuple[str, float]]] = {
 }
 
 
-class ScriptedServer(BaseHTTPRequestHandler):
-    requests: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ScriptedServer.requests.append(
-            {"path": self.path, "auth": self.headers.get("Authorization"), **body}
-        )
-        top = SCRIPT[body["messages"][0]["content"]]
-        reply = {
-            "choices": [
-                {
-                    "logprobs": {
-                        "content": [
-                            {
-                                "token": top[0][0],
-                                "logprob": math.log(top[0][1]),
-                                "top_logprobs": [
-                                    {"token": t, "logprob": math.log(p)} for t, p in top
-                                ],
-                            }
-                        ]
-                    }
-                }
-            ]
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def logprob_reply(body: dict[str, Any]) -> dict[str, Any]:
+    top = SCRIPT[body["messages"][0]["content"]]
+    entries = [{"token": t, "logprob": math.log(p)} for t, p in top]
+    return {"choices": [{"logprobs": {"content": [{**entries[0], "top_logprobs": entries}]}}]}
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
-    httpd = HTTPServer(("127.0.0.1", 0), ScriptedServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    ScriptedServer.requests = []
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-
-
-def test_openai_compatible_judge_on_loopback(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openai_compatible_judge_on_loopback(
+    chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SCREENER_API_KEY", "sk-test")
-    judge = make_judge(f"openai:judge-model@{server}")
+    chat_server.reply = logprob_reply
+    judge = make_judge(f"openai:judge-model@{chat_server.url}")
     assert isinstance(judge, OpenAIJudge)
     scores = judge.score(["rate A", "rate B", "rate C"])
     assert scores[0] == pytest.approx((0.6 * 90 + 0.3 * 80) / 0.9)
     assert scores[1:] == [None, None]
-    sent = ScriptedServer.requests[0]
+    sent = chat_server.requests[0]
     assert sent["path"] == "/v1/chat/completions" and sent["auth"] == "Bearer sk-test"
     assert (sent["model"], sent["max_tokens"], sent["logprobs"], sent["top_logprobs"]) == (
         "judge-model",

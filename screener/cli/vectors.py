@@ -30,6 +30,24 @@ def register(commands: Any) -> None:
     show.add_argument("name", help="a shipped trait name or a pack .json file")
     show.add_argument("--json", action="store_true", help="print the pack as JSON")
     show.set_defaults(run=_run_traits_show)
+    new = trait_commands.add_parser(
+        "new",
+        help="write a new trait pack with a generator model",
+        description="Ask a generator model to write a trait pack from a description, validate "
+        "it, retry with the validation error, and save it only when valid (under the state "
+        "root's traits/ folder unless --out is given).",
+    )
+    new.add_argument("name", help="trait name: lowercase letters and underscores")
+    new.add_argument("--description", required=True, help="what the trait looks like")
+    new.add_argument(
+        "--generator",
+        required=True,
+        help="openai:MODEL@BASE_URL (key from $SCREENER_API_KEY) or local:MODEL",
+    )
+    new.add_argument("--attempts", type=int, default=3, help="tries before giving up (default 3)")
+    new.add_argument("--out", type=Path, default=None, help="pack file to write")
+    new.add_argument("--force", action="store_true", help="overwrite an existing pack file")
+    new.set_defaults(run=_run_traits_new)
 
     extract = commands.add_parser(
         "extract",
@@ -169,6 +187,24 @@ def _run_traits_show(args: argparse.Namespace) -> int:
     print("\nheld-out evaluation questions:")
     print("\n".join(f"  {q}" for q in pack.eval_questions))
     print(f"\njudge rubric:\n{pack.judge_rubric}")
+    return EXIT_OK
+
+
+def _run_traits_new(args: argparse.Namespace) -> int:
+    from screener.atomic import write_text_atomic
+    from screener.traits import PACKS_DIR, user_packs_dir
+    from screener.traits.writer import make_generator, write_pack
+
+    out = args.out or user_packs_dir() / f"{args.name}.json"
+    if (out.exists() or (PACKS_DIR / f"{args.name}.json").exists()) and not args.force:
+        raise ConfigError(
+            f"trait {args.name!r} already exists ({out}): pick another name or pass --force"
+        )
+    pack = write_pack(
+        args.name, args.description, make_generator(args.generator), attempts=args.attempts
+    )
+    write_text_atomic(out, json.dumps(pack.to_json(), indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
     return EXIT_OK
 
 

@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from screener.errors import TraitPackError
+from screener.paths import state_root
 
 PACKS_DIR = Path(__file__).parent / "packs"
+
+
+def user_packs_dir() -> Path:
+    """Where `screener traits new` saves packs: `traits/` under the state root."""
+    return state_root() / "traits"
+
+
 NUM_PAIRS = 5
 NUM_QUESTIONS = 20
 _NAME = re.compile(r"^[a-z][a-z_]*$")
@@ -165,7 +173,9 @@ def load_pack(name_or_path: str | Path) -> TraitPack:
     if path.suffix != ".json":
         path = PACKS_DIR / f"{name_or_path}.json"
         if not path.exists():
-            known = ", ".join(shipped_trait_names())
+            path = user_packs_dir() / f"{name_or_path}.json"
+        if not path.exists():
+            known = ", ".join(known_trait_names())
             raise TraitPackError(
                 f"unknown trait {name_or_path!r}: known traits are {known} "
                 "(or pass the path of a pack .json file)"
@@ -180,11 +190,13 @@ def load_pack(name_or_path: str | Path) -> TraitPack:
     return pack
 
 
-def shipped_trait_names() -> list[str]:
-    """Names of the trait packs that ship with screener."""
-    return sorted(path.stem for path in PACKS_DIR.glob("*.json"))
+def known_trait_names() -> list[str]:
+    """Names of the trait packs that ship with screener, then the user's own."""
+    shipped = sorted(path.stem for path in PACKS_DIR.glob("*.json"))
+    own = sorted(path.stem for path in user_packs_dir().glob("*.json") if path.stem not in shipped)
+    return shipped + own
 
 
 def list_packs() -> list[TraitPack]:
-    """Every shipped trait pack, by name."""
-    return [load_pack(name) for name in shipped_trait_names()]
+    """Every known trait pack: shipped ones by name, then the user's own."""
+    return [load_pack(name) for name in known_trait_names()]
