@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from screener import __version__
 from screener.cli.common import (
     EXIT_OK,
     add_model_options,
@@ -234,7 +233,6 @@ def _run_extract(args: argparse.Namespace) -> int:
         args.trait_threshold,
         args.coherence_threshold,
     )
-    config = loaded.model.config.get_text_config()
     traits = {}
     for pack in packs:
         result = extract_trait(loaded, pack, settings, progress=say)
@@ -250,16 +248,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         for question, positive, negative in result.examples[:1]:
             say(f"  Q: {question}")
             say(f"  eliciting:   {positive[:160]!r}\n  suppressing: {negative[:160]!r}")
-    vector_file = VectorFile(
-        loaded.name,
-        loaded.fingerprint,
-        int(config.num_hidden_layers),
-        int(config.hidden_size),
-        traits,
-        args.command_line,
-        __version__,
-    )
-    save_vectors(vector_file, args.out)
+    save_vectors(VectorFile.for_model(loaded, traits, args.command_line), args.out)
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -329,16 +318,6 @@ def _run_vectors_import(args: argparse.Namespace) -> int:
     for path in args.files:
         trait = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
         traits[trait] = import_reference_vectors(path, trait, loaded, args.layer)
-    config = loaded.model.config.get_text_config()
-    vector_file = VectorFile(
-        loaded.name,
-        loaded.fingerprint,
-        int(config.num_hidden_layers),
-        int(config.hidden_size),
-        traits,
-        args.command_line,
-        __version__,
-    )
-    save_vectors(vector_file, args.out)
+    save_vectors(VectorFile.for_model(loaded, traits, args.command_line), args.out)
     print(f"imported {', '.join(traits)} -> {args.out}")
     return EXIT_OK

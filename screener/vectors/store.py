@@ -61,6 +61,24 @@ class VectorFile:
     screener_version: str = ""
     path: str | None = None
 
+    @classmethod
+    def for_model(
+        cls, loaded: LoadedModel, traits: dict[str, TraitVector], command: str = ""
+    ) -> VectorFile:
+        """Vectors of `traits` for the loaded model, stamped with this screener version."""
+        from screener import __version__
+
+        config = loaded.model.config.get_text_config()
+        return cls(
+            loaded.name,
+            loaded.fingerprint,
+            int(config.num_hidden_layers),
+            int(config.hidden_size),
+            traits,
+            command,
+            __version__,
+        )
+
     def trait(self, name: str) -> TraitVector:
         if name not in self.traits:
             where = self.path or "the vector file"
