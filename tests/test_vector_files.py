@@ -106,6 +106,7 @@ class Payload:
         return (Path("/tmp/screener-pwned").touch, ())
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_import_never_unpickles_code(loaded: LoadedModel, tmp_path: Path) -> None:
     path = tmp_path / "evil_response_avg_diff.pt"
     with path.open("wb") as fh:
