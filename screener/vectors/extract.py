@@ -84,6 +84,7 @@ def _generate_pairs(
     questions: tuple[str, ...],
     rollouts: int,
     settings: ExtractionSettings,
+    say: Callable[[str], None],
 ) -> tuple[list[_Pair], int]:
     """Answer every (instruction, question, rollout) both ways; keep pairs with two answers."""
     prompts = [
@@ -94,8 +95,13 @@ def _generate_pairs(
     ]
     pos = [(Message("system", p.pos), Message("user", q)) for p, q in prompts]
     neg = [(Message("system", p.neg), Message("user", q)) for p, q in prompts]
+    total = len(pos) + len(neg)
     answers = generate_responses(
-        loaded, pos + neg, settings.generation, batch_size=settings.batch_size
+        loaded,
+        pos + neg,
+        settings.generation,
+        batch_size=settings.batch_size,
+        progress=lambda done: say(f"{pack.name}:   {done}/{total} responses"),
     )
     pairs = []
     for index, (_, question) in enumerate(prompts):
@@ -176,7 +182,7 @@ def extract_trait(
 
     say(f"{pack.name}: generating extraction responses")
     generated, asked = _generate_pairs(
-        loaded, pack, pack.extraction_questions[questions], settings.rollouts, settings
+        loaded, pack, pack.extraction_questions[questions], settings.rollouts, settings, say
     )
     pairs = _judged(generated, pack, settings)
     if len(pairs) < settings.min_pairs:
@@ -198,7 +204,7 @@ def extract_trait(
 
     say(f"{pack.name}: generating held-out responses")
     heldout_generated, heldout_asked = _generate_pairs(
-        loaded, pack, pack.eval_questions[questions], 1, settings
+        loaded, pack, pack.eval_questions[questions], 1, settings, say
     )
     heldout = _judged(heldout_generated, pack, settings)
     if len(heldout) < 2:
