@@ -95,3 +95,28 @@ def test_extract_command_writes_a_complete_loadable_vector(tmp_path: Path) -> No
     assert evil["pairs"]["extraction_asked"] == 10 and evil["judge"] is None
     assert evil["generation"]["max_new_tokens"] == 12 and len(evil["pack_sha256"]) == 64
     assert vectors.trait("evil").vectors.shape == (31, 576)
+
+
+def test_builtin_vectors_belong_to_the_embedded_model(embedded_fp32: LoadedModel) -> None:
+    from screener.traits import known_trait_names
+    from screener.vectors import load_vectors
+
+    vectors = load_vectors("builtin", model=embedded_fp32)
+    assert sorted(vectors.traits) == [n for n in known_trait_names() if n in vectors.traits]
+    assert set(vectors.traits) == {
+        "apathetic",
+        "evil",
+        "hallucination",
+        "humorous",
+        "impolite",
+        "optimistic",
+        "sycophancy",
+    }
+    assert vectors.command.startswith("screener extract --traits apathetic,evil,")
+    from screener.traits import load_pack
+
+    for name, trait in vectors.traits.items():
+        assert trait.details["pack_sha256"] == load_pack(name).digest(), (
+            f"{name} pack changed since extraction"
+        )
+        assert trait.heldout_auroc[trait.chosen_layer] == max(trait.heldout_auroc[1:])

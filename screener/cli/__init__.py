@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 
 from screener import __version__
 from screener.cli import data, vectors
-from screener.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from screener.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from screener.errors import ScreenerError
 
 
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScreenerError as exc:
         print(f"screener: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and friends: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("screener: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
