@@ -61,8 +61,20 @@ class Judge(Protocol):
     def score(self, prompts: Sequence[str]) -> list[float | None]: ...
 
 
+class _NumberJudge:
+    """Shared scoring: `top_tokens` gives the judge's likeliest next tokens for a prompt."""
+
+    min_number_mass: float
+
+    def top_tokens(self, prompt: str) -> list[tuple[str, float]]:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[str]) -> list[float | None]:
+        return [number_score(self.top_tokens(prompt), self.min_number_mass) for prompt in prompts]
+
+
 @dataclass
-class OpenAIJudge:
+class OpenAIJudge(_NumberJudge):
     """A judge behind an OpenAI-compatible chat-completions endpoint."""
 
     endpoint: OpenAIEndpoint
@@ -72,26 +84,22 @@ class OpenAIJudge:
     def name(self) -> str:
         return self.endpoint.name
 
-    def score(self, prompts: Sequence[str]) -> list[float | None]:
-        scores = []
-        for prompt in prompts:
-            reply = self.endpoint.complete(
-                prompt, max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS
-            )
-            try:
-                top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-                candidates = [(entry["token"], math.exp(entry["logprob"])) for entry in top]
-            except (KeyError, IndexError, TypeError) as exc:
-                raise ScreenerError(
-                    f"judge {self.name} returned no top_logprobs: the server must support "
-                    "`logprobs` and `top_logprobs` in chat completions"
-                ) from exc
-            scores.append(number_score(candidates, self.min_number_mass))
-        return scores
+    def top_tokens(self, prompt: str) -> list[tuple[str, float]]:
+        reply = self.endpoint.complete(
+            prompt, max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS
+        )
+        try:
+            top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return [(entry["token"], math.exp(entry["logprob"])) for entry in top]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ScreenerError(
+                f"judge {self.name} returned no top_logprobs: the server must support "
+                "`logprobs` and `top_logprobs` in chat completions"
+            ) from exc
 
 
 @dataclass
-class LocalJudge:
+class LocalJudge(_NumberJudge):
     """A judge run locally with transformers: the next-token distribution after the prompt."""
 
     loaded: LoadedModel
@@ -102,22 +110,14 @@ class LocalJudge:
         return f"local:{self.loaded.spec}"
 
     @torch.inference_mode()
-    def score(self, prompts: Sequence[str]) -> list[float | None]:
-        renderer = Renderer(self.loaded.tokenizer)
-        scores = []
-        for prompt in prompts:
-            ids = renderer.prompt_ids((Message("user", prompt),))
-            logits = self.loaded.model(
-                input_ids=torch.tensor([ids], device=self.loaded.device)
-            ).logits
-            probabilities = logits[0, -1].float().softmax(-1)
-            top = probabilities.topk(TOP_LOGPROBS)
-            candidates = [
-                (str(self.loaded.tokenizer.decode([int(token)])), float(p))
-                for p, token in zip(top.values, top.indices, strict=True)
-            ]
-            scores.append(number_score(candidates, self.min_number_mass))
-        return scores
+    def top_tokens(self, prompt: str) -> list[tuple[str, float]]:
+        ids = Renderer(self.loaded.tokenizer).prompt_ids((Message("user", prompt),))
+        logits = self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device)).logits
+        top = logits[0, -1].float().softmax(-1).topk(TOP_LOGPROBS)
+        return [
+            (str(self.loaded.tokenizer.decode([int(token)])), float(p))
+            for p, token in zip(top.values, top.indices, strict=True)
+        ]
 
 
 def make_judge(spec: str, *, dtype: str = "auto", device: str = "auto") -> Judge | None:
