@@ -8,6 +8,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from screener.errors import ConfigError
+
+
+def _temporary_beside(final: Path) -> Path:
+    """Create an empty, uniquely named file next to `final` (0666 less the umask, unlike
+    mkstemp's private 0600) and return its path."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return tmp
+
+
+def check_writable(final: Path) -> None:
+    """Raise ConfigError now if `final` could not be written later; touches nothing there."""
+    if final.is_dir():
+        raise ConfigError(f"{final} is a directory: pass a file path")
+    try:
+        _temporary_beside(final).unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {final}: {exc.strerror}") from exc
+
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
@@ -15,10 +36,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
     On an exception the temporary file is removed and `final` is left as it was.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    # Created like any new file (0666 less the umask), unlike mkstemp's private 0600.
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    tmp = _temporary_beside(final)
     try:
         yield tmp
         os.replace(tmp, final)

@@ -238,3 +238,30 @@ def test_vectors_import_then_show(
     table = capsys.readouterr().out
     assert "evil: chosen layer 2, held-out AUROC unknown" in table
     assert "\n    2           -*\n" in table
+
+
+def test_failed_extract_leaves_an_existing_vector_file_alone(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "v.safetensors"
+    out.write_bytes(b"previous vectors")
+    args = [
+        "extract",
+        "--model",
+        str(tiny_dir),
+        "--device",
+        "cpu",
+        "--traits",
+        "evil",
+        "--layer",
+        "99",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(args) == 2
+    assert "--layer 99 is outside 1..3" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous vectors"
+    assert main([*args[:-2], str(tmp_path), "--quiet"]) == 2
+    assert "is a directory: pass a file path" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "v.safetensors"]  # no temp files

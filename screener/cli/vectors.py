@@ -208,7 +208,7 @@ def _run_traits_new(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from screener.atomic import atomic_path
+    from screener.atomic import check_writable
     from screener.generate import GenerationSettings
     from screener.judge import make_judge
     from screener.vectors import TraitVector, VectorFile, save_vectors
@@ -217,8 +217,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     packs = [load_pack(name.strip()) for name in args.traits.split(",") if name.strip()]
     if not packs:
         raise ConfigError("--traits needs at least one trait name")
-    with atomic_path(args.out):  # check the destination is writable before hours of work
-        pass
+    check_writable(args.out)  # before hours of work, without touching an existing file
     say = progress_printer(args)
     loaded = load_model_from_args(args, say)
     generation = GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed)
