@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
     """Add the traits, extract and vectors subcommands."""
     traits = commands.add_parser("traits", help="list and show trait packs")
     trait_commands = traits.add_subparsers(dest="traits_command", required=True, metavar="ACTION")
-    listing = trait_commands.add_parser("list", help="the shipped trait packs")
+    listing = trait_commands.add_parser("list", help="the shipped trait packs and your own")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=_run_traits_list)
     show = trait_commands.add_parser("show", help="one trait pack in full")
