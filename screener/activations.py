@@ -140,7 +140,6 @@ class ActivationCollector:
         max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = 64,
         padding_side: PaddingSide = "right",
-        pad_token_id: int = 0,
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be left or right, not {padding_side!r}")
@@ -153,7 +152,6 @@ class ActivationCollector:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.padding_side = padding_side
-        self.pad_token_id = pad_token_id
 
     @property
     def device(self) -> torch.device:
@@ -191,7 +189,8 @@ class ActivationCollector:
     @torch.inference_mode()
     def _run_batch(self, batch: list[TokenizedInput]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(item.input_ids) for item in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        # Pads are masked out of attention and every reduction, so their token id is irrelevant.
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         response = torch.zeros((len(batch), width), dtype=torch.bool)
         last_index = torch.zeros(len(batch), dtype=torch.long)

@@ -124,15 +124,11 @@ def collect_dataset(
     """
     started = time.perf_counter()
     window = context_window(loaded.model.config)
-    limit = (
-        min(x for x in (max_tokens, window) if x is not None) if (max_tokens or window) else None
-    )
+    limits = [x for x in (max_tokens, window) if x is not None]
+    limit = min(limits) if limits else None
     reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
     renderer = Renderer(loaded.tokenizer, max_tokens=limit)
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    collector = ActivationCollector(
-        loaded.model, layers, max_batch_tokens=max_batch_tokens, pad_token_id=pad_id
-    )
+    collector = ActivationCollector(loaded.model, layers, max_batch_tokens=max_batch_tokens)
     samples: list[RenderedSample] = []
     rejected: list[RejectedRow] = []
     means, lasts = [], []

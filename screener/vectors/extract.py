@@ -155,10 +155,7 @@ def _activations(
         if not isinstance(rendered, RenderedSample):
             raise ScreenerError(f"cannot render a {source} conversation: {rendered.reason}")
         inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
-    collector = ActivationCollector(
-        loaded.model, layers, pad_token_id=loaded.tokenizer.pad_token_id or 0
-    )
-    return collector.collect(inputs).response_mean
+    return ActivationCollector(loaded.model, layers).collect(inputs).response_mean
 
 
 def _without_system(conversation: Conversation) -> Conversation:

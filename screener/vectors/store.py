@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from screener.atomic import atomic_path
 from screener.errors import VectorFileError
@@ -148,11 +148,9 @@ def load_vectors(spec: str | Path, *, model: LoadedModel | None = None) -> Vecto
     check that the vectors belong to it."""
     path = _resolve(spec)
     try:
-        tensors = load_file(str(path))
-        with open(path, "rb") as fh:
-            header_size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(header_size))
-        meta = json.loads(header.get("__metadata__", {}).get("screener", "null"))
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            meta = json.loads((handle.metadata() or {}).get("screener", "null"))
     except (OSError, SafetensorError, ValueError, json.JSONDecodeError) as exc:
         raise VectorFileError(f"{path}: not a readable safetensors vector file ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
