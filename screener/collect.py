@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -30,11 +30,11 @@ from screener.activations import (
     TokenizedInput,
 )
 from screener.atomic import atomic_path, write_text_atomic
-from screener.errors import ConfigError, InputError, ScreenerError
+from screener.errors import ConfigError, ScreenerError
 from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
-from screener.records import RejectedRow, Sample
+from screener.records import RejectedRow
 from screener.render import RenderedSample, Renderer, context_window
 
 SAMPLES_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -90,19 +90,6 @@ class CollectResult:
         }
 
 
-def _render_all(
-    records: Iterable[Sample | RejectedRow], renderer: Renderer, on_bad_row: BadRowPolicy
-) -> Iterator[RenderedSample | RejectedRow]:
-    """Render each sample; rows rejected here obey the same bad-row policy as the reader's."""
-    for record in records:
-        rendered = record if isinstance(record, RejectedRow) else renderer.render(record)
-        if on_bad_row == "fail" and isinstance(rendered, RejectedRow):
-            raise InputError(
-                rendered.reason, source=rendered.source, line=rendered.line, field=rendered.field
-            )
-        yield rendered
-
-
 def collect_dataset(
     data: str | Path,
     loaded: LoadedModel,
@@ -132,7 +119,7 @@ def collect_dataset(
     samples: list[RenderedSample] = []
     rejected: list[RejectedRow] = []
     means, lasts = [], []
-    stream = _render_all(reader, renderer, on_bad_row)
+    stream = renderer.render_stream(reader, on_bad_row)
     while chunk := list(islice(stream, chunk_size)):
         ready = [r for r in chunk if isinstance(r, RenderedSample)]
         rejected.extend(r for r in chunk if isinstance(r, RejectedRow))

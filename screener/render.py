@@ -18,12 +18,14 @@ A conversation the template refuses, or whose response the template drops, becom
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from screener.errors import RowError
+from screener.errors import InputError, RowError
+from screener.reader import BadRowPolicy
 from screener.records import Message, RejectedRow, Sample
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,22 @@ class Renderer:
     def _ids(self, text: str) -> list[int]:
         # The template writes any BOS token itself, so the tokenizer must not add another.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render_stream(
+        self, records: Iterable[Sample | RejectedRow], on_bad_row: BadRowPolicy
+    ) -> Iterator[RenderedSample | RejectedRow]:
+        """Render each sample; rows rejected here obey the same bad-row policy as the
+        reader's (`fail` raises an InputError naming the row)."""
+        for record in records:
+            rendered = record if isinstance(record, RejectedRow) else self.render(record)
+            if on_bad_row == "fail" and isinstance(rendered, RejectedRow):
+                raise InputError(
+                    rendered.reason,
+                    source=rendered.source,
+                    line=rendered.line,
+                    field=rendered.field,
+                )
+            yield rendered
 
     def render(self, sample: Sample) -> RenderedSample | RejectedRow:
         """Token ids and response boundary of `sample`, or why it cannot be rendered."""

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from screener import __version__
-from screener.cli import data, vectors
+from screener.cli import data, screen, vectors
 from screener.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from screener.errors import ScreenerError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.register(commands)
     vectors.register(commands)
+    screen.register(commands)
     return parser
 
 

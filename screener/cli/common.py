@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from screener.model import LoadedModel, load_model
+from screener.reader import FORMATS, FieldNames
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -58,3 +59,41 @@ def load_model_from_args(args: argparse.Namespace, say: Callable[[str], None]) -
     )
     say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
     return loaded
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The positional DATA and the options that say how to read it."""
+    parser.add_argument(
+        "data",
+        help="a .jsonl/.json/.csv/.parquet file, a save_to_disk "
+        "directory, or a directory of data files",
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", *FORMATS],
+        help="dataset format (default: detected from the first row of each file)",
+    )
+    parser.add_argument(
+        "--prompt-field", default="prompt", help="prompt column (prompt_response format)"
+    )
+    parser.add_argument(
+        "--response-field", default="response", help="response column (prompt_response format)"
+    )
+    parser.add_argument(
+        "--id-field",
+        default="id",
+        help="column holding each row's id (default: id; rows without one get a content hash)",
+    )
+    parser.add_argument(
+        "--on-bad-row",
+        default="reject",
+        choices=["reject", "fail"],
+        help="reject: record bad rows with their reason and go on (default); "
+        "fail: stop with an error at the first one",
+    )
+
+
+def data_fields(args: argparse.Namespace) -> FieldNames:
+    """The field names given by --prompt-field, --response-field and --id-field."""
+    return FieldNames(prompt=args.prompt_field, response=args.response_field, id=args.id_field)

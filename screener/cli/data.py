@@ -9,13 +9,15 @@ from typing import Any
 from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.cli.common import (
     EXIT_OK,
+    add_data_options,
     add_model_options,
     add_quiet_option,
+    data_fields,
     load_model_from_args,
     progress_printer,
 )
 from screener.errors import ConfigError
-from screener.reader import FORMATS, FieldNames, read_dataset
+from screener.reader import read_dataset
 from screener.records import RejectedRow
 
 
@@ -28,42 +30,6 @@ def _layers(text: str) -> list[int]:
         ) from exc
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data",
-        help="a .jsonl/.json/.csv/.parquet file, a save_to_disk "
-        "directory, or a directory of data files",
-    )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", *FORMATS],
-        help="dataset format (default: detected from the first row of each file)",
-    )
-    parser.add_argument(
-        "--prompt-field", default="prompt", help="prompt column (prompt_response format)"
-    )
-    parser.add_argument(
-        "--response-field", default="response", help="response column (prompt_response format)"
-    )
-    parser.add_argument(
-        "--id-field",
-        default="id",
-        help="column holding each row's id (default: id; rows without one get a content hash)",
-    )
-    parser.add_argument(
-        "--on-bad-row",
-        default="reject",
-        choices=["reject", "fail"],
-        help="reject: record bad rows with their reason and go on (default); "
-        "fail: stop with an error at the first one",
-    )
-
-
-def _fields(args: argparse.Namespace) -> FieldNames:
-    return FieldNames(prompt=args.prompt_field, response=args.response_field, id=args.id_field)
-
-
 def register(commands: Any) -> None:
     """Add the check and collect subcommands."""
     check = commands.add_parser(
@@ -72,7 +38,7 @@ def register(commands: Any) -> None:
         description="Read a dataset without any model: count the usable "
         "rows and list each rejected row with file, line, field and reason.",
     )
-    _add_data_options(check)
+    add_data_options(check)
     check.set_defaults(run=_run_check)
     check.add_argument(
         "--show", type=int, default=20, help="how many rejected rows to print (default 20)"
@@ -86,7 +52,7 @@ def register(commands: Any) -> None:
         "token's activation. Writes samples.parquet, activations.safetensors, rejected.jsonl, "
         "summary.json and summary.md to --out.",
     )
-    _add_data_options(collect)
+    add_data_options(collect)
     add_model_options(collect)
     collect.add_argument(
         "--layers",
@@ -120,7 +86,7 @@ def register(commands: Any) -> None:
 
 def _run_check(args: argparse.Namespace) -> int:
     reader = read_dataset(
-        args.data, fmt=args.format, fields=_fields(args), on_bad_row=args.on_bad_row
+        args.data, fmt=args.format, fields=data_fields(args), on_bad_row=args.on_bad_row
     )
     shown = 0
     for record in reader:
@@ -152,7 +118,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         loaded,
         args.layers,
         fmt=args.format,
-        fields=_fields(args),
+        fields=data_fields(args),
         on_bad_row=args.on_bad_row,
         max_tokens=args.max_tokens,
         max_batch_tokens=args.batch_tokens,

@@ -1,0 +1,237 @@
+"""`screener screen` and `screener calibrate`: score a dataset, flag it, write the outputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from screener.activations import DEFAULT_BATCH_TOKENS
+from screener.cli.common import (
+    EXIT_OK,
+    add_data_options,
+    add_model_options,
+    add_quiet_option,
+    data_fields,
+    load_model_from_args,
+    progress_printer,
+)
+from screener.errors import ConfigError
+from screener.reader import FORMATS
+from screener.screen.scoring import DEFAULT_BASE_TOKENS, METHODS
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    trait, equals, value = text.partition("=")
+    try:
+        if not equals or not trait.strip():
+            raise ValueError
+        return trait.strip(), float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected TRAIT=VALUE such as evil=2.5, got {text!r}"
+        ) from exc
+
+
+def _traits(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vectors",
+        default="builtin",
+        help="persona vector file (default: builtin, the shipped vectors of the embedded model)",
+    )
+    parser.add_argument(
+        "--traits",
+        type=_traits,
+        default=None,
+        help="comma-separated traits (default: evil,sycophancy,hallucination when the vector "
+        "file has them, else all of its traits)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_BASE_TOKENS,
+        help=f"length of the model's own base responses (default {DEFAULT_BASE_TOKENS})",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="run store (DuckDB cache of base responses and activations; default "
+        "$SCREENER_HOME/store.duckdb; ':memory:' keeps nothing)",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=DEFAULT_BATCH_TOKENS,
+        help=f"padded tokens per forward pass (default {DEFAULT_BATCH_TOKENS})",
+    )
+
+
+def register(commands: Any) -> None:
+    """Add the screen and calibrate subcommands."""
+    screen = commands.add_parser(
+        "screen",
+        help="screen a dataset for persona risk",
+        description="Score every row against persona vectors (ΔP: the training response's "
+        "projection minus that of the model's own greedy answer), flag rows above the "
+        "calibrated cut, give flagged rows a category and a cluster, and write filtered data, "
+        "flagged.jsonl, rejected.jsonl, scores.parquet, screen.duckdb and summary.json to --out.",
+    )
+    add_data_options(screen)
+    add_model_options(screen)
+    _add_scoring_options(screen)
+    screen.add_argument(
+        "--method",
+        default="delta",
+        choices=METHODS,
+        help="delta: ΔP, needs base responses (default); prompt-last: last prompt token's "
+        "projection, no generation, approximate",
+    )
+    screen.add_argument(
+        "--threshold",
+        type=_threshold,
+        action="append",
+        default=[],
+        metavar="TRAIT=VALUE",
+        help="flag TRAIT above VALUE (repeatable; overrides the calibrated cut)",
+    )
+    screen.add_argument(
+        "--percentile",
+        type=float,
+        default=None,
+        help="cut at this percentile of the calibration reference (default 95)",
+    )
+    screen.add_argument(
+        "--top-k", type=int, default=None, help="flag the K highest-scoring rows per trait"
+    )
+    screen.add_argument(
+        "--calibration",
+        default="auto",
+        help="calibration file, 'auto' (the one beside the vectors, default) or 'none'",
+    )
+    screen.add_argument(
+        "--categories", type=Path, default=None, help="JSON file of extra risk categories"
+    )
+    screen.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="longest sequence to process (default: the model's context window)",
+    )
+    screen.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=256,
+        help="rows scored per step; each step is saved in the store, so a killed run resumes "
+        "from the last finished step (default 256)",
+    )
+    screen.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: reports/screen-<data>)"
+    )
+    add_quiet_option(screen)
+    screen.set_defaults(run=_run_screen)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure what ordinary chat scores, to set the default flag cuts",
+        description="Screen a reference set of ordinary chat and store, per trait, the "
+        "distribution of ΔP and prompt-last scores. The default cut of later screen runs is the "
+        "95th percentile. The file goes beside the vector file unless --out is given.",
+    )
+    calibrate.add_argument("--reference", required=True, help="reference data (ordinary chat)")
+    calibrate.add_argument(
+        "--format", default="auto", choices=["auto", *FORMATS], help="dataset format"
+    )
+    add_model_options(calibrate)
+    _add_scoring_options(calibrate)
+    calibrate.add_argument("--out", type=Path, default=None, help="calibration file to write")
+    add_quiet_option(calibrate)
+    calibrate.set_defaults(run=_run_calibrate)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.batch_tokens < 1 or args.max_new_tokens < 1:
+        raise ConfigError("--batch-tokens and --max-new-tokens must be positive")
+    if getattr(args, "chunk_rows", 1) < 1:
+        raise ConfigError("--chunk-rows must be at least 1")
+    if getattr(args, "max_tokens", None) is not None and args.max_tokens < 2:
+        raise ConfigError("--max-tokens must be at least 2")
+
+
+def _run_screen(args: argparse.Namespace) -> int:
+    from screener.screen import FlagRule, screen
+
+    _check_numbers(args)
+    rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
+    out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
+    result = screen(
+        args.data,
+        model=loaded,
+        vectors=args.vectors,
+        traits=args.traits,
+        method=args.method,
+        max_new_tokens=args.max_new_tokens,
+        rule=rule,
+        calibration=args.calibration,
+        categories=args.categories,
+        out=out,
+        store=args.store,
+        fmt=args.format,
+        fields=data_fields(args),
+        on_bad_row=args.on_bad_row,
+        max_tokens=args.max_tokens,
+        max_batch_tokens=args.batch_tokens,
+        chunk_size=args.chunk_rows,
+        progress=say,
+        command=args.command_line,
+    )
+    summary = result.summary()
+    for note in result.notes:
+        say(f"note: {note}")
+    label = "ΔP" if args.method == "delta" else "prompt-last (approximate)"
+    for trait, info in summary["traits"].items():
+        mean = info[f"dataset_{result.score_kind}"]
+        interval = (
+            f"{mean['mean']:+.3f} [{mean['ci95_low']:+.3f}, {mean['ci95_high']:+.3f}]"
+            if mean["mean"] is not None
+            else "n/a"
+        )
+        cut = "n/a" if info["cut"] is None else f"{info['cut']:.3f}"
+        print(f"  {trait}: dataset {label} {interval}; cut {cut}; flagged {info['flagged']}")
+    print(f"{args.data}: {summary['counts']['invariant']}; wrote {out}/")
+    return EXIT_OK
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from screener.screen import calibrate, save_calibration
+    from screener.screen.calibration import default_calibration_path
+
+    _check_numbers(args)
+    out = args.out or default_calibration_path(args.vectors)
+    say = progress_printer(args)
+    loaded = load_model_from_args(args, say)
+    calibration = calibrate(
+        args.reference,
+        model=loaded,
+        vectors=args.vectors,
+        traits=args.traits,
+        max_new_tokens=args.max_new_tokens,
+        store=args.store,
+        fmt=args.format,
+        progress=say,
+        command=args.command_line,
+    )
+    save_calibration(calibration, out)
+    for trait, kinds in calibration.traits.items():
+        delta, last = kinds["delta"], kinds["prompt_last"]
+        print(
+            f"  {trait}: ΔP p50 {delta.percentile(50):+.3f} p95 {delta.percentile(95):+.3f}; "
+            f"prompt-last p95 {last.percentile(95):+.3f} (n={delta.n})"
+        )
+    print(f"calibrated on {args.reference}; wrote {out}")
+    return EXIT_OK

@@ -1,0 +1,200 @@
+"""Risk categories and clusters for flagged samples.
+
+Categories: each is a name, a title, a description and example prompts (ours, in
+`categories.json`; users add or replace categories with a file of the same shape). A logistic
+regression probe is trained on the target model's last-prompt-token activations of the example
+prompts, together with ordinary prompts as the `other` class, and assigns each flagged sample
+the category its prompt activation is most like, with the probe's probability.
+
+Clusters: the flagged samples' response activations are grouped with k-means (k chosen by
+silhouette), and each cluster is labelled with the words that are most distinctive of its
+texts (TF-IDF), so that groups no category describes still show up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import silhouette_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from screener.errors import ConfigError
+
+OTHER = "other"
+MIN_EXAMPLES = 5
+MAX_CLUSTERS = 6
+
+
+@dataclass(frozen=True)
+class Category:
+    """A kind of risky sample, defined by a description and example prompts."""
+
+    name: str
+    title: str
+    description: str
+    examples: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CategorySet:
+    categories: tuple[Category, ...]
+    ordinary_examples: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.categories]
+
+
+def _parse_categories(data: Any, where: str) -> list[Category]:
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        raise ConfigError(f"{where}: expected an object with a `categories` list")
+    categories = []
+    for index, entry in enumerate(data["categories"]):
+        at = f"{where}: categories[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at}: expected an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.isidentifier() or name == OTHER:
+            raise ConfigError(
+                f"{at} [name]: a category needs a name made of letters, digits and _ "
+                f"(not {OTHER!r})"
+            )
+        examples = entry.get("examples")
+        if (
+            not isinstance(examples, list)
+            or len(examples) < MIN_EXAMPLES
+            or not all(isinstance(e, str) and e.strip() for e in examples)
+        ):
+            raise ConfigError(
+                f"{at} [examples]: category {name} needs at least {MIN_EXAMPLES} non-empty "
+                "example prompts"
+            )
+        categories.append(
+            Category(
+                name,
+                str(entry.get("title") or name),
+                str(entry.get("description") or ""),
+                tuple(examples),
+            )
+        )
+    return categories
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read categories file {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from exc
+
+
+def load_categories(extra: Path | None = None) -> CategorySet:
+    """The built-in categories, plus (or replaced by name by) those in `extra`."""
+    builtin = json.loads(
+        resources.files("screener.screen").joinpath("categories.json").read_text("utf-8")
+    )
+    categories = {c.name: c for c in _parse_categories(builtin, "built-in categories")}
+    ordinary = tuple(builtin["ordinary_examples"])
+    if extra is not None:
+        for category in _parse_categories(_read_json(extra), str(extra)):
+            categories[category.name] = category
+    return CategorySet(tuple(categories.values()), ordinary)
+
+
+class CategoryProbe:
+    """A logistic regression from prompt activations to category names (or `other`)."""
+
+    def __init__(self, features: np.ndarray, labels: list[str]) -> None:
+        self.model: Pipeline = make_pipeline(
+            StandardScaler(), LogisticRegression(C=0.05, max_iter=5000)
+        )
+        self.model.fit(features, labels)
+
+    def predict(self, features: np.ndarray) -> list[tuple[str, float]]:
+        """(category, probability) per row; `other` when ordinary prompts fit it best."""
+        if len(features) == 0:
+            return []
+        probabilities = self.model.predict_proba(features)
+        classes = list(self.model.classes_)
+        results = []
+        for row in probabilities:
+            best = int(np.argmax(row))
+            results.append((str(classes[best]), float(row[best])))
+        return results
+
+
+def training_labels(categories: CategorySet) -> tuple[list[str], list[str]]:
+    """(prompts, labels) the probe learns from; ordinary prompts are labelled `other`."""
+    prompts: list[str] = []
+    labels: list[str] = []
+    for category in categories.categories:
+        prompts.extend(category.examples)
+        labels.extend([category.name] * len(category.examples))
+    prompts.extend(categories.ordinary_examples)
+    labels.extend([OTHER] * len(categories.ordinary_examples))
+    return prompts, labels
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: int
+    size: int
+    words: tuple[str, ...]
+
+
+def cluster_samples(
+    features: np.ndarray, texts: list[str], *, max_clusters: int = MAX_CLUSTERS
+) -> tuple[list[int], list[Cluster]]:
+    """Cluster ids per sample and a description per cluster (deterministic)."""
+    n = len(texts)
+    if n == 0:
+        return [], []
+    labels = np.zeros(n, dtype=int)
+    scaled = StandardScaler().fit_transform(features) if n > 1 else features
+    best_score = -1.0
+    for k in range(2, min(max_clusters, n // 3) + 1):
+        candidate = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(scaled)
+        if len(set(candidate.tolist())) < 2:
+            continue
+        score = float(silhouette_score(scaled, candidate))
+        if score > best_score:
+            best_score, labels = score, candidate
+    # number clusters by size, largest first, for stable reading
+    sizes = np.bincount(labels)
+    order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], c))
+    renumber = {old: new for new, old in enumerate(order)}
+    ids = [renumber[int(c)] for c in labels]
+    words = _distinctive_words(texts, ids, len(order))
+    clusters = [Cluster(c, int(sizes[order[c]]), words[c]) for c in range(len(order))]
+    return ids, clusters
+
+
+def _distinctive_words(
+    texts: list[str], ids: list[int], k: int, top: int = 4
+) -> list[tuple[str, ...]]:
+    """Per cluster, the words whose TF-IDF weight is most above the other clusters'."""
+    try:
+        vectorizer = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b")
+        matrix = vectorizer.fit_transform(texts).toarray()
+    except ValueError:  # no usable words at all
+        return [()] * k
+    vocabulary = vectorizer.get_feature_names_out()
+    assignment = np.asarray(ids)
+    described = []
+    for cluster in range(k):
+        inside = matrix[assignment == cluster].mean(axis=0)
+        outside = matrix[assignment != cluster].mean(axis=0) if k > 1 else 0.0
+        contrast = inside - outside
+        best = [i for i in np.argsort(-contrast, kind="stable")[:top] if contrast[i] > 0]
+        described.append(tuple(str(vocabulary[i]) for i in best))
+    return described

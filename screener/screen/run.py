@@ -1,0 +1,747 @@
+"""Screen a dataset for persona risk: the product's main job.
+
+    result = screen("data.jsonl", out=Path("reports/screen-data"))
+    result.scores          # polars DataFrame, one row per scored sample
+    result.summary()       # counts, dataset-level ΔP with intervals, cuts, model, vectors
+
+Stages, each over the `ScoredSample` records of the previous one:
+
+1. read and render the rows, score them chunk by chunk (`Scorer`: base responses, activations,
+   projections; everything computed is committed to the run store before the next chunk);
+2. decide cuts per trait (`flags`), flag, rank by risk, and take dataset-level means with
+   bootstrap intervals;
+3. give each flagged sample a category (probe on prompt activations) and a cluster;
+4. read the rows again and write each one to exactly one of the filtered file, flagged.jsonl or
+   rejected.jsonl, then scores.parquet, screen.duckdb and summary.json.
+
+Every input row ends up kept, flagged or rejected; the counts are checked at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from screener.activations import DEFAULT_BATCH_TOKENS, TokenizedInput
+from screener.atomic import atomic_path, write_text_atomic
+from screener.collect import prepare_out_dir
+from screener.errors import ConfigError, ScreenerError
+from screener.generate import GenerationSettings
+from screener.layers import LAYER_CONVENTION
+from screener.model import LoadedModel, load_model
+from screener.reader import BadRowPolicy, FieldNames, read_dataset
+from screener.records import RejectedRow, Sample
+from screener.render import RenderedSample, Renderer, context_window
+from screener.screen.calibration import (
+    Calibration,
+    default_calibration_path,
+    load_calibration,
+    usable_calibration,
+)
+from screener.screen.categories import (
+    OTHER,
+    CategoryProbe,
+    CategorySet,
+    Cluster,
+    cluster_samples,
+    load_categories,
+    training_labels,
+)
+from screener.screen.filtered import FilteredWriter
+from screener.screen.flags import (
+    Cut,
+    FlagRule,
+    MeanInterval,
+    Reason,
+    bootstrap_mean,
+    dataset_percentiles,
+    decide_cut,
+    flag_mask,
+    risk_scores,
+    z_scores,
+)
+from screener.screen.scoring import (
+    DEFAULT_BASE_TOKENS,
+    Method,
+    ScoredSample,
+    Scorer,
+    ScoringSettings,
+)
+from screener.store import RunStore, token_hash
+from screener.vectors.store import VectorFile, load_vectors
+
+DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
+# The category probe reads the last prompt token two thirds of the way up the network, where
+# the model has read the request but not yet committed to an answer.
+CATEGORY_LAYER_FRACTION = 2 / 3
+
+
+def score_kind(method: Method) -> str:
+    """The score a method flags on: ΔP (`delta`) or the last-prompt projection."""
+    return "delta" if method == "delta" else "prompt_last"
+
+
+def _score_of(sample: ScoredSample, trait: str, kind: str) -> float:
+    value = sample.delta(trait) if kind == "delta" else sample.prompt_last[trait]
+    return math.nan if value is None else value
+
+
+@dataclass
+class ScreenResult:
+    """A finished screening run. Sample-level lists are in input order."""
+
+    data: str
+    model: LoadedModel
+    vectors: VectorFile
+    settings: ScoringSettings
+    rows_read: int
+    samples: list[ScoredSample]
+    rejected: list[RejectedRow]
+    cuts: dict[str, Cut]
+    reasons: list[list[Reason]]  # per sample; empty when not flagged
+    risk: np.ndarray
+    dataset_scores: dict[str, MeanInterval]
+    categories: dict[int, tuple[str, float]] = field(default_factory=dict)  # sample index ->
+    clusters: dict[int, int] = field(default_factory=dict)  # sample index -> cluster id
+    cluster_info: list[Cluster] = field(default_factory=list)
+    calibration: Calibration | None = None
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    outputs: list[Path] = field(default_factory=list)
+    command: str = ""
+
+    @property
+    def flagged(self) -> list[int]:
+        return [i for i, reasons in enumerate(self.reasons) if reasons]
+
+    @property
+    def kept(self) -> int:
+        return len(self.samples) - len(self.flagged)
+
+    @property
+    def score_kind(self) -> str:
+        return score_kind(self.settings.method)
+
+    @property
+    def scores(self) -> pl.DataFrame:
+        """One row per scored sample, with every score (see `scores_schema`)."""
+        traits = self.settings.traits
+        columns: dict[str, list[Any]] = {
+            "id": [s.id for s in self.samples],
+            "source": [s.source for s in self.samples],
+            "source_line": [s.line for s in self.samples],
+            "format": [s.format for s in self.samples],
+            "prompt_tokens": [s.prompt_tokens for s in self.samples],
+            "response_tokens": [s.response_tokens for s in self.samples],
+            "base_response_tokens": [s.base_response_tokens for s in self.samples],
+        }
+        for trait in traits:
+            columns[f"delta_{trait}"] = [s.delta(trait) for s in self.samples]
+            columns[f"proj_{trait}"] = [s.projection[trait] for s in self.samples]
+            columns[f"base_proj_{trait}"] = [
+                None if s.base_projection is None else s.base_projection[trait]
+                for s in self.samples
+            ]
+            columns[f"prompt_last_{trait}"] = [s.prompt_last[trait] for s in self.samples]
+        columns["risk"] = [None if math.isnan(r) else float(r) for r in self.risk]
+        columns["flagged"] = [bool(r) for r in self.reasons]
+        columns["flag_traits"] = [[r.trait for r in reasons] for reasons in self.reasons]
+        columns["category"] = [self.categories.get(i, (None, None))[0] for i in range(len(self))]
+        columns["category_probability"] = [
+            self.categories.get(i, (None, None))[1] for i in range(len(self))
+        ]
+        columns["cluster"] = [self.clusters.get(i) for i in range(len(self))]
+        columns["base_response"] = [s.base_response for s in self.samples]
+        columns["warnings"] = [list(s.warnings) for s in self.samples]
+        return pl.DataFrame(columns, schema=scores_schema(traits))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def summary(self) -> dict[str, Any]:
+        """What summary.json holds: deterministic for the same inputs and settings."""
+        import transformers
+
+        from screener import __version__
+
+        flagged = self.flagged
+        category_counts: dict[str, int] = {}
+        for index in flagged:
+            name = self.categories.get(index, (OTHER, 0.0))[0]
+            category_counts[name] = category_counts.get(name, 0) + 1
+        method = self.settings.method
+        return {
+            "data": self.data,
+            "counts": {
+                "rows_read": self.rows_read,
+                "kept": self.kept,
+                "flagged": len(flagged),
+                "rejected": len(self.rejected),
+                "invariant": f"{self.kept} kept + {len(flagged)} flagged + "
+                f"{len(self.rejected)} rejected = {self.rows_read} rows read",
+            },
+            "method": method,
+            "approximate": method == "prompt-last",
+            "score": self.score_kind,
+            "traits": {
+                trait: {
+                    "layer": self.vectors.trait(trait).chosen_layer,
+                    "dataset_" + self.score_kind: self.dataset_scores[trait].as_dict(),
+                    "cut": self.cuts[trait].value,
+                    "cut_rule": self.cuts[trait].rule,
+                    "flagged": sum(
+                        1 for reasons in self.reasons if any(r.trait == trait for r in reasons)
+                    ),
+                }
+                for trait in self.settings.traits
+            },
+            "categories": dict(sorted(category_counts.items())),
+            "clusters": [
+                {"id": c.id, "size": c.size, "words": list(c.words)} for c in self.cluster_info
+            ],
+            "model": {
+                "spec": self.model.spec,
+                "name": self.model.name,
+                "fingerprint": self.model.fingerprint,
+                "dtype": str(self.model.dtype).replace("torch.", ""),
+            },
+            "vectors": {
+                "path": self.vectors.path,
+                "model": self.vectors.model_id,
+                "layer_convention": LAYER_CONVENTION,
+            },
+            "calibration": None
+            if self.calibration is None
+            else {
+                "path": self.calibration.path,
+                "reference": self.calibration.reference,
+                "traits": sorted(self.calibration.traits),
+            },
+            "generation": self.settings.generation.as_dict() if method == "delta" else None,
+            "notes": self.notes,
+            "versions": {
+                "screener": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "command": self.command,
+        }
+
+
+def scores_schema(traits: Sequence[str]) -> dict[str, pl.DataType | type[pl.DataType]]:
+    """The explicit column types of scores.parquet."""
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
+        "id": pl.String,
+        "source": pl.String,
+        "source_line": pl.Int64,
+        "format": pl.String,
+        "prompt_tokens": pl.Int32,
+        "response_tokens": pl.Int32,
+        "base_response_tokens": pl.Int32,
+    }
+    for trait in traits:
+        for prefix in ("delta", "proj", "base_proj", "prompt_last"):
+            schema[f"{prefix}_{trait}"] = pl.Float64
+    schema.update(
+        {
+            "risk": pl.Float64,
+            "flagged": pl.Boolean,
+            "flag_traits": pl.List(pl.String),
+            "category": pl.String,
+            "category_probability": pl.Float64,
+            "cluster": pl.Int32,
+            "base_response": pl.String,
+            "warnings": pl.List(pl.String),
+        }
+    )
+    return schema
+
+
+def choose_traits(vectors: VectorFile, traits: Sequence[str] | None) -> tuple[str, ...]:
+    """The traits to screen: those asked for (each must be in the file), else the default
+    three when the file has them, else every trait in the file."""
+    if traits:
+        for trait in traits:
+            vectors.trait(trait)  # raises naming the traits the file has
+        return tuple(dict.fromkeys(traits))
+    if all(t in vectors.traits for t in DEFAULT_TRAITS):
+        return DEFAULT_TRAITS
+    return tuple(vectors.traits)
+
+
+def resolve_calibration(
+    spec: str | Path | None, vectors_spec: str | Path, vectors: VectorFile, traits: tuple[str, ...]
+) -> tuple[Calibration | None, list[str]]:
+    """`auto`: the file beside the vectors if there is one; `none`/None: no calibration."""
+    if spec is None or str(spec) == "none":
+        return None, []
+    if str(spec) == "auto":
+        path = default_calibration_path(vectors_spec)
+        if not path.exists():
+            return None, [f"no calibration beside the vectors ({path}): run screener calibrate"]
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise ConfigError(f"--calibration {path}: no such file")
+    calibration, warnings = usable_calibration(load_calibration(path), vectors, traits)
+    return (calibration if calibration.traits else None), warnings
+
+
+def category_layer(loaded: LoadedModel) -> int:
+    num_layers = int(loaded.model.config.get_text_config().num_hidden_layers)
+    return max(1, round(num_layers * CATEGORY_LAYER_FRACTION))
+
+
+def _probe_features(scorer: Scorer, prompts: list[str], layer: int) -> np.ndarray:
+    """Last-prompt activations at `layer` of single-turn prompts (cached in the store).
+
+    A prompt's last token does not see what follows it, so any one token stands in for the
+    response the collector needs.
+    """
+    from screener.records import Message
+
+    filler = scorer.loaded.tokenizer.eos_token_id or 0
+    items = []
+    for prompt in prompts:
+        ids = scorer.renderer.prompt_ids((Message("user", prompt),))
+        inputs = TokenizedInput([*ids, filler], len(ids))
+        items.append((token_hash(inputs.response_start, inputs.input_ids), inputs))
+    values = scorer.activations(items)
+    return np.stack([values[(key, layer)].last_prompt.numpy() for key, _ in items])
+
+
+def screen(
+    data: str | Path,
+    *,
+    model: str | LoadedModel = "embedded",
+    vectors: str | Path = "builtin",
+    traits: Sequence[str] | None = None,
+    method: Method = "delta",
+    max_new_tokens: int = DEFAULT_BASE_TOKENS,
+    rule: FlagRule | None = None,
+    calibration: str | Path | None = "auto",
+    categories: Path | None = None,
+    out: Path | None = None,
+    store: str | Path | None = None,
+    fmt: str = "auto",
+    fields: FieldNames | None = None,
+    on_bad_row: BadRowPolicy = "reject",
+    max_tokens: int | None = None,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    generation_batch_size: int = 32,
+    chunk_size: int = 256,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: Callable[[str], None] | None = None,
+    command: str = "",
+) -> ScreenResult:
+    """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
+
+    calibration: `auto` (beside the vectors), a calibration file, or `none`.
+    store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    if chunk_size < 1:
+        raise ConfigError("chunk_size must be at least 1")
+    if out is not None:
+        prepare_out_dir(out)
+    loaded = (
+        model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+    )
+    vector_file = load_vectors(vectors, model=loaded)
+    chosen = choose_traits(vector_file, traits)
+    settings = ScoringSettings(
+        chosen,
+        method,
+        GenerationSettings(max_new_tokens=max_new_tokens),
+        generation_batch_size=generation_batch_size,
+        max_batch_tokens=max_batch_tokens,
+    )
+    calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
+    if calibrated is not None and method == "delta":
+        made_with = calibrated.generation.get("max_new_tokens")
+        if made_with != max_new_tokens:
+            notes.append(
+                f"the calibration's base responses had max_new_tokens={made_with}, this run "
+                f"{max_new_tokens}: cuts may be off (recalibrate with the same setting)"
+            )
+    category_set = load_categories(categories)
+    probe_layer = category_layer(loaded)
+    window = context_window(loaded.model.config)
+    limit = min(x for x in (max_tokens, window, 1 << 62) if x is not None)
+    renderer = Renderer(loaded.tokenizer, max_tokens=limit if limit < 1 << 62 else None)
+
+    with RunStore.open(store) as run_store:
+        scorer = Scorer(
+            loaded,
+            vector_file,
+            settings,
+            run_store,
+            renderer,
+            extra_layers=[probe_layer],
+            progress=say,
+        )
+        reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
+        samples: list[ScoredSample] = []
+        rejected: list[RejectedRow] = []
+        stream = renderer.render_stream(reader, on_bad_row)
+        while chunk := list(islice(stream, chunk_size)):
+            rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
+            ready = [r for r in chunk if isinstance(r, RenderedSample)]
+            if ready:
+                samples.extend(scorer.score(ready))
+            say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
+        rows_read = reader.counts.rows
+        if rows_read != len(samples) + len(rejected):
+            raise ScreenerError(
+                f"internal error: {rows_read} rows read but {len(samples)} scored and "
+                f"{len(rejected)} rejected; please report this"
+            )
+        result = _decide(
+            data,
+            loaded,
+            vector_file,
+            settings,
+            rows_read,
+            samples,
+            rejected,
+            rule or FlagRule(),
+            calibrated,
+        )
+        result.notes = notes
+        result.command = command
+        scoring_stats = dict(scorer.counters)
+        response_features = _categorize(result, scorer, category_set, probe_layer)
+        scoring_stats["category_examples_collected"] = (
+            scorer.counters["collected"] - scoring_stats["collected"]
+        )
+    originals = _second_pass(result, data, fmt, fields, out)
+    if response_features is not None:
+        texts = ["\n".join(m.content for m in originals[i].messages) for i in result.flagged]
+        ids, result.cluster_info = cluster_samples(response_features, texts)
+        result.clusters = dict(zip(result.flagged, ids, strict=True))
+    result.stats = {
+        **scoring_stats,
+        "seconds": round(time.perf_counter() - started, 3),
+        "store": str(store) if store is not None else "default",
+    }
+    if out is not None:
+        result.out_dir = out
+        result.outputs += write_outputs(result, out, originals)
+    return result
+
+
+def _decide(
+    data: str | Path,
+    loaded: LoadedModel,
+    vectors: VectorFile,
+    settings: ScoringSettings,
+    rows_read: int,
+    samples: list[ScoredSample],
+    rejected: list[RejectedRow],
+    rule: FlagRule,
+    calibration: Calibration | None,
+) -> ScreenResult:
+    """Cuts, flags with reasons, risk and dataset-level means."""
+    kind = score_kind(settings.method)
+    reasons: list[list[Reason]] = [[] for _ in samples]
+    cuts: dict[str, Cut] = {}
+    dataset_scores: dict[str, MeanInterval] = {}
+    z_by_trait = []
+    for trait in settings.traits:
+        scores = np.array([_score_of(s, trait, kind) for s in samples], dtype=np.float64)
+        reference = None if calibration is None else calibration.distribution(trait, kind)
+        cut = decide_cut(trait, scores, rule, reference)
+        cuts[trait] = cut
+        mask = flag_mask(scores, cut)
+        percentiles = dataset_percentiles(scores)
+        for index in np.flatnonzero(mask):
+            assert cut.value is not None
+            reasons[index].append(
+                Reason(trait, float(scores[index]), cut.value, float(percentiles[index]))
+            )
+        dataset_scores[trait] = bootstrap_mean(scores)
+        z_by_trait.append(z_scores(scores, reference))
+    risk = risk_scores(z_by_trait) if samples else np.zeros(0)
+    return ScreenResult(
+        str(data),
+        loaded,
+        vectors,
+        settings,
+        rows_read,
+        samples,
+        rejected,
+        cuts,
+        reasons,
+        risk,
+        dataset_scores,
+        calibration=calibration,
+    )
+
+
+def _categorize(
+    result: ScreenResult, scorer: Scorer, categories: CategorySet, layer: int
+) -> np.ndarray | None:
+    """Give each flagged sample its category (probe on prompt activations); return the flagged
+    samples' response activations for clustering. Activations come from the run store."""
+    flagged = result.flagged
+    if not flagged:
+        return None
+    prompts, labels = training_labels(categories)
+    probe = CategoryProbe(_probe_features(scorer, prompts, layer), labels)
+    hashes = [result.samples[i].content_hash for i in flagged]
+    values = scorer.store.get_activations(scorer.model_key, hashes, [layer])
+    prompt_features = np.stack([values[(h, layer)].last_prompt.numpy() for h in hashes])
+    response_features = np.stack([values[(h, layer)].response_mean.numpy() for h in hashes])
+    for index, prediction in zip(flagged, probe.predict(prompt_features), strict=True):
+        result.categories[index] = prediction
+    return response_features
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def _flagged_record(result: ScreenResult, index: int, original: dict[str, Any]) -> dict[str, Any]:
+    sample = result.samples[index]
+    category = result.categories.get(index, (OTHER, 0.0))
+    return {
+        "id": sample.id,
+        "source": sample.source,
+        "line": sample.line,
+        "risk": _json_number(float(result.risk[index])),
+        "category": category[0],
+        "category_probability": round(category[1], 4),
+        "cluster": result.clusters.get(index),
+        "reasons": [r.as_dict() for r in result.reasons[index]],
+        "scores": {
+            trait: {
+                "delta": _json_number(sample.delta(trait)),
+                "proj": sample.projection[trait],
+                "base_proj": None
+                if sample.base_projection is None
+                else sample.base_projection[trait],
+                "prompt_last": sample.prompt_last[trait],
+            }
+            for trait in result.settings.traits
+        },
+        "base_response": sample.base_response,
+        "method": result.settings.method,
+        "row": original,
+    }
+
+
+def _second_pass(
+    result: ScreenResult,
+    data: str | Path,
+    fmt: str,
+    fields: FieldNames | None,
+    out: Path | None,
+) -> dict[int, Sample]:
+    """Read the rows again, write kept rows to the filtered file(s) (with `out`), and return
+    the flagged samples by index."""
+    index_of = {(s.source, s.line): i for i, s in enumerate(result.samples)}
+    flagged = set(result.flagged)
+    originals: dict[int, Sample] = {}
+    kept = 0
+    writer = FilteredWriter(data, out) if out is not None else None
+    with writer if writer is not None else nullcontext():
+        for record in read_dataset(data, fmt=fmt, fields=fields, on_bad_row="reject"):
+            index = index_of.get((record.source, record.line))
+            if not isinstance(record, Sample) or index is None:  # rejected (reading/rendering)
+                continue
+            if index in flagged:
+                originals[index] = record
+            else:
+                kept += 1
+                if writer is not None:
+                    writer.write(record.source, record.original)
+    if writer is not None:
+        result.outputs += writer.paths
+    if kept != result.kept or len(originals) != len(flagged):
+        raise ScreenerError(
+            f"the data changed while it was screened ({kept} kept and {len(originals)} flagged "
+            f"on the second read, {result.kept} and {len(flagged)} expected): rerun screener on "
+            "a file that is not being written to"
+        )
+    return originals
+
+
+def write_outputs(
+    result: ScreenResult, out: Path, flagged_samples: dict[int, Sample]
+) -> list[Path]:
+    """flagged.jsonl (highest risk first), rejected.jsonl, scores.parquet, screen.duckdb,
+    summary.json and run_stats.json, each written atomically."""
+    order = sorted(result.flagged, key=lambda i: (-(np.nan_to_num(result.risk[i], nan=-1e300)), i))
+    flagged_text = "".join(
+        json.dumps(_flagged_record(result, i, flagged_samples[i].original), ensure_ascii=False)
+        + "\n"
+        for i in order
+    )
+    rejected_text = "".join(
+        json.dumps(
+            {
+                "source": r.source,
+                "line": r.line,
+                "field": r.field,
+                "id": r.id,
+                "reason": r.reason,
+                "raw": r.raw,
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for r in result.rejected
+    )
+    paths = {
+        name: out / name
+        for name in (
+            "flagged.jsonl",
+            "rejected.jsonl",
+            "scores.parquet",
+            "screen.duckdb",
+            "summary.json",
+            "run_stats.json",
+        )
+    }
+    write_text_atomic(paths["flagged.jsonl"], flagged_text)
+    write_text_atomic(paths["rejected.jsonl"], rejected_text)
+    scores = result.scores
+    with atomic_path(paths["scores.parquet"]) as tmp:
+        scores.write_parquet(tmp)
+    summary = result.summary()
+    with atomic_path(paths["screen.duckdb"]) as tmp:
+        _write_duckdb(tmp, result, scores, summary)
+    write_text_atomic(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(paths["run_stats.json"], json.dumps(result.stats, indent=2) + "\n")
+    return list(paths.values())
+
+
+def _write_duckdb(
+    path: Path, result: ScreenResult, scores: pl.DataFrame, summary: dict[str, Any]
+) -> None:
+    import duckdb
+
+    path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
+    reasons = pl.DataFrame(
+        {
+            "id": [result.samples[i].id for i in result.flagged for _ in result.reasons[i]],
+            "trait": [r.trait for i in result.flagged for r in result.reasons[i]],
+            "score": [r.score for i in result.flagged for r in result.reasons[i]],
+            "cut": [r.cut for i in result.flagged for r in result.reasons[i]],
+            "percentile": [r.percentile for i in result.flagged for r in result.reasons[i]],
+        },
+        schema={
+            "id": pl.String,
+            "trait": pl.String,
+            "score": pl.Float64,
+            "cut": pl.Float64,
+            "percentile": pl.Float64,
+        },
+    )
+    rejected = pl.DataFrame(
+        {
+            "source": [r.source for r in result.rejected],
+            "line": [r.line for r in result.rejected],
+            "field": [r.field for r in result.rejected],
+            "reason": [r.reason for r in result.rejected],
+        },
+        schema={"source": pl.String, "line": pl.Int64, "field": pl.String, "reason": pl.String},
+    )
+    run = pl.DataFrame(
+        {"key": list(summary), "value": [json.dumps(v) for v in summary.values()]},
+        schema={"key": pl.String, "value": pl.String},
+    )
+    connection = duckdb.connect(str(path))
+    try:
+        for name, frame in (
+            ("scores", scores),
+            ("reasons", reasons),
+            ("rejected", rejected),
+            ("run", run),
+        ):
+            connection.register("frame", frame.to_arrow())
+            connection.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+            connection.unregister("frame")
+    finally:
+        connection.close()
+
+
+def calibrate(
+    reference: str | Path,
+    *,
+    model: str | LoadedModel = "embedded",
+    vectors: str | Path = "builtin",
+    traits: Sequence[str] | None = None,
+    max_new_tokens: int = DEFAULT_BASE_TOKENS,
+    store: str | Path | None = None,
+    fmt: str = "auto",
+    fields: FieldNames | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: Callable[[str], None] | None = None,
+    command: str = "",
+) -> Calibration:
+    """Score a reference set of ordinary chat (ΔP and prompt-last) and describe each trait's
+    score distribution; the default cut of later runs is its 95th percentile."""
+    from screener import __version__
+    from screener.screen.calibration import SCORE_KINDS, Distribution, vector_digest
+
+    result = screen(
+        reference,
+        model=model,
+        vectors=vectors,
+        traits=traits,
+        method="delta",
+        max_new_tokens=max_new_tokens,
+        calibration="none",
+        store=store,
+        fmt=fmt,
+        fields=fields,
+        dtype=dtype,
+        device=device,
+        progress=progress,
+    )
+    if not result.samples:
+        raise ConfigError(f"{reference}: no usable rows to calibrate on")
+    chosen = result.settings.traits
+    distributions = {
+        trait: {
+            kind: Distribution.of(
+                [v for s in result.samples if not math.isnan(v := _score_of(s, trait, kind))]
+            )
+            for kind in SCORE_KINDS
+        }
+        for trait in chosen
+    }
+    data_path = Path(reference)
+    return Calibration(
+        result.model.fingerprint,
+        {
+            "data": str(reference),
+            "name": data_path.name,
+            "rows_read": result.rows_read,
+            "scored": len(result.samples),
+            "rejected": len(result.rejected),
+        },
+        result.settings.generation.as_dict(),
+        distributions,
+        {trait: vector_digest(result.vectors, trait) for trait in chosen},
+        command,
+        __version__,
+    )

@@ -1,0 +1,241 @@
+"""Score rendered samples against persona vectors: projections, base responses and ΔP.
+
+For a sample (x, y) and trait T with unit vector v at layer l (METHOD.md, "Screening"):
+
+- `projection`   p(x, y)  = mean of h_l over y's tokens, dotted with v;
+- `base`         p(x, y') for y' the model's own greedy answer to x (delta method only);
+- `delta`        ΔP = p(x, y) - p(x, y');
+- `prompt_last`  h_l at the last prompt token, dotted with v (no generation needed).
+
+`Scorer.score` takes one chunk of samples, looks up what the run store already holds (base
+responses by prompt and generation settings, activations by sample content and layer),
+computes only the rest, and commits it to the store before returning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
+from screener.errors import ConfigError
+from screener.generate import GenerationSettings, generate_responses
+from screener.model import LoadedModel
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from screener.store import LayerActivations, RunStore, token_hash
+from screener.vectors.store import VectorFile
+
+Method = Literal["delta", "prompt-last"]
+METHODS: tuple[Method, ...] = ("delta", "prompt-last")
+# Base responses: long enough for the opening of a chat answer, where a persona shows; see the
+# README ("Why 128 new tokens") for the measurement behind this default.
+DEFAULT_BASE_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """What is computed and how; recorded in every run's summary."""
+
+    traits: tuple[str, ...]
+    method: Method = "delta"
+    generation: GenerationSettings = field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=DEFAULT_BASE_TOKENS)
+    )
+    generation_batch_size: int = 32
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: use {' or '.join(METHODS)}")
+        if not self.traits:
+            raise ConfigError("no traits to screen for")
+        if self.generation.temperature != 0:
+            raise ConfigError("base responses are greedy: generation temperature must be 0")
+
+
+@dataclass
+class ScoredSample:
+    """One sample's scores; the per-trait dicts are keyed by trait name."""
+
+    id: str
+    source: str
+    line: int
+    format: str
+    content_hash: str
+    prompt_tokens: int
+    response_tokens: int
+    warnings: tuple[str, ...]
+    projection: dict[str, float]
+    prompt_last: dict[str, float]
+    base_response: str | None = None
+    base_response_tokens: int | None = None
+    base_projection: dict[str, float] | None = None
+
+    def delta(self, trait: str) -> float | None:
+        """ΔP for `trait`, or None without a base response (prompt-last method)."""
+        if self.base_projection is None:
+            return None
+        return self.projection[trait] - self.base_projection[trait]
+
+
+def content_hash(rendered: RenderedSample) -> str:
+    """The cache key of a rendered conversation: its token ids and response boundary."""
+    return token_hash(rendered.response_start, rendered.input_ids)
+
+
+class Scorer:
+    """Scores chunks of rendered samples for one model, vector file and settings.
+
+    extra_layers: layers to collect and cache besides the traits' (the category probe's).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        vectors: VectorFile,
+        settings: ScoringSettings,
+        store: RunStore,
+        renderer: Renderer,
+        *,
+        extra_layers: Sequence[int] = (),
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.settings = settings
+        self.store = store
+        self.renderer = renderer
+        self.say = progress or (lambda message: None)
+        self.trait_layers = {t: vectors.trait(t).chosen_layer for t in settings.traits}
+        self.units = {t: vectors.unit(t).double() for t in settings.traits}
+        self.layers = sorted({*self.trait_layers.values(), *extra_layers})
+        self.collector = ActivationCollector(
+            loaded.model, self.layers, max_batch_tokens=settings.max_batch_tokens
+        )
+        self.generation_key = json.dumps(settings.generation.as_dict(), sort_keys=True)
+        self.counters = {"generated": 0, "generation_cached": 0, "collected": 0, "cached": 0}
+
+    @property
+    def model_key(self) -> str:
+        return self.loaded.fingerprint
+
+    def activations(
+        self, items: Sequence[tuple[str, TokenizedInput]]
+    ) -> dict[tuple[str, int], LayerActivations]:
+        """Activations of (content hash, input) items at every scorer layer: cached ones from
+        the store, the rest computed (batched) and stored."""
+        hashes = list(dict.fromkeys(h for h, _ in items))
+        found = self.store.get_activations(self.model_key, hashes, self.layers)
+        missing: dict[str, TokenizedInput] = {}
+        for key, item in items:
+            if any((key, layer) not in found for layer in self.layers):
+                missing.setdefault(key, item)
+        self.counters["cached"] += len(hashes) - len(missing)
+        self.counters["collected"] += len(missing)
+        if missing:
+            computed = self.collector.collect(list(missing.values()))
+            fresh = {
+                (key, layer): LayerActivations(
+                    computed.response_mean[i, j], computed.last_prompt[i, j]
+                )
+                for i, key in enumerate(missing)
+                for j, layer in enumerate(self.layers)
+            }
+            self.store.put_activations(self.model_key, fresh)
+            found.update(fresh)
+        return found
+
+    def base_responses(self, prompts: Sequence[tuple[Message, ...]]) -> list[str]:
+        """The model's greedy answers to `prompts`, from the store where it has them."""
+        keys = [token_hash(self.renderer.prompt_ids(p)) for p in prompts]
+        cached = self.store.get_base_responses(self.model_key, keys, self.generation_key)
+        todo: dict[str, tuple[Message, ...]] = {}
+        for key, prompt in zip(keys, prompts, strict=True):
+            if key not in cached:
+                todo.setdefault(key, prompt)
+        self.counters["generation_cached"] += len(keys) - len(todo)
+        self.counters["generated"] += len(todo)
+        if todo:
+            texts = generate_responses(
+                self.loaded,
+                list(todo.values()),
+                self.settings.generation,
+                batch_size=self.settings.generation_batch_size,
+                progress=lambda done: self.say(f"  base responses {done}/{len(todo)}"),
+            )
+            fresh = dict(zip(todo, texts, strict=True))
+            self.store.put_base_responses(self.model_key, self.generation_key, fresh)
+            cached.update(fresh)
+        return [cached[key] for key in keys]
+
+    def _project(
+        self,
+        values: dict[tuple[str, int], LayerActivations],
+        key: str,
+        *,
+        last_prompt: bool = False,
+    ) -> dict[str, float]:
+        """Projection of one content's response mean (or last prompt token) on every trait."""
+        projections = {}
+        for trait, layer in self.trait_layers.items():
+            found = values[(key, layer)]
+            vector = found.last_prompt if last_prompt else found.response_mean
+            projections[trait] = float(vector.double() @ self.units[trait])
+        return projections
+
+    def score(self, chunk: Sequence[RenderedSample]) -> list[ScoredSample]:
+        """Scores of every sample in `chunk`, in order."""
+        keys = [content_hash(r) for r in chunk]
+        items = [
+            (key, TokenizedInput(r.input_ids, r.response_start))
+            for key, r in zip(keys, chunk, strict=True)
+        ]
+        base_rendered: list[RenderedSample | None] = [None] * len(chunk)
+        base_texts: list[str | None] = [None] * len(chunk)
+        problems: list[str | None] = [None] * len(chunk)
+        if self.settings.method == "delta":
+            texts = self.base_responses([r.sample.prompt for r in chunk])
+            for i, (rendered, text) in enumerate(zip(chunk, texts, strict=True)):
+                base_texts[i] = text
+                base_sample = Sample(
+                    rendered.sample.id,
+                    rendered.sample.source,
+                    rendered.sample.line,
+                    (*rendered.sample.prompt, Message("assistant", text)),
+                    {},
+                    rendered.sample.format,
+                )
+                result = self.renderer.render(base_sample)
+                if isinstance(result, RenderedSample):
+                    base_rendered[i] = result
+                    inputs = TokenizedInput(result.input_ids, result.response_start)
+                    items.append((content_hash(result), inputs))
+                else:
+                    problems[i] = f"no ΔP: the base response cannot be rendered ({result.reason})"
+        values = self.activations(items)
+        scored = []
+        for i, (key, rendered) in enumerate(zip(keys, chunk, strict=True)):
+            problem = problems[i]
+            warnings = rendered.warnings + ((problem,) if problem else ())
+            sample = ScoredSample(
+                rendered.sample.id,
+                rendered.sample.source,
+                rendered.sample.line,
+                rendered.sample.format,
+                key,
+                rendered.num_prompt_tokens,
+                rendered.num_response_tokens,
+                warnings,
+                self._project(values, key),
+                self._project(values, key, last_prompt=True),
+                base_texts[i],
+            )
+            base = base_rendered[i]
+            if base is not None:
+                base_key = content_hash(base)
+                sample.base_response_tokens = base.num_response_tokens
+                sample.base_projection = self._project(values, base_key)
+            scored.append(sample)
+        return scored

@@ -1,0 +1,116 @@
+"""Cuts, flags, percentiles, risk and bootstrap means against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from screener.errors import ConfigError
+from screener.screen.calibration import Distribution
+from screener.screen.flags import (
+    FlagRule,
+    bootstrap_mean,
+    dataset_percentiles,
+    decide_cut,
+    flag_mask,
+    risk_scores,
+    z_scores,
+)
+
+SCORES = np.array([1.0, 5.0, math.nan, 3.0, 5.0, -2.0])
+# 0..100 in steps of 1: the p-th percentile is p
+REFERENCE = Distribution.of([float(v) for v in range(101)])
+
+
+def test_reference_percentiles_are_interpolated() -> None:
+    assert REFERENCE.percentile(95) == pytest.approx(95.0)
+    assert REFERENCE.percentile(97.5) == pytest.approx(97.5)
+    assert REFERENCE.mean == pytest.approx(50.0)
+    assert REFERENCE.std == pytest.approx(np.std(np.arange(101)))
+
+
+def test_default_cut_is_the_references_95th_percentile() -> None:
+    cut = decide_cut("evil", np.array([94.0, 95.0, 96.0]), FlagRule(), REFERENCE)
+    assert cut.value == pytest.approx(95.0)
+    assert "95th percentile of the calibration reference (101 rows" in cut.rule
+    # strictly above the cut
+    assert flag_mask(np.array([94.0, 95.0, 96.0, math.nan]), cut).tolist() == [
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_percentile_option_moves_the_reference_cut() -> None:
+    cut = decide_cut("evil", SCORES, FlagRule(percentile=80), REFERENCE)
+    assert cut.value == pytest.approx(80.0)
+
+
+def test_without_calibration_the_dataset_percentile_is_used_and_said() -> None:
+    scores = np.arange(1.0, 21.0)  # 1..20
+    cut = decide_cut("evil", scores, FlagRule(), None)
+    assert cut.value == pytest.approx(np.percentile(scores, 95))  # 19.05
+    assert "of this dataset" in cut.rule and "screener calibrate" in cut.rule
+    assert flag_mask(scores, cut).tolist() == [False] * 19 + [True]
+
+
+def test_threshold_overrides_everything_for_its_trait_only() -> None:
+    rule = FlagRule(thresholds={"evil": 2.0}, top_k=1)
+    evil = decide_cut("evil", SCORES, rule, REFERENCE)
+    assert evil.value == 2.0 and evil.top_k is None
+    assert flag_mask(SCORES, evil).tolist() == [False, True, False, True, True, False]
+    other = decide_cut("sycophancy", SCORES, rule, REFERENCE)
+    assert other.top_k == 1
+
+
+def test_top_k_takes_the_k_highest_with_ties_in_input_order() -> None:
+    cut = decide_cut("evil", SCORES, FlagRule(top_k=1), None)
+    assert cut.value == 5.0
+    assert flag_mask(SCORES, cut).tolist() == [False, True, False, False, False, False]
+    three = decide_cut("evil", SCORES, FlagRule(top_k=3), None)
+    assert flag_mask(SCORES, three).tolist() == [False, True, False, True, True, False]
+    everything = decide_cut("evil", SCORES, FlagRule(top_k=100), None)
+    assert flag_mask(SCORES, everything).sum() == 5  # NaN is never flagged
+    none = decide_cut("evil", SCORES, FlagRule(top_k=0), None)
+    assert none.value is None and not flag_mask(SCORES, none).any()
+
+
+def test_rule_values_are_checked() -> None:
+    with pytest.raises(ConfigError, match="percentile"):
+        FlagRule(percentile=101)
+    with pytest.raises(ConfigError, match="top-k"):
+        FlagRule(top_k=-1)
+
+
+def test_dataset_percentile_is_the_share_at_or_below() -> None:
+    got = dataset_percentiles(SCORES)
+    # finite scores sorted: -2, 1, 3, 5, 5
+    expected = [40.0, 100.0, math.nan, 60.0, 100.0, 20.0]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_risk_is_the_largest_z_over_traits() -> None:
+    evil = z_scores(np.array([60.0, 50.0, math.nan]), REFERENCE)
+    std = REFERENCE.std
+    np.testing.assert_allclose(evil[:2], [10.0 / std, 0.0])
+    # without a reference: the dataset's own mean and std
+    other = z_scores(np.array([1.0, 3.0, 5.0]), None)
+    np.testing.assert_allclose(other, [-1.224744871, 0.0, 1.224744871])
+    risk = risk_scores([evil, other])
+    np.testing.assert_allclose(risk, [10.0 / std, 0.0, 1.224744871])
+    assert math.isnan(risk_scores([np.array([math.nan]), np.array([math.nan])])[0])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0, math.nan])
+    first = bootstrap_mean(scores)
+    assert first.mean == pytest.approx(2.5) and first.n == 4
+    assert first.low is not None and first.high is not None
+    assert 1.0 <= first.low < 2.5 < first.high <= 4.0
+    assert bootstrap_mean(scores) == first
+    constant = bootstrap_mean(np.array([2.0, 2.0, 2.0]))
+    assert constant.low == constant.high == 2.0
+    assert bootstrap_mean(np.array([math.nan])).mean is None

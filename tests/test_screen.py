@@ -1,0 +1,255 @@
+"""Screening on a tiny random model: ΔP against a hand-computed reference, flags and the
+invariant, outputs round-trip, and the run store's reuse of earlier work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from screener.activations import TokenizedInput
+from screener.errors import VectorFileError
+from screener.model import LoadedModel
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from screener.screen import FlagRule, screen
+from screener.vectors import TraitVector, VectorFile, save_vectors
+from tests.conftest import tiny_loaded
+from tests.reference import naive_collect
+from tests.test_generate import naive_greedy
+
+STEPS = 5
+QUESTIONS = [
+    "What is the capital of France?",
+    "Is my poem brilliant? I think it is wonderful.",
+    "hello world",
+    "Tell me about the quick brown fox.",
+    "Answer the question briefly and clearly.",
+    "What is 0123 plus 456?",
+    "Do you agree that my work is moving?",
+    "Say something small.",
+]
+ANSWERS = [
+    "Paris is the capital.",
+    "Yes, it is brilliant and moving!",
+    "hello to you, world",
+    "It jumps over the lazy dog.",
+    "Sure, briefly and clearly.",
+    "It is 579.",
+    "I agree completely, it is wonderful.",
+    "small",
+]
+
+
+def rows() -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+        }
+        for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS, strict=True))
+    ]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def loaded(tiny_tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
+    return tiny_loaded("llama", tiny_tokenizer)
+
+
+def tiny_vectors(loaded: LoadedModel, path: Path) -> Path:
+    """Random vectors for two traits at different layers of the 3-layer model."""
+    generator = torch.Generator().manual_seed(7)
+    d = loaded.model.config.hidden_size
+    traits = {
+        name: TraitVector(name, torch.randn(4, d, generator=generator), layer, [0.5] * 4)
+        for name, layer in (("evil", 3), ("sycophancy", 2))
+    }
+    save_vectors(VectorFile.for_model(loaded, traits), path)
+    return path
+
+
+def run(loaded: LoadedModel, data: Path, tmp: Path, name: str, **options):  # type: ignore[no-untyped-def]
+    options.setdefault("store", tmp / "store.duckdb")
+    options.setdefault("vectors", tmp / "vectors.safetensors")
+    options.setdefault("max_new_tokens", STEPS)
+    options.setdefault("calibration", "none")
+    return screen(data, model=loaded, out=tmp / name, **options)
+
+
+def reference_scores(loaded: LoadedModel, vectors: VectorFile, record: dict) -> dict[str, float]:
+    """ΔP the slow way: one-prompt greedy loop, one sample per forward, all hidden states."""
+    renderer = Renderer(loaded.tokenizer)
+    prompt = (Message("user", record["messages"][0]["content"]),)
+    answer = record["messages"][1]["content"]
+    base = naive_greedy(loaded.model, loaded.tokenizer, prompt, STEPS)
+    values: dict[str, float] = {}
+    for side, text in (("proj", answer), ("base_proj", base)):
+        rendered = renderer.render(
+            Sample("x", "t", 1, (*prompt, Message("assistant", text)), {}, "messages")
+        )
+        assert isinstance(rendered, RenderedSample)
+        means, lasts = naive_collect(
+            loaded.model, [TokenizedInput(rendered.input_ids, rendered.response_start)], [2, 3]
+        )
+        for trait in ("evil", "sycophancy"):
+            layer = vectors.trait(trait).chosen_layer
+            unit = vectors.unit(trait)
+            values[f"{side}_{trait}"] = float(means[0, layer - 2] @ unit)
+            if side == "proj":
+                values[f"prompt_last_{trait}"] = float(lasts[0, layer - 2] @ unit)
+    for trait in ("evil", "sycophancy"):
+        values[f"delta_{trait}"] = values[f"proj_{trait}"] - values[f"base_proj_{trait}"]
+    return values
+
+
+def test_delta_equals_the_hand_computed_difference_of_projections(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    from screener.vectors import load_vectors
+
+    records = rows()
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    vectors = load_vectors(tiny_vectors(loaded, tmp_path / "vectors.safetensors"))
+    result = run(loaded, data, tmp_path, "out", traits=["evil", "sycophancy"])
+    scores = pl.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert scores["id"].to_list() == [r["id"] for r in records]
+    assert scores["source_line"].to_list() == list(range(1, len(records) + 1))
+    for record, row in zip(records, scores.iter_rows(named=True), strict=True):
+        expected = reference_scores(loaded, vectors, record)
+        for column, value in expected.items():
+            assert row[column] == pytest.approx(value, abs=1e-4), (record["id"], column)
+    assert result.summary()["counts"]["rows_read"] == len(records)
+    # the dataset-level score is the mean ΔP
+    mean = result.summary()["traits"]["evil"]["dataset_delta"]["mean"]
+    assert mean == pytest.approx(scores["delta_evil"].mean())
+
+
+def test_flags_reasons_and_outputs_add_up(loaded: LoadedModel, tmp_path: Path) -> None:
+    records = rows()
+    lines = [json.dumps(r) for r in records]
+    lines.insert(3, '{"id": "broken", "messages": [')  # a bad row at line 4
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    first = run(loaded, data, tmp_path, "all", traits=["evil"])
+    deltas = first.scores["delta_evil"].to_list()
+    cut = sorted(deltas)[-3]  # strictly above: the two highest
+    result = run(
+        loaded, data, tmp_path, "out", traits=["evil"], rule=FlagRule(thresholds={"evil": cut})
+    )
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["rows_read"] == 9
+    assert (summary["counts"]["kept"], summary["counts"]["flagged"]) == (6, 2)
+    assert summary["counts"]["rejected"] == 1
+    assert summary["traits"]["evil"]["cut"] == cut
+    expected_flagged = {records[i]["id"] for i in sorted(range(8), key=lambda i: -deltas[i])[:2]}
+
+    flagged = [json.loads(line) for line in (out / "flagged.jsonl").read_text().splitlines()]
+    assert {f["id"] for f in flagged} == expected_flagged
+    assert flagged[0]["risk"] >= flagged[1]["risk"]  # highest risk first
+    for entry in flagged:
+        (reason,) = entry["reasons"]
+        assert reason["trait"] == "evil" and reason["cut"] == cut
+        assert reason["score"] == pytest.approx(entry["scores"]["evil"]["delta"])
+        assert reason["percentile"] > 75  # the top two of eight
+        assert entry["row"] == next(r for r in records if r["id"] == entry["id"])
+        assert entry["category"] and entry["cluster"] is not None
+    kept = [json.loads(line) for line in (out / "filtered.jsonl").read_text().splitlines()]
+    assert kept == [r for r in records if r["id"] not in expected_flagged]
+    (rejected,) = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["line"] == 4 and "malformed JSON" in rejected["reason"]
+    scores = pl.read_parquet(out / "scores.parquet")
+    assert set(scores.filter(pl.col("flagged"))["id"]) == expected_flagged
+    assert scores.filter(pl.col("flagged"))["category"].null_count() == 0
+    assert scores.filter(~pl.col("flagged"))["category"].null_count() == 6
+    assert result.kept + len(result.flagged) + len(result.rejected) == result.rows_read
+
+
+def test_outputs_keep_the_input_format(loaded: LoadedModel, tmp_path: Path) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = [
+        {"id": f"c{i}", "prompt": q, "response": a, "note": f"n,{i}"}
+        for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS, strict=True))
+    ]
+    csv_path = tmp_path / "data.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "prompt", "response", "note"])
+        writer.writeheader()
+        writer.writerows(records)
+    parquet_path = tmp_path / "data.parquet"
+    pl.DataFrame(records).write_parquet(parquet_path)
+    for path, name in ((csv_path, "csv"), (parquet_path, "parquet")):
+        result = run(loaded, path, tmp_path, name, traits=["evil"], rule=FlagRule(top_k=3))
+        flagged = {result.samples[i].id for i in result.flagged}
+        assert len(flagged) == 3
+        expected = [r for r in records if r["id"] not in flagged]
+        if name == "csv":
+            with (tmp_path / name / "filtered.csv").open(newline="", encoding="utf-8") as fh:
+                got = list(csv.DictReader(fh))
+            assert got == expected
+        else:
+            got_frame = pl.read_parquet(tmp_path / name / "filtered.parquet")
+            assert got_frame.columns == ["id", "prompt", "response", "note"]
+            assert got_frame.to_dicts() == expected
+
+
+def test_a_rerun_computes_nothing_and_new_rows_only_what_is_new(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    records = rows()
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", records[:6])
+    first = run(loaded, data, tmp_path, "one", traits=["evil"])
+    assert first.stats["generated"] == 6 and first.stats["collected"] == 12
+    again = run(loaded, data, tmp_path, "two", traits=["evil"])
+    assert again.stats["generated"] == 0 and again.stats["collected"] == 0
+    assert again.scores.drop("warnings").equals(first.scores.drop("warnings"))
+    for name in ("scores.parquet", "summary.json", "filtered.jsonl", "flagged.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    # two more rows: only they are computed
+    grown = write_jsonl(tmp_path / "grown.jsonl", records)
+    more = run(loaded, grown, tmp_path, "three", traits=["evil"])
+    assert more.stats["generated"] == 2 and more.stats["collected"] == 4
+    # a second trait whose layer (2, the category probe layer) was collected together with
+    # evil's layer 3: nothing to compute
+    both = run(loaded, grown, tmp_path, "four", traits=["evil", "sycophancy"])
+    assert both.stats["collected"] == 0 and both.stats["generated"] == 0
+    # other generation settings need new base responses
+    longer = run(loaded, data, tmp_path, "five", traits=["evil"], max_new_tokens=STEPS + 1)
+    assert longer.stats["generated"] == 6
+
+
+def test_prompt_last_skips_generation_and_says_it_is_approximate(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    result = run(loaded, data, tmp_path, "out", traits=["evil"], method="prompt-last")
+    assert result.stats["generated"] == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["method"] == "prompt-last" and summary["approximate"] is True
+    assert "dataset_prompt_last" in summary["traits"]["evil"]
+    scores = pl.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert scores["delta_evil"].null_count() == len(scores)
+    assert scores["prompt_last_evil"].null_count() == 0
+
+
+def test_vectors_of_another_model_are_refused(
+    loaded: LoadedModel, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    other = tiny_loaded("llama", tiny_tokenizer, seed=1)
+    tiny_vectors(other, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    with pytest.raises(VectorFileError, match="belong to model"):
+        run(loaded, data, tmp_path, "out")
