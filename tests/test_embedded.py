@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
@@ -120,3 +122,52 @@ def test_builtin_vectors_belong_to_the_embedded_model(embedded_fp32: LoadedModel
             f"{name} pack changed since extraction"
         )
         assert trait.heldout_auroc[trait.chosen_layer] == max(trait.heldout_auroc[1:])
+
+
+def test_screen_command_on_a_few_real_rows(tmp_path: Path) -> None:
+    from screener.cli import main
+
+    lines = (DATA / "chat_mixed.jsonl").read_text(encoding="utf-8").splitlines()
+    broken = (DATA / "broken_rows.jsonl").read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "few.jsonl"
+    data.write_text("\n".join([*lines[:5], broken[1], broken[10]]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(
+        [
+            "screen",
+            str(data),
+            "--max-new-tokens",
+            "12",
+            "--top-k",
+            "1",
+            "--store",
+            str(tmp_path / "store.duckdb"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {
+        "rows_read": 7,
+        "kept": summary["counts"]["kept"],
+        "flagged": summary["counts"]["flagged"],
+        "rejected": 2,
+        "invariant": summary["counts"]["invariant"],
+    }
+    counts = summary["counts"]
+    assert counts["kept"] + counts["flagged"] == 5 and 1 <= counts["flagged"] <= 3
+    assert set(summary["traits"]) == {"evil", "sycophancy", "hallucination"}
+    scores = pl.read_parquet(out / "scores.parquet")
+    assert scores["id"].to_list() == [json.loads(line)["id"] for line in lines[:5]]
+    for trait in summary["traits"]:
+        delta = scores[f"delta_{trait}"] - (scores[f"proj_{trait}"] - scores[f"base_proj_{trait}"])
+        assert delta.abs().max() < 1e-4  # type: ignore[operator]
+    flagged = [json.loads(x) for x in (out / "flagged.jsonl").read_text().splitlines()]
+    assert len(flagged) == counts["flagged"]
+    assert all(r["reasons"] and r["base_response"] and r["category"] for r in flagged)
+    kept = (out / "filtered.jsonl").read_text().splitlines()
+    assert len(kept) == counts["kept"] and set(kept) <= set(lines[:5])
+    rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [6, 7]
