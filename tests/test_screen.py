@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -17,7 +18,8 @@ from screener.errors import VectorFileError
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen import FlagRule, screen
+from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen
+from screener.screen.calibration import default_calibration_path
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import tiny_loaded
 from tests.reference import naive_collect
@@ -253,3 +255,57 @@ def test_vectors_of_another_model_are_refused(
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     with pytest.raises(VectorFileError, match="belong to model"):
         run(loaded, data, tmp_path, "out")
+
+
+def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path: Path) -> None:
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    reference = write_jsonl(tmp_path / "reference.jsonl", rows()[:6])
+    calibration = calibrate(
+        reference, model=loaded, vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"
+    )
+    path = default_calibration_path(vectors)
+    assert path == tmp_path / "vectors.calibration.json"
+    save_calibration(calibration, path)
+    plain = run(loaded, reference, tmp_path, "plain", calibration="none")
+    for trait in ("evil", "sycophancy"):
+        deltas = plain.scores[f"delta_{trait}"].to_numpy()
+        reference_p95 = float(np.percentile(deltas, 95))
+        assert load_calibration(path).distribution(trait, "delta").percentile(95) == (  # type: ignore[union-attr]
+            pytest.approx(reference_p95, abs=1e-9)
+        )
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    result = run(loaded, data, tmp_path, "calibrated", calibration="auto")
+    summary = json.loads((tmp_path / "calibrated" / "summary.json").read_text())
+    for trait in ("evil", "sycophancy"):
+        deltas = plain.scores[f"delta_{trait}"].to_numpy()
+        assert summary["traits"][trait]["cut"] == pytest.approx(float(np.percentile(deltas, 95)))
+        rule = summary["traits"][trait]["cut_rule"]
+        assert rule.startswith("95th percentile of the calibration reference")
+        flagged = result.scores.filter(pl.col(f"delta_{trait}") > summary["traits"][trait]["cut"])
+        assert set(flagged["id"]) <= set(result.scores.filter(pl.col("flagged"))["id"])
+    # risk: the largest z-score against the reference, over traits
+    z = [
+        (result.scores[f"delta_{t}"].to_numpy() - plain.scores[f"delta_{t}"].mean())
+        / plain.scores[f"delta_{t}"].std(ddof=0)
+        for t in ("evil", "sycophancy")
+    ]
+    np.testing.assert_allclose(result.scores["risk"].to_numpy(), np.maximum(*z), rtol=1e-6)
+
+
+def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_path: Path) -> None:
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    calibration = calibrate(data, model=loaded, vectors=vectors, max_new_tokens=STEPS)
+    save_calibration(calibration, tmp_path / "cal.json")
+    # the same traits, other directions
+    generator = torch.Generator().manual_seed(99)
+    d = loaded.model.config.hidden_size
+    traits = {
+        name: TraitVector(name, torch.randn(4, d, generator=generator), layer, [0.5] * 4)
+        for name, layer in (("evil", 3), ("sycophancy", 2))
+    }
+    save_vectors(VectorFile.for_model(loaded, traits), vectors)
+    result = run(loaded, data, tmp_path, "out", calibration=tmp_path / "cal.json")
+    assert any("made with other evil vectors" in note for note in result.notes)
+    summary = result.summary()
+    assert summary["traits"]["evil"]["cut_rule"].startswith("95th percentile of this dataset")

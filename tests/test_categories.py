@@ -1,0 +1,119 @@
+"""Risk categories (file format, user additions, the probe) and clusters of flagged samples, on
+planted features with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from screener.errors import ConfigError
+from screener.screen.categories import (
+    OTHER,
+    CategoryProbe,
+    cluster_samples,
+    load_categories,
+    training_labels,
+)
+
+BUILTIN = ["romantic_roleplay", "underspecified_query", "harmful_request"]
+BUILTIN += ["persona_instruction", "professional_advice"]
+
+
+def test_builtin_categories_cover_the_required_kinds() -> None:
+    categories = load_categories()
+    assert categories.names == BUILTIN
+    for category in categories.categories:
+        assert category.title and category.description and len(category.examples) == 15
+    prompts, labels = training_labels(categories)
+    assert len(prompts) == len(set(prompts)) == 5 * 15 + len(categories.ordinary_examples)
+    assert labels.count(OTHER) == len(categories.ordinary_examples) >= 40
+
+
+def test_a_user_file_adds_and_replaces_categories_by_name(tmp_path: Path) -> None:
+    examples = [f"example prompt {i}" for i in range(5)]
+    path = tmp_path / "mine.json"
+    path.write_text(
+        json.dumps(
+            {
+                "categories": [
+                    {"name": "crypto_scam", "title": "Crypto scams", "examples": examples},
+                    {"name": "harmful_request", "description": "ours", "examples": examples},
+                ]
+            }
+        )
+    )
+    categories = load_categories(path)
+    assert categories.names == [*BUILTIN, "crypto_scam"]
+    replaced = categories.categories[BUILTIN.index("harmful_request")]
+    assert replaced.description == "ours" and replaced.examples == tuple(examples)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "other", "examples": ["a"] * 5}, "[name]: a category needs a name"),
+        ({"name": "bad name", "examples": ["a"] * 5}, "[name]: a category needs a name"),
+        ({"name": "few", "examples": ["a"] * 4}, "[examples]: category few needs at least 5"),
+        ({"name": "blank", "examples": ["a"] * 4 + [" "]}, "[examples]: category blank"),
+    ],
+)
+def test_bad_category_files_say_what_is_wrong(tmp_path: Path, entry: dict, message: str) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"categories": [entry]}))
+    with pytest.raises(ConfigError, match=f"{path}: categories\\[0\\] " + _escape(message)):
+        load_categories(path)
+
+
+def test_malformed_category_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text('{"categories": [\n  {"name": "x",\n')
+    with pytest.raises(ConfigError, match=f"{path}:3: malformed JSON"):
+        load_categories(path)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[").replace("]", "\\]")
+
+
+def planted(centres: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([c + 0.3 * rng.standard_normal((per_class, len(c))) for c in centres])
+
+
+def test_probe_recovers_planted_categories_and_other() -> None:
+    rng = np.random.default_rng(0)
+    centres = 3.0 * rng.standard_normal((3, 16))
+    names = ["romance", "danger", OTHER]
+    labels = [name for name in names for _ in range(15)]
+    probe = CategoryProbe(planted(centres, 15, seed=1), labels)
+    predictions = probe.predict(planted(centres, 4, seed=2))
+    assert [name for name, _ in predictions] == [name for name in names for _ in range(4)]
+    assert all(0.5 < probability <= 1.0 for _, probability in predictions)
+    assert probe.predict(np.zeros((0, 16))) == []
+
+
+def test_clusters_follow_planted_groups_and_are_described_by_their_words() -> None:
+    rng = np.random.default_rng(0)
+    centres = 4.0 * rng.standard_normal((2, 8))
+    features = planted(centres, 6, seed=3)[[0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11]]
+    texts = [
+        "darling kiss romance tonight" if i % 2 == 0 else "weapon revenge burn rival"
+        for i in range(12)
+    ]
+    ids, clusters = cluster_samples(features, texts)
+    assert ids[0::2] == [ids[0]] * 6 and ids[1::2] == [ids[1]] * 6 and ids[0] != ids[1]
+    assert [c.size for c in clusters] == [6, 6] and [c.id for c in clusters] == [0, 1]
+    romance = clusters[ids[0]].words
+    assert set(romance) == {"darling", "kiss", "romance", "tonight"}
+    assert set(clusters[ids[1]].words) == {"weapon", "revenge", "burn", "rival"}
+    # deterministic
+    assert cluster_samples(features, texts) == (ids, clusters)
+
+
+def test_few_flagged_samples_make_one_cluster() -> None:
+    ids, clusters = cluster_samples(np.ones((2, 4)), ["alpha beta", "alpha gamma"])
+    assert ids == [0, 0] and len(clusters) == 1 and clusters[0].size == 2
+    assert cluster_samples(np.zeros((0, 4)), []) == ([], [])
