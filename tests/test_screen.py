@@ -68,9 +68,9 @@ def loaded(tiny_tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
     return tiny_loaded("llama", tiny_tokenizer)
 
 
-def tiny_vectors(loaded: LoadedModel, path: Path) -> Path:
+def tiny_vectors(loaded: LoadedModel, path: Path, seed: int = 7) -> Path:
     """Random vectors for two traits at different layers of the 3-layer model."""
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator().manual_seed(seed)
     d = loaded.model.config.hidden_size
     traits = {
         name: TraitVector(name, torch.randn(4, d, generator=generator), layer, [0.5] * 4)
@@ -297,14 +297,7 @@ def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_pa
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     calibration = calibrate(data, model=loaded, vectors=vectors, max_new_tokens=STEPS)
     save_calibration(calibration, tmp_path / "cal.json")
-    # the same traits, other directions
-    generator = torch.Generator().manual_seed(99)
-    d = loaded.model.config.hidden_size
-    traits = {
-        name: TraitVector(name, torch.randn(4, d, generator=generator), layer, [0.5] * 4)
-        for name, layer in (("evil", 3), ("sycophancy", 2))
-    }
-    save_vectors(VectorFile.for_model(loaded, traits), vectors)
+    tiny_vectors(loaded, vectors, seed=99)  # the same traits, other directions
     result = run(loaded, data, tmp_path, "out", calibration=tmp_path / "cal.json")
     assert any("made with other evil vectors" in note for note in result.notes)
     summary = result.summary()
