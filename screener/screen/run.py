@@ -335,7 +335,7 @@ def screen(
     rule: FlagRule | None = None,
     calibration: str | Path | None = "auto",
     categories: Path | None = None,
-    out: Path | None = None,
+    out: str | Path | None = None,
     store: str | Path | None = None,
     fmt: str = "auto",
     fields: FieldNames | None = None,
@@ -358,6 +358,7 @@ def screen(
     say = progress or (lambda message: None)
     if chunk_size < 1:
         raise ConfigError("chunk_size must be at least 1")
+    out = None if out is None else Path(out)
     if out is not None:
         prepare_out_dir(out)
     loaded = (
