@@ -29,7 +29,7 @@ from screener.activations import (
     Activations,
     TokenizedInput,
 )
-from screener.atomic import atomic_path, write_text_atomic
+from screener.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel
@@ -168,13 +168,15 @@ def _rejected_json(row: RejectedRow) -> str:
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Create the output directory, or say clearly why it cannot be used."""
+    """Create the output directory (removing temporary files a killed run left there), or say
+    clearly why it cannot be used."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is an existing file: pass a directory path")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
+    remove_stale_temporaries(out_dir)
 
 
 def write_collect_outputs(result: CollectResult, out_dir: Path) -> list[Path]:

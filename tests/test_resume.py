@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from screener.atomic import remove_stale_temporaries
 from screener.model import load_model
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import save_tiny_model
@@ -138,6 +139,20 @@ def test_killed_runs_resume_to_identical_outputs(setup: tuple[list[str], Path]) 
     assert visible <= finals, visible - finals
     finish(command)
     assert snapshot(tmp / "out") == uninterrupted
+    # the killed writers' temporary files were cleared away by the run that finished
+    assert not list((tmp / "out").glob(".*.tmp"))
     # the last run computed nothing: everything was saved before the final kill
     stats = json.loads((tmp / "out" / "run_stats.json").read_text())
     assert stats["generated"] == 0 and stats["collected"] == 0, stats
+
+
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".scores.parquet.{finished.pid}.0123abcd.tmp"
+    alive = tmp_path / f".summary.json.{os.getpid()}.89abcdef.tmp"
+    unrelated = tmp_path / ".notes.tmp"
+    for path in (dead, alive, unrelated):
+        path.write_text("partial")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert alive.exists() and unrelated.exists() and not dead.exists()
