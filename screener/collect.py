@@ -35,7 +35,7 @@ from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import RejectedRow
-from screener.render import RenderedSample, Renderer, context_window
+from screener.render import RenderedSample, Renderer, token_limit
 
 SAMPLES_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "id": pl.String,
@@ -110,11 +110,8 @@ def collect_dataset(
         each chunk.
     """
     started = time.perf_counter()
-    window = context_window(loaded.model.config)
-    limits = [x for x in (max_tokens, window) if x is not None]
-    limit = min(limits) if limits else None
     reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
-    renderer = Renderer(loaded.tokenizer, max_tokens=limit)
+    renderer = Renderer(loaded.tokenizer, max_tokens=token_limit(loaded.model.config, max_tokens))
     collector = ActivationCollector(loaded.model, layers, max_batch_tokens=max_batch_tokens)
     samples: list[RenderedSample] = []
     rejected: list[RejectedRow] = []

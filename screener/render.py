@@ -69,6 +69,13 @@ def context_window(config: Any) -> int | None:
     return None
 
 
+def token_limit(config: Any, max_tokens: int | None) -> int | None:
+    """The longest sequence to render: `max_tokens` or the model's context window, whichever is
+    smaller (None when neither is known)."""
+    limits = [x for x in (max_tokens, context_window(config)) if x is not None]
+    return min(limits) if limits else None
+
+
 class Renderer:
     """Turns samples into `RenderedSample`s for one tokenizer.
 

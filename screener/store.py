@@ -191,10 +191,3 @@ class RunStore:
             self.connection.execute(f"INSERT OR IGNORE INTO {name} SELECT * FROM incoming")
         finally:
             self.connection.unregister("incoming")
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table (for summaries and tests)."""
-        return {
-            name: int(self.connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0])
-            for name in ("base_responses", "activations")
-        }

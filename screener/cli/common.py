@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from screener.activations import DEFAULT_BATCH_TOKENS
+from screener.errors import ConfigError
 from screener.model import LoadedModel, load_model
 from screener.reader import FORMATS, FieldNames
 
@@ -92,6 +94,31 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         help="reject: record bad rows with their reason and go on (default); "
         "fail: stop with an error at the first one",
     )
+
+
+def add_sequence_options(parser: argparse.ArgumentParser) -> None:
+    """--max-tokens and --batch-tokens: how long sequences may be and how they are batched."""
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="longest sequence to process (default: the model's context window); "
+        "longer responses are truncated with a warning",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=DEFAULT_BATCH_TOKENS,
+        help=f"padded tokens per forward pass (default {DEFAULT_BATCH_TOKENS})",
+    )
+
+
+def check_sequence_options(args: argparse.Namespace) -> None:
+    """Refuse --batch-tokens below 1 and --max-tokens below 2 (a prompt and a response token)."""
+    if args.batch_tokens < 1:
+        raise ConfigError("--batch-tokens must be positive")
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise ConfigError("--max-tokens must be at least 2")
 
 
 def data_fields(args: argparse.Namespace) -> FieldNames:

@@ -6,17 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.cli.common import (
     EXIT_OK,
     add_data_options,
     add_model_options,
     add_quiet_option,
+    add_sequence_options,
+    check_sequence_options,
     data_fields,
     load_model_from_args,
     progress_printer,
 )
-from screener.errors import ConfigError
 from screener.reader import read_dataset
 from screener.records import RejectedRow
 
@@ -61,19 +61,7 @@ def register(commands: Any) -> None:
         help="hidden-state rows to collect, comma-separated; 0 = embeddings, "
         "-1 = last (default: 20)",
     )
-    collect.add_argument(
-        "--max-tokens",
-        type=int,
-        default=None,
-        help="longest sequence to process (default: the model's context window); "
-        "longer responses are truncated with a warning",
-    )
-    collect.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=DEFAULT_BATCH_TOKENS,
-        help=f"padded tokens per forward pass (default {DEFAULT_BATCH_TOKENS})",
-    )
+    add_sequence_options(collect)
     collect.add_argument(
         "--out",
         type=Path,
@@ -107,8 +95,7 @@ def _run_check(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from screener.collect import collect_dataset, prepare_out_dir, write_collect_outputs
 
-    if args.batch_tokens < 1 or (args.max_tokens is not None and args.max_tokens < 2):
-        raise ConfigError("--batch-tokens must be positive and --max-tokens at least 2")
+    check_sequence_options(args)
     out = args.out or Path("reports") / f"collect-{Path(args.data).stem}"
     prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.cli.common import (
     EXIT_OK,
     add_data_options,
     add_model_options,
     add_quiet_option,
+    add_sequence_options,
+    check_sequence_options,
     data_fields,
     load_model_from_args,
     progress_printer,
@@ -62,12 +63,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
         help="run store (DuckDB cache of base responses and activations; default "
         "$SCREENER_HOME/store.duckdb; ':memory:' keeps nothing)",
     )
-    parser.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=DEFAULT_BATCH_TOKENS,
-        help=f"padded tokens per forward pass (default {DEFAULT_BATCH_TOKENS})",
-    )
+    add_sequence_options(parser)
 
 
 def register(commands: Any) -> None:
@@ -116,12 +112,6 @@ def register(commands: Any) -> None:
         "--categories", type=Path, default=None, help="JSON file of extra risk categories"
     )
     screen.add_argument(
-        "--max-tokens",
-        type=int,
-        default=None,
-        help="longest sequence to process (default: the model's context window)",
-    )
-    screen.add_argument(
         "--chunk-rows",
         type=int,
         default=256,
@@ -153,12 +143,11 @@ def register(commands: Any) -> None:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    if args.batch_tokens < 1 or args.max_new_tokens < 1:
-        raise ConfigError("--batch-tokens and --max-new-tokens must be positive")
+    check_sequence_options(args)
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be positive")
     if getattr(args, "chunk_rows", 1) < 1:
         raise ConfigError("--chunk-rows must be at least 1")
-    if getattr(args, "max_tokens", None) is not None and args.max_tokens < 2:
-        raise ConfigError("--max-tokens must be at least 2")
 
 
 def _run_screen(args: argparse.Namespace) -> int:
@@ -223,6 +212,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         store=args.store,
         fmt=args.format,
+        max_tokens=args.max_tokens,
+        max_batch_tokens=args.batch_tokens,
         progress=say,
         command=args.command_line,
     )

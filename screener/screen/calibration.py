@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class Calibration:
     command: str = ""
     screener_version: str = ""
     path: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -162,15 +161,9 @@ def usable_calibration(
                 )
             else:
                 kept[trait] = calibration.traits[trait]
-    restricted = Calibration(
-        calibration.model_fingerprint,
-        calibration.reference,
-        calibration.generation,
-        kept,
-        {t: calibration.vector_digests[t] for t in kept},
-        calibration.command,
-        calibration.screener_version,
-        calibration.path,
-        warnings,
+    restricted = replace(
+        calibration,
+        traits=kept,
+        vector_digests={t: calibration.vector_digests[t] for t in kept},
     )
     return restricted, warnings

@@ -42,13 +42,16 @@ from screener.generate import GenerationSettings
 from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel, load_model
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
-from screener.records import RejectedRow, Sample
-from screener.render import RenderedSample, Renderer, context_window
+from screener.records import Message, RejectedRow, Sample
+from screener.render import RenderedSample, Renderer, token_limit
 from screener.screen.calibration import (
+    SCORE_KINDS,
     Calibration,
+    Distribution,
     default_calibration_path,
     load_calibration,
     usable_calibration,
+    vector_digest,
 )
 from screener.screen.categories import (
     OTHER,
@@ -78,8 +81,9 @@ from screener.screen.scoring import (
     ScoredSample,
     Scorer,
     ScoringSettings,
+    content_hash,
 )
-from screener.store import RunStore, token_hash
+from screener.store import RunStore
 from screener.vectors.store import VectorFile, load_vectors
 
 DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
@@ -312,14 +316,12 @@ def _probe_features(scorer: Scorer, prompts: list[str], layer: int) -> np.ndarra
     A prompt's last token does not see what follows it, so any one token stands in for the
     response the collector needs.
     """
-    from screener.records import Message
-
     filler = scorer.loaded.tokenizer.eos_token_id or 0
     items = []
     for prompt in prompts:
         ids = scorer.renderer.prompt_ids((Message("user", prompt),))
         inputs = TokenizedInput([*ids, filler], len(ids))
-        items.append((token_hash(inputs.response_start, inputs.input_ids), inputs))
+        items.append((content_hash(inputs), inputs))
     values = scorer.activations(items)
     return np.stack([values[(key, layer)].last_prompt.numpy() for key, _ in items])
 
@@ -383,9 +385,7 @@ def screen(
             )
     category_set = load_categories(categories)
     probe_layer = category_layer(loaded)
-    window = context_window(loaded.model.config)
-    limit = min(x for x in (max_tokens, window, 1 << 62) if x is not None)
-    renderer = Renderer(loaded.tokenizer, max_tokens=limit if limit < 1 << 62 else None)
+    renderer = Renderer(loaded.tokenizer, max_tokens=token_limit(loaded.model.config, max_tokens))
 
     with RunStore.open(store) as run_store:
         scorer = Scorer(
@@ -693,6 +693,8 @@ def calibrate(
     store: str | Path | None = None,
     fmt: str = "auto",
     fields: FieldNames | None = None,
+    max_tokens: int | None = None,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     dtype: str = "auto",
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
@@ -701,7 +703,6 @@ def calibrate(
     """Score a reference set of ordinary chat (ΔP and prompt-last) and describe each trait's
     score distribution; the default cut of later runs is its 95th percentile."""
     from screener import __version__
-    from screener.screen.calibration import SCORE_KINDS, Distribution, vector_digest
 
     result = screen(
         reference,
@@ -714,6 +715,8 @@ def calibrate(
         store=store,
         fmt=fmt,
         fields=fields,
+        max_tokens=max_tokens,
+        max_batch_tokens=max_batch_tokens,
         dtype=dtype,
         device=device,
         progress=progress,

@@ -81,9 +81,9 @@ class ScoredSample:
         return self.projection[trait] - self.base_projection[trait]
 
 
-def content_hash(rendered: RenderedSample) -> str:
-    """The cache key of a rendered conversation: its token ids and response boundary."""
-    return token_hash(rendered.response_start, rendered.input_ids)
+def content_hash(item: TokenizedInput) -> str:
+    """The cache key of a tokenized conversation: its token ids and response boundary."""
+    return token_hash(item.response_start, item.input_ids)
 
 
 class Scorer:
@@ -187,12 +187,10 @@ class Scorer:
 
     def score(self, chunk: Sequence[RenderedSample]) -> list[ScoredSample]:
         """Scores of every sample in `chunk`, in order."""
-        keys = [content_hash(r) for r in chunk]
-        items = [
-            (key, TokenizedInput(r.input_ids, r.response_start))
-            for key, r in zip(keys, chunk, strict=True)
-        ]
-        base_rendered: list[RenderedSample | None] = [None] * len(chunk)
+        inputs = [TokenizedInput(r.input_ids, r.response_start) for r in chunk]
+        keys = [content_hash(item) for item in inputs]
+        items = list(zip(keys, inputs, strict=True))
+        bases: list[tuple[str, RenderedSample] | None] = [None] * len(chunk)  # (key, base)
         base_texts: list[str | None] = [None] * len(chunk)
         problems: list[str | None] = [None] * len(chunk)
         if self.settings.method == "delta":
@@ -209,9 +207,10 @@ class Scorer:
                 )
                 result = self.renderer.render(base_sample)
                 if isinstance(result, RenderedSample):
-                    base_rendered[i] = result
-                    inputs = TokenizedInput(result.input_ids, result.response_start)
-                    items.append((content_hash(result), inputs))
+                    base_inputs = TokenizedInput(result.input_ids, result.response_start)
+                    base_key = content_hash(base_inputs)
+                    bases[i] = (base_key, result)
+                    items.append((base_key, base_inputs))
                 else:
                     problems[i] = f"no ΔP: the base response cannot be rendered ({result.reason})"
         values = self.activations(items)
@@ -232,9 +231,8 @@ class Scorer:
                 self._project(values, key, last_prompt=True),
                 base_texts[i],
             )
-            base = base_rendered[i]
-            if base is not None:
-                base_key = content_hash(base)
+            if (found := bases[i]) is not None:
+                base_key, base = found
                 sample.base_response_tokens = base.num_response_tokens
                 sample.base_projection = self._project(values, base_key)
             scored.append(sample)
