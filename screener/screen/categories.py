@@ -112,11 +112,17 @@ def load_categories(extra: Path | None = None) -> CategorySet:
 
 
 class CategoryProbe:
-    """A logistic regression from prompt activations to category names (or `other`)."""
+    """A logistic regression from prompt activations to category names (or `other`).
+
+    The fit is driven to its unique optimum (tight tolerance) and probabilities are rounded to
+    two decimals: with the default tolerance the solver stopped at slightly different points in
+    different processes, and a killed-and-resumed run must write the same outputs as an
+    uninterrupted one.
+    """
 
     def __init__(self, features: np.ndarray, labels: list[str]) -> None:
         self.model: Pipeline = make_pipeline(
-            StandardScaler(), LogisticRegression(C=0.05, max_iter=5000)
+            StandardScaler(), LogisticRegression(C=0.05, tol=1e-10, max_iter=20000)
         )
         self.model.fit(features, labels)
 
@@ -129,7 +135,7 @@ class CategoryProbe:
         results = []
         for row in probabilities:
             best = int(np.argmax(row))
-            results.append((str(classes[best]), float(row[best])))
+            results.append((str(classes[best]), round(float(row[best]), 2)))
         return results
 
 
