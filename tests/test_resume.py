@@ -24,7 +24,15 @@ from tests.test_screen import write_jsonl
 
 ROWS = 40
 CHUNK = 5
-COMPARED = ["scores.parquet", "summary.json", "filtered.jsonl", "flagged.jsonl", "rejected.jsonl"]
+COMPARED = [
+    "scores.parquet",
+    "summary.json",
+    "reference.json",
+    "filtered.jsonl",
+    "flagged.jsonl",
+    "rejected.jsonl",
+    "report.html",
+]
 
 
 def dataset(path: Path) -> Path:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from screener import __version__
-from screener.cli import data, screen, vectors
+from screener.cli import data, report, screen, vectors
 from screener.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from screener.errors import ScreenerError
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(commands)
     vectors.register(commands)
     screen.register(commands)
+    report.register(commands)
     return parser
 
 

@@ -74,7 +74,8 @@ def register(commands: Any) -> None:
         description="Score every row against persona vectors (ΔP: the training response's "
         "projection minus that of the model's own greedy answer), flag rows above the "
         "calibrated cut, give flagged rows a category and a cluster, and write filtered data, "
-        "flagged.jsonl, rejected.jsonl, scores.parquet, screen.duckdb and summary.json to --out.",
+        "flagged.jsonl, rejected.jsonl, scores.parquet, screen.duckdb, summary.json and "
+        "report.html to --out.",
     )
     add_data_options(screen)
     add_model_options(screen)
@@ -192,7 +193,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         )
         cut = "n/a" if info["cut"] is None else f"{info['cut']:.3f}"
         print(f"  {trait}: dataset {label} {interval}; cut {cut}; flagged {info['flagged']}")
-    print(f"{args.data}: {summary['counts']['invariant']}; wrote {out}/")
+    print(f"{args.data}: {summary['counts']['invariant']}; wrote {out}/ (open {out}/report.html)")
     return EXIT_OK
 
 

@@ -12,7 +12,7 @@ Stages, each over the `ScoredSample` records of the previous one:
    bootstrap intervals;
 3. give each flagged sample a category (probe on prompt activations) and a cluster;
 4. read the rows again and write each one to exactly one of the filtered file, flagged.jsonl or
-   rejected.jsonl, then scores.parquet, screen.duckdb and summary.json.
+   rejected.jsonl, then scores.parquet, screen.duckdb, summary.json and report.html.
 
 Every input row ends up kept, flagged or rejected; the counts are checked at the end.
 """
@@ -44,6 +44,7 @@ from screener.model import LoadedModel, load_model
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
+from screener.report import write_report
 from screener.screen.calibration import (
     SCORE_KINDS,
     Calibration,
@@ -444,6 +445,7 @@ def screen(
     if out is not None:
         result.out_dir = out
         result.outputs += write_outputs(result, out, originals)
+        result.outputs.append(write_report(out))
     return result
 
 
@@ -518,7 +520,7 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _flagged_record(result: ScreenResult, index: int, original: dict[str, Any]) -> dict[str, Any]:
+def _flagged_record(result: ScreenResult, index: int, parsed: Sample) -> dict[str, Any]:
     sample = result.samples[index]
     category = result.categories.get(index, (OTHER, 0.0))
     return {
@@ -527,7 +529,7 @@ def _flagged_record(result: ScreenResult, index: int, original: dict[str, Any]) 
         "line": sample.line,
         "risk": _json_number(float(result.risk[index])),
         "category": category[0],
-        "category_probability": round(category[1], 4),
+        "category_probability": category[1],
         "cluster": result.clusters.get(index),
         "reasons": [r.as_dict() for r in result.reasons[index]],
         "scores": {
@@ -543,7 +545,8 @@ def _flagged_record(result: ScreenResult, index: int, original: dict[str, Any]) 
         },
         "base_response": sample.base_response,
         "method": result.settings.method,
-        "row": original,
+        "conversation": [{"role": m.role, "content": m.content} for m in parsed.messages],
+        "row": parsed.original,
     }
 
 
@@ -587,11 +590,11 @@ def write_outputs(
     result: ScreenResult, out: Path, flagged_samples: dict[int, Sample]
 ) -> list[Path]:
     """flagged.jsonl (highest risk first), rejected.jsonl, scores.parquet, screen.duckdb,
-    summary.json and run_stats.json, each written atomically."""
+    summary.json, reference.json (the calibration distributions the cuts came from, for the
+    report) and run_stats.json, each written atomically."""
     order = sorted(result.flagged, key=lambda i: (-(np.nan_to_num(result.risk[i], nan=-1e300)), i))
     flagged_text = "".join(
-        json.dumps(_flagged_record(result, i, flagged_samples[i].original), ensure_ascii=False)
-        + "\n"
+        json.dumps(_flagged_record(result, i, flagged_samples[i]), ensure_ascii=False) + "\n"
         for i in order
     )
     rejected_text = "".join(
@@ -617,6 +620,7 @@ def write_outputs(
             "scores.parquet",
             "screen.duckdb",
             "summary.json",
+            "reference.json",
             "run_stats.json",
         )
     }
@@ -629,8 +633,23 @@ def write_outputs(
     with atomic_path(paths["screen.duckdb"]) as tmp:
         _write_duckdb(tmp, result, scores, summary)
     write_text_atomic(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(paths["reference.json"], json.dumps(_reference(result), indent=1) + "\n")
     write_text_atomic(paths["run_stats.json"], json.dumps(result.stats, indent=2) + "\n")
     return list(paths.values())
+
+
+def _reference(result: ScreenResult) -> dict[str, Any]:
+    """Per trait, the calibration distribution of the run's score kind (absent: uncalibrated)."""
+    traits: dict[str, Any] = {}
+    for trait in result.settings.traits:
+        distribution = (
+            None
+            if result.calibration is None
+            else result.calibration.distribution(trait, result.score_kind)
+        )
+        if distribution is not None:
+            traits[trait] = vars(distribution)
+    return {"score": result.score_kind, "traits": traits}
 
 
 def _write_duckdb(

@@ -1,0 +1,244 @@
+"""The HTML report of a screening run: one self-contained file (inline CSS, plots as data URIs,
+no script, no external URL), readable offline and printable.
+
+    write_report(Path("reports/screen-data"))  # -> reports/screen-data/report.html
+
+Everything comes from the run directory's files (summary.json, scores.parquet, flagged.jsonl,
+reference.json), so `screener report RUN_DIR` re-renders a report without the model. Sample
+text goes through Jinja2 with autoescaping only; a Content-Security-Policy that allows no
+script backs that up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import polars as pl
+
+from screener.atomic import write_text_atomic
+from screener.errors import ConfigError, ScreenerError
+from screener.report import plots
+
+REPORT_NAME = "report.html"
+DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
+MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
+SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run directory holds, parsed."""
+
+    directory: Path
+    summary: dict[str, Any]
+    scores: pl.DataFrame
+    reference: dict[str, Any]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: missing; is {path.parent} the --out directory of a `screener screen` run?"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); rerun `screener screen`") from None
+
+
+def load_run(directory: Path) -> RunFiles:
+    """The run's summary, scores and calibration reference, with errors that name the file."""
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: not a directory; pass the --out directory of a run")
+    summary = _read_json(directory / "summary.json")
+    reference_path = directory / "reference.json"
+    reference = _read_json(reference_path) if reference_path.exists() else {"traits": {}}
+    return RunFiles(directory, summary, read_scores(directory), reference)
+
+
+def read_scores(directory: Path) -> pl.DataFrame:
+    """A run's scores.parquet, with errors that name the file."""
+    path = directory / "scores.parquet"
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: missing; is {directory} the --out directory of a `screener screen` run?"
+        )
+    try:
+        scores = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several unrelated types for a damaged file
+        raise ConfigError(f"{path}: cannot be read ({exc}); rerun the screen") from None
+    if "flagged" not in scores.columns:
+        raise ConfigError(f"{path}: no `flagged` column; was it written by `screener screen`?")
+    return scores
+
+
+def _column(scores: pl.DataFrame, name: str) -> np.ndarray:
+    if name not in scores.columns:
+        raise ConfigError(f"scores.parquet has no column {name}; was it written by this version?")
+    return scores[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+
+def _reference_values(entry: dict[str, Any] | None) -> np.ndarray | None:
+    """The reference scores, or their 101 percentiles standing in for them."""
+    if not entry:
+        return None
+    values = entry.get("values") or entry.get("percentiles")
+    return None if not values else np.asarray(values, dtype=np.float64)
+
+
+def _top_flagged(path: Path, traits: list[str], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """Per trait, the `limit` flagged samples with the highest score for it (read streaming)."""
+    heaps: dict[str, list[tuple[float, int, dict[str, Any]]]] = {t: [] for t in traits}
+    if not path.exists():
+        raise ConfigError(f"{path}: missing; rerun `screener screen` with this --out")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({exc})") from None
+            for reason in record.get("reasons", []):
+                trait = reason.get("trait")
+                if trait in heaps:
+                    entry = (float(reason["score"]), -number, record)
+                    if len(heaps[trait]) < limit:
+                        heapq.heappush(heaps[trait], entry)
+                    else:
+                        heapq.heappushpop(heaps[trait], entry)
+    return {
+        trait: [r for _, _, r in sorted(heap, key=lambda e: (-e[0], -e[1]))]
+        for trait, heap in heaps.items()
+    }
+
+
+def _sample_view(record: dict[str, Any], traits: list[str], kind: str) -> dict[str, Any]:
+    """The parts of a flagged record the template shows (text stays raw: Jinja escapes it)."""
+    conversation = record.get("conversation") or []
+    prompt = conversation[:-1]
+    response = conversation[-1]["content"] if conversation else ""
+    return {
+        "id": str(record.get("id")),
+        "where": f"{record.get('source')}:{record.get('line')}",
+        "risk": record.get("risk"),
+        "category": record.get("category"),
+        "category_probability": record.get("category_probability"),
+        "cluster": record.get("cluster"),
+        "prompt": [(m.get("role", ""), m.get("content", "")) for m in prompt],
+        "response": response,
+        "base_response": record.get("base_response"),
+        "reasons": record.get("reasons", []),
+        "scores": [(t, (record.get("scores", {}).get(t) or {}).get(kind)) for t in traits],
+    }
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{float(value):.{digits}f}"
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("screener", "report"),
+        autoescape=True,  # every {{ value }} is HTML-escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["number"] = _number
+    return environment
+
+
+def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
+    """The report's HTML for a loaded run."""
+    if max_samples < 0:
+        raise ConfigError("max_samples must be 0 or more")
+    summary = run.summary
+    traits = list(summary.get("traits", {}))
+    kind = summary.get("score", "delta")
+    flagged = (
+        run.scores["flagged"].to_numpy().astype(bool) if len(run.scores) else np.zeros(0, bool)
+    )
+    columns = {t: _column(run.scores, f"{kind}_{t}") for t in traits}
+
+    trait_views = []
+    top = _top_flagged(run.directory / "flagged.jsonl", traits, max_samples)
+    for trait in traits:
+        info = summary["traits"][trait]
+        interval = info.get(f"dataset_{kind}", {})
+        reference = _reference_values(run.reference.get("traits", {}).get(trait))
+        trait_views.append(
+            {
+                "name": trait,
+                "layer": info.get("layer"),
+                "cut": info.get("cut"),
+                "cut_rule": info.get("cut_rule"),
+                "flagged": info.get("flagged", 0),
+                "mean": interval.get("mean"),
+                "low": interval.get("ci95_low"),
+                "high": interval.get("ci95_high"),
+                "reference_n": None if reference is None else run.reference["traits"][trait]["n"],
+                "plot": plots.histogram(
+                    trait,
+                    columns[trait],
+                    reference,
+                    info.get("cut"),
+                    (interval.get("mean"), interval.get("ci95_low"), interval.get("ci95_high")),
+                    SCORE_NAMES.get(kind, kind),
+                ),
+                "samples": [_sample_view(r, traits, kind) for r in top[trait]],
+                "more": max(0, int(info.get("flagged", 0)) - len(top[trait])),
+            }
+        )
+    pairs = list(combinations(traits[:MAX_SCATTER_TRAITS], 2))
+    scatter = plots.scatter(pairs, columns, flagged) if pairs and len(run.scores) else None
+    categories = (
+        pl.DataFrame(
+            {
+                "category": list(summary.get("categories", {})),
+                "flagged": list(summary.get("categories", {}).values()),
+            },
+            schema={"category": pl.String, "flagged": pl.Int64},
+        )
+        .sort(["flagged", "category"], descending=[True, False])
+        .rows(named=True)
+    )
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            summary=summary,
+            counts=summary.get("counts", {}),
+            score_name=SCORE_NAMES.get(kind, kind),
+            traits=trait_views,
+            scatter=scatter,
+            scatter_capped=int((~flagged).sum()) > plots.MAX_SCATTER_POINTS,
+            max_scatter=plots.MAX_SCATTER_POINTS,
+            categories=categories,
+            clusters=summary.get("clusters", []),
+            max_samples=max_samples,
+        )
+    )
+
+
+def write_report(
+    directory: Path, *, out: Path | None = None, max_samples: int = DEFAULT_MAX_SAMPLES
+) -> Path:
+    """Render the run in `directory` to `out` (default: report.html inside it)."""
+    target = out if out is not None else directory / REPORT_NAME
+    html = render_report(load_run(directory), max_samples=max_samples)
+    try:
+        write_text_atomic(target, html)
+    except OSError as exc:
+        raise ScreenerError(f"cannot write the report to {target}: {exc.strerror}") from None
+    return target

@@ -1,0 +1,96 @@
+"""The report's plots: matplotlib figures rendered to PNG data URIs, so the HTML stays one file.
+
+Only numbers and trait names reach a plot; sample text never does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global state, no display backend
+
+DATASET_COLOUR = "#c0392b"
+REFERENCE_COLOUR = "#7f8c8d"
+FLAGGED_COLOUR = "#c0392b"
+KEPT_COLOUR = "#95a5a6"
+MAX_SCATTER_POINTS = 20_000  # kept samples drawn at most; every flagged sample is drawn
+
+
+def _data_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    # A fixed Software tag and no date keep the bytes the same from one run to the next.
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "screener"})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def histogram(
+    trait: str,
+    scores: np.ndarray,
+    reference: np.ndarray | None,
+    cut: float | None,
+    interval: tuple[float | None, float | None, float | None],
+    score_name: str,
+) -> str:
+    """The dataset's score distribution against the calibration reference, with the flag cut
+    and the dataset-level mean and its 95% interval marked."""
+    figure = Figure(figsize=(5.2, 2.8), layout="constrained")
+    axes = figure.subplots()
+    finite = scores[np.isfinite(scores)]
+    pooled = finite if reference is None else np.concatenate([finite, reference])
+    if pooled.size:
+        low, high = float(pooled.min()), float(pooled.max())
+        bins = np.linspace(low, high if high > low else low + 1.0, 41).tolist()
+        if reference is not None and reference.size:
+            axes.hist(
+                reference,
+                bins=bins,
+                density=True,
+                color=REFERENCE_COLOUR,
+                alpha=0.45,
+                label=f"reference ({reference.size})",
+            )
+        if finite.size:
+            axes.hist(
+                finite,
+                bins=bins,
+                density=True,
+                histtype="step",
+                linewidth=1.8,
+                color=DATASET_COLOUR,
+                label=f"this dataset ({finite.size})",
+            )
+    if cut is not None:
+        axes.axvline(cut, color="black", linestyle="--", linewidth=1.2, label=f"cut {cut:.2f}")
+    mean, ci_low, ci_high = interval
+    if ci_low is not None and ci_high is not None:
+        axes.axvspan(ci_low, ci_high, color=DATASET_COLOUR, alpha=0.15, label="mean, 95% CI")
+    if mean is not None:
+        axes.axvline(mean, color=DATASET_COLOUR, linewidth=1.0)
+    axes.set_title(trait)
+    axes.set_xlabel(score_name)
+    axes.set_ylabel("density")
+    axes.legend(fontsize="small", frameon=False)
+    return _data_uri(figure)
+
+
+def scatter(
+    pairs: list[tuple[str, str]], columns: dict[str, np.ndarray], flagged: np.ndarray
+) -> str:
+    """One panel per pair of traits; flagged samples in colour. Kept samples are subsampled
+    (evenly, the same every time) beyond MAX_SCATTER_POINTS."""
+    kept_index = np.flatnonzero(~flagged)
+    if kept_index.size > MAX_SCATTER_POINTS:
+        kept_index = kept_index[np.linspace(0, kept_index.size - 1, MAX_SCATTER_POINTS).astype(int)]
+    flagged_index = np.flatnonzero(flagged)
+    figure = Figure(figsize=(3.4 * len(pairs), 3.2), layout="constrained")
+    grid = figure.subplots(1, len(pairs), squeeze=False)
+    for axes, (x_trait, y_trait) in zip(grid[0], pairs, strict=True):
+        x, y = columns[x_trait], columns[y_trait]
+        axes.scatter(x[kept_index], y[kept_index], s=6, color=KEPT_COLOUR, label="kept")
+        axes.scatter(x[flagged_index], y[flagged_index], s=8, color=FLAGGED_COLOUR, label="flagged")
+        axes.set_xlabel(x_trait)
+        axes.set_ylabel(y_trait)
+    grid[0][0].legend(fontsize="small", frameon=False)
+    return _data_uri(figure)

@@ -1,0 +1,128 @@
+"""The HTML report: sections, escaping of hostile sample text, the cap on samples shown, and
+re-rendering from the run directory alone (tiny model, no browser; see test_report_browser)."""
+
+from __future__ import annotations
+
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from screener.cli import main
+from screener.model import LoadedModel
+from screener.report import write_report
+from screener.screen import FlagRule
+from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
+
+PAYLOADS = [
+    "<script>document.title='XSS-RAN'</script>",
+    "<img src=x onerror=\"document.title='XSS-RAN'\">",
+    "</table></div></article><b>bold?</b>",
+]
+SECTIONS = {"summary", "traits", "categories", "flagged"}
+
+
+class Page(HTMLParser):
+    """Tags, attributes and text of a page, as a browser's parser would split them."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def all(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def hostile_rows() -> list[dict]:
+    records = rows()
+    for i, payload in enumerate(PAYLOADS):
+        records[i]["messages"][0]["content"] = f"question {payload}"
+        records[i]["messages"][1]["content"] = f"answer {payload}"
+    return records
+
+
+def screen_everything(loaded: LoadedModel, tmp: Path, name: str = "run") -> Path:  # noqa: F811
+    """Screen the hostile rows with cuts that flag every one of them."""
+    tiny_vectors(loaded, tmp / "vectors.safetensors")
+    data = write_jsonl(tmp / "data.jsonl", hostile_rows())
+    everything = FlagRule({"evil": -1e9, "sycophancy": -1e9})
+    run(loaded, data, tmp, name, rule=everything)
+    return tmp / name
+
+
+def test_report_has_every_section_and_shows_hostile_text_as_text(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = screen_everything(loaded, tmp_path)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    page = Page(html)
+    assert {attrs.get("id") for _, attrs in page.tags} >= SECTIONS
+    # nothing from the samples became markup: no script, no handler, only our own images
+    assert page.all("script") == []
+    assert all(not key.startswith("on") for _, attrs in page.tags for key in attrs)
+    assert page.all("img") and all(
+        (img["src"] or "").startswith("data:image/png;base64,") for img in page.all("img")
+    )
+    assert page.all("b") == [{}] * len(page.all("b"))  # only the template's own <b>
+    text = "".join(page.text)
+    for payload in PAYLOADS:
+        assert f"question {payload}" in text and f"answer {payload}" in text
+    # offline: no external URL anywhere, and a policy that forbids scripts and remote loads
+    assert "http://" not in html and "https://" not in html
+    policy = [m for m in page.all("meta") if m.get("http-equiv") == "Content-Security-Policy"]
+    assert policy and "default-src 'none'" in (policy[0]["content"] or "")
+    assert "0 kept + 8 flagged + 0 rejected = 8 rows read" in text
+
+
+def test_top_samples_per_trait_are_the_highest_scoring_flagged_ones(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = screen_everything(loaded, tmp_path)
+    target = write_report(out, out=tmp_path / "capped.html", max_samples=3)
+    html = target.read_text(encoding="utf-8")
+    scores = pl.read_parquet(out / "scores.parquet")
+    for trait in ("evil", "sycophancy"):
+        expected = scores.sort(f"delta_{trait}", descending=True)["id"].to_list()[:3]
+        section = html.split(f'id="flagged-{trait}"')[1].split('<h3 id="flagged-')[0]
+        shown = [part.split("</b>")[0] for part in section.split("<header>\n    <b>")[1:]]
+        assert shown == expected
+        assert f"5 more flagged for {trait}" in section
+
+
+def test_report_rerenders_from_the_run_directory_alone(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = screen_everything(loaded, tmp_path)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)
+    (tmp_path / "vectors.safetensors").unlink()
+    (tmp_path / "store.duckdb").unlink()
+    (moved / "report.html").unlink()
+    assert main(["report", str(moved)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {moved / 'report.html'}"
+    # the same bytes as the report the screen wrote: plots and text are deterministic
+    assert (moved / "report.html").read_bytes() == (out / "report.html").read_bytes()
+
+
+def test_report_of_a_directory_that_is_not_a_run_says_which_file_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"screener: error: {tmp_path / 'summary.json'}: missing")
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
