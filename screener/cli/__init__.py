@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from screener import __version__
-from screener.cli import data, report, screen, vectors
+from screener.cli import data, gate, report, screen, vectors
 from screener.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from screener.errors import ScreenerError
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.register(commands)
     screen.register(commands)
     report.register(commands)
+    gate.register(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ from screener.errors import ConfigError
 from screener.model import LoadedModel, load_model
 from screener.reader import FORMATS, FieldNames
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,8 @@ def _traits(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+def add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """--vectors, --traits, --max-new-tokens, --store and the sequence options."""
     parser.add_argument(
         "--vectors",
         default="builtin",
@@ -79,7 +80,7 @@ def register(commands: Any) -> None:
     )
     add_data_options(screen)
     add_model_options(screen)
-    _add_scoring_options(screen)
+    add_scoring_options(screen)
     screen.add_argument(
         "--method",
         default="delta",
@@ -137,13 +138,14 @@ def register(commands: Any) -> None:
         "--format", default="auto", choices=["auto", *FORMATS], help="dataset format"
     )
     add_model_options(calibrate)
-    _add_scoring_options(calibrate)
+    add_scoring_options(calibrate)
     calibrate.add_argument("--out", type=Path, default=None, help="calibration file to write")
     add_quiet_option(calibrate)
     calibrate.set_defaults(run=_run_calibrate)
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def check_scoring_numbers(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers among the scoring options, naming the option."""
     check_sequence_options(args)
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be positive")
@@ -154,7 +156,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _run_screen(args: argparse.Namespace) -> int:
     from screener.screen import FlagRule, screen
 
-    _check_numbers(args)
+    check_scoring_numbers(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
     out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
     say = progress_printer(args)
@@ -201,7 +203,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from screener.screen import calibrate, save_calibration
     from screener.screen.calibration import default_calibration_path
 
-    _check_numbers(args)
+    check_scoring_numbers(args)
     out = args.out or default_calibration_path(args.vectors)
     say = progress_printer(args)
     loaded = load_model_from_args(args, say)

@@ -1,0 +1,361 @@
+"""The CI gate for data pull requests: screen what a change adds and judge it against rules.
+
+    verdict = run_gate(baseline=Path("old"), candidate=Path("new"), out=Path("reports/gate"))
+    verdict.passed, verdict.failures   # and out/gate.md, a summary for the PR comment
+
+Both sides are screened with the same run store, so rows the baseline already had come from the
+cache: after the first run, a gate computes only the rows a change adds. A row is *added* when
+its rendered conversation (the screening cache key) is not in the baseline; a changed row is an
+added one. Rules live in the `[gate]` table of `screener.toml`:
+
+    [gate]
+    max_flag_rate = 0.10            # at most this share of the added rows may be flagged
+    max_mean_rise = { evil = 1.0 }  # dataset-level score, candidate minus baseline, per trait
+                                    # (a number applies to every trait)
+    fail_categories = ["harmful_request"]  # any flagged added row of these fails the gate
+    max_rejected = 0                # added rows that cannot be read or rendered
+    thresholds = { evil = 4.0 }     # flag cuts (default: the calibrated 95th percentiles)
+    percentile = 95                 # or: cut at this percentile of the calibration reference
+    traits = ["evil", "sycophancy", "hallucination"]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from screener.atomic import write_text_atomic
+from screener.errors import ConfigError, ScreenerError
+from screener.screen import FlagRule, ScreenResult, screen
+
+CONFIG_NAME = "screener.toml"
+WORST_ROWS = 10  # added flagged rows listed in gate.md
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """What a change may add; see the module doc for the file format."""
+
+    max_flag_rate: float = 0.10
+    max_mean_rise: dict[str, float] | float | None = None
+    fail_categories: tuple[str, ...] = ()
+    max_rejected: int = 0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    percentile: float | None = None
+    traits: tuple[str, ...] | None = None
+
+    def rise_limit(self, trait: str) -> float | None:
+        if isinstance(self.max_mean_rise, dict):
+            return self.max_mean_rise.get(trait)
+        return self.max_mean_rise
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _trait_numbers(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of trait = number, got {value!r}")
+    return {str(k): _number(v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of names, got {value!r}")
+    return tuple(value)
+
+
+def parse_rules(table: dict[str, Any], where: str) -> GateRules:
+    """Rules from a `[gate]` table; `where` names the file in error messages."""
+    known = set(GateRules.__dataclass_fields__)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: [gate] has unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
+    rules: dict[str, Any] = {}
+    if "max_flag_rate" in table:
+        rate = _number(table["max_flag_rate"], f"{where}: gate.max_flag_rate")
+        if not 0 <= rate <= 1:
+            raise ConfigError(f"{where}: gate.max_flag_rate must be within 0..1, not {rate}")
+        rules["max_flag_rate"] = rate
+    if "max_mean_rise" in table:
+        value = table["max_mean_rise"]
+        rules["max_mean_rise"] = (
+            _trait_numbers(value, f"{where}: gate.max_mean_rise")
+            if isinstance(value, dict)
+            else _number(value, f"{where}: gate.max_mean_rise")
+        )
+    if "fail_categories" in table:
+        rules["fail_categories"] = _names(
+            table["fail_categories"], f"{where}: gate.fail_categories"
+        )
+    if "max_rejected" in table:
+        count = table["max_rejected"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{where}: gate.max_rejected must be a whole number >= 0")
+        rules["max_rejected"] = count
+    if "thresholds" in table:
+        rules["thresholds"] = _trait_numbers(table["thresholds"], f"{where}: gate.thresholds")
+    if "percentile" in table:
+        rules["percentile"] = _number(table["percentile"], f"{where}: gate.percentile")
+    if "traits" in table:
+        rules["traits"] = _names(table["traits"], f"{where}: gate.traits")
+    return GateRules(**rules)
+
+
+def load_rules(path: Path | None) -> GateRules:
+    """Rules from `path`, or from ./screener.toml when it exists, else the defaults."""
+    if path is None:
+        default = Path(CONFIG_NAME)
+        if not default.exists():
+            return GateRules()
+        path = default
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    table = data.get("gate", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: `gate` must be a table ([gate])")
+    return parse_rules(table, str(path))
+
+
+@dataclass
+class AddedRow:
+    """A flagged row the change adds, for gate.md and the annotations."""
+
+    path: str
+    line: int
+    id: str
+    risk: float
+    category: str
+    reasons: list[str]
+
+
+@dataclass
+class GateVerdict:
+    """The gate's decision and the numbers behind it."""
+
+    rules: GateRules
+    added: int
+    flagged_added: list[AddedRow]
+    rejected_added: list[tuple[str, int, str]]  # path, line, reason
+    means: dict[str, tuple[float | None, float | None]]  # trait -> (baseline, candidate)
+    failures: list[str]
+    candidate: ScreenResult
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def flag_rate(self) -> float:
+        return len(self.flagged_added) / self.added if self.added else 0.0
+
+
+def _mean(result: ScreenResult | None, trait: str) -> float | None:
+    return None if result is None else result.dataset_scores[trait].mean
+
+
+def judge(
+    rules: GateRules,
+    baseline: ScreenResult | None,
+    candidate: ScreenResult,
+    display: Callable[[str], str],
+    baseline_rejected: set[tuple[str | None, str, str | None]],
+) -> GateVerdict:
+    """Compare the candidate run with the baseline run under `rules`.
+
+    display maps a screened file's path to the one to show (the repository path in --git-range).
+    """
+    known = set() if baseline is None else {s.content_hash for s in baseline.samples}
+    added = [i for i, s in enumerate(candidate.samples) if s.content_hash not in known]
+    flagged_rows = []
+    for index in added:
+        reasons = candidate.reasons[index]
+        if not reasons:
+            continue
+        sample = candidate.samples[index]
+        category = candidate.categories.get(index, ("other", 0.0))[0]
+        flagged_rows.append(
+            AddedRow(
+                display(sample.source),
+                sample.line,
+                sample.id,
+                float(candidate.risk[index]),
+                category,
+                [f"{r.trait} {r.score:.2f} > cut {r.cut:.2f}" for r in reasons],
+            )
+        )
+    flagged_rows.sort(key=lambda row: (-row.risk, row.path, row.line))
+    rejected = [
+        (display(r.source), r.line, r.reason)
+        for r in candidate.rejected
+        if (r.id, r.reason, r.raw) not in baseline_rejected
+    ]
+    failures = []
+    rate = len(flagged_rows) / len(added) if added else 0.0
+    if rate > rules.max_flag_rate:
+        failures.append(
+            f"{len(flagged_rows)} of {len(added)} added rows flagged ({rate:.1%}), "
+            f"more than max_flag_rate {rules.max_flag_rate:.1%}"
+        )
+    means = {}
+    for trait in candidate.settings.traits:
+        before, after = _mean(baseline, trait), _mean(candidate, trait)
+        means[trait] = (before, after)
+        limit = rules.rise_limit(trait)
+        rise = None if before is None or after is None else after - before
+        if limit is not None and rise is not None and rise > limit:
+            failures.append(
+                f"dataset-level {trait} rose by {rise:+.3f} "
+                f"({before:.3f} -> {after:.3f}), more than max_mean_rise {limit}"
+            )
+    for name in rules.fail_categories:
+        hits = [row for row in flagged_rows if row.category == name]
+        if hits:
+            failures.append(f"{len(hits)} flagged added rows in failing category {name}")
+    if len(rejected) > rules.max_rejected:
+        failures.append(
+            f"{len(rejected)} added rows cannot be screened, more than max_rejected "
+            f"{rules.max_rejected}"
+        )
+    return GateVerdict(rules, len(added), flagged_rows, rejected, means, failures, candidate)
+
+
+def gate_markdown(verdict: GateVerdict) -> str:
+    """A short summary for a pull-request comment."""
+    rules = verdict.rules
+    head = "PASS" if verdict.passed else "FAIL"
+    lines = [f"## screener gate: {head}", ""]
+    if verdict.failures:
+        lines += [f"- {failure}" for failure in verdict.failures] + [""]
+    lines += [
+        "| check | value | rule |",
+        "|---|---|---|",
+        f"| added or changed rows | {verdict.added} | |",
+        f"| flagged among them | {len(verdict.flagged_added)} ({verdict.flag_rate:.1%}) "
+        f"| <= {rules.max_flag_rate:.1%} |",
+        f"| added rows that cannot be screened | {len(verdict.rejected_added)} "
+        f"| <= {rules.max_rejected} |",
+    ]
+    for trait, (before, after) in verdict.means.items():
+        limit = rules.rise_limit(trait)
+        change = "n/a" if before is None or after is None else f"{after - before:+.3f}"
+        shown = "n/a" if after is None else f"{after:.3f}"
+        lines.append(
+            f"| dataset-level {trait} (change) | {shown} ({change}) "
+            f"| {'' if limit is None else f'rise <= {limit}'} |"
+        )
+    if rules.fail_categories:
+        lines.append(f"| failing categories | | {', '.join(rules.fail_categories)} |")
+    if verdict.flagged_added:
+        lines += ["", "Worst added rows:", "", "| file:line | id | risk | category | reasons |"]
+        lines.append("|---|---|---|---|---|")
+        for row in verdict.flagged_added[:WORST_ROWS]:
+            reasons = "; ".join(row.reasons)
+            lines.append(
+                f"| `{row.path}:{row.line}` | {_cell(row.id)} | {row.risk:.2f} | {row.category} "
+                f"| {reasons} |"
+            )
+        more = len(verdict.flagged_added) - WORST_ROWS
+        if more > 0:
+            lines.append(f"\n{more} more flagged added rows: see flagged.jsonl.")
+    for path, line, reason in verdict.rejected_added[:WORST_ROWS]:
+        lines.append(f"\n- rejected `{path}:{line}`: {_cell(reason)}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def github_annotations(verdict: GateVerdict) -> list[str]:
+    """GitHub workflow commands pointing at each flagged or rejected added row."""
+    level = "warning" if verdict.passed else "error"
+    out = []
+    for row in verdict.flagged_added:
+        message = f"screener: row {row.id} flagged ({'; '.join(row.reasons)}), {row.category}"
+        out.append(f"::{level} file={row.path},line={row.line}::{_escape(message)}")
+    for path, line, reason in verdict.rejected_added:
+        out.append(f"::{level} file={path},line={line}::{_escape('screener: ' + reason)}")
+    return out
+
+
+def _escape(message: str) -> str:
+    return message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def git_versions(
+    repo: Path, revision_range: str, paths: list[str], into: Path
+) -> tuple[Path, Path, dict[str, str]]:
+    """Write the files under PATHS at both ends of `A..B` into into/base and into/head, flat
+    (the reader takes one directory level), and return the map from each written head file to
+    its path in the repository."""
+    if revision_range.count("..") != 1 or "..." in revision_range:
+        raise ConfigError(f"--git-range must look like main..HEAD, not {revision_range!r}")
+    base, head = revision_range.split("..")
+    names: dict[str, str] = {}
+    roots = []
+    for name, revision in (("base", base or "HEAD"), ("head", head or "HEAD")):
+        root = into / name
+        root.mkdir(parents=True, exist_ok=True)
+        listed = _git(repo, "ls-tree", "-r", "--name-only", revision, "--", *paths)
+        for number, file in enumerate(sorted(listed.decode().splitlines())):
+            target = root / f"{number:05d}-{Path(file).name}"
+            target.write_bytes(_git(repo, "show", f"{revision}:{file}"))
+            if name == "head":
+                names[str(target)] = file
+        roots.append(root)
+    return roots[0], roots[1], names
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace").strip().splitlines()
+        raise ConfigError(f"git {' '.join(args[:2])}: {message[-1] if message else 'failed'}")
+    return done.stdout
+
+
+def _has_data(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*")))
+
+
+def run_gate(
+    baseline: Path,
+    candidate: Path,
+    *,
+    rules: GateRules,
+    out: Path,
+    display: Callable[[str], str] = str,
+    **screen_options: Any,
+) -> GateVerdict:
+    """Screen both sides (same store: the baseline's rows come from the cache after the first
+    time), judge, and write out/gate.md beside the candidate's screening outputs."""
+    rule = FlagRule(dict(rules.thresholds), rules.percentile)
+    options = {"rule": rule, "traits": rules.traits, **screen_options}
+    before = screen(baseline, **options) if _has_data(baseline) else None
+    if not _has_data(candidate):
+        raise ConfigError(f"{candidate}: no data files to screen")
+    after = screen(candidate, out=out, **options)
+    rejected_before = (
+        {(r.id, r.reason, r.raw) for r in before.rejected} if before is not None else set()
+    )
+    verdict = judge(rules, before, after, display, rejected_before)
+    try:
+        write_text_atomic(out / "gate.md", gate_markdown(verdict))
+    except OSError as exc:
+        raise ScreenerError(f"cannot write {out / 'gate.md'}: {exc.strerror}") from None
+    return verdict
