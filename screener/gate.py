@@ -21,8 +21,10 @@ added one. Rules live in the `[gate]` table of `screener.toml`:
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
+from screener.records import RejectedRow
 from screener.screen import FlagRule, ScreenResult, screen
 
 CONFIG_NAME = "screener.toml"
@@ -172,7 +175,6 @@ def judge(
     baseline: ScreenResult | None,
     candidate: ScreenResult,
     display: Callable[[str], str],
-    baseline_rejected: set[tuple[str | None, str, str | None]],
 ) -> GateVerdict:
     """Compare the candidate run with the baseline run under `rules`.
 
@@ -198,11 +200,7 @@ def judge(
             )
         )
     flagged_rows.sort(key=lambda row: (-row.risk, row.path, row.line))
-    rejected = [
-        (display(r.source), r.line, r.reason)
-        for r in candidate.rejected
-        if (r.id, r.reason, r.raw) not in baseline_rejected
-    ]
+    rejected = added_rejections(baseline, candidate, display)
     failures = []
     rate = len(flagged_rows) / len(added) if added else 0.0
     if rate > rules.max_flag_rate:
@@ -231,6 +229,31 @@ def judge(
             f"{rules.max_rejected}"
         )
     return GateVerdict(rules, len(added), flagged_rows, rejected, means, failures, candidate)
+
+
+_LOCATION = re.compile(r" \((?:first seen at|same text as) [^)]*\)")
+
+
+def _rejection_key(row: RejectedRow) -> tuple[str | None, str | None, str, str | None]:
+    """What identifies a rejected row across the two sides: not its file or line (rows move,
+    and --git-range reads each side from its own folder)."""
+    return (row.id, row.field, _LOCATION.sub("", row.reason), row.raw)
+
+
+def added_rejections(
+    baseline: ScreenResult | None, candidate: ScreenResult, display: Callable[[str], str]
+) -> list[tuple[str, int, str]]:
+    """Rejected rows the change adds: per kind of rejection, those beyond the baseline's count
+    (the last ones in file order)."""
+    left = Counter(_rejection_key(r) for r in baseline.rejected) if baseline else Counter()
+    surplus = Counter(_rejection_key(r) for r in candidate.rejected) - left
+    added = []
+    for row in reversed(candidate.rejected):
+        key = _rejection_key(row)
+        if surplus[key] > 0:
+            surplus[key] -= 1
+            added.append((display(row.source), row.line, row.reason))
+    return added[::-1]
 
 
 def gate_markdown(verdict: GateVerdict) -> str:
@@ -350,10 +373,7 @@ def run_gate(
     if not _has_data(candidate):
         raise ConfigError(f"{candidate}: no data files to screen")
     after = screen(candidate, out=out, **options)
-    rejected_before = (
-        {(r.id, r.reason, r.raw) for r in before.rejected} if before is not None else set()
-    )
-    verdict = judge(rules, before, after, display, rejected_before)
+    verdict = judge(rules, before, after, display)
     try:
         write_text_atomic(out / "gate.md", gate_markdown(verdict))
     except OSError as exc:

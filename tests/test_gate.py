@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,9 +18,9 @@ from transformers import PreTrainedTokenizerFast
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.cli import main
 from screener.errors import ConfigError
-from screener.gate import GateRules, load_rules, parse_rules
+from screener.gate import GateRules, added_rejections, load_rules, parse_rules
 from screener.model import load_model
-from screener.records import Message, Sample
+from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import screen
 from screener.vectors import TraitVector, VectorFile, save_vectors
@@ -233,3 +235,31 @@ def test_rules_file_is_checked_key_by_key(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_rules(path)
+
+
+def test_rejected_rows_already_in_the_baseline_are_not_added_when_they_move() -> None:
+    def rejected(source: str, rows: list[tuple[int, str, str | None]]) -> Any:
+        return SimpleNamespace(
+            rejected=[RejectedRow(source, line, reason, None, id_) for line, reason, id_ in rows]
+        )
+
+    base = rejected(
+        "/tmp/base/00000-chat.jsonl",
+        [
+            (3, "duplicate id 'a' (first seen at /tmp/base/00000-chat.jsonl:1)", "a"),
+            (5, "missing field(s) messages for format messages", None),
+        ],
+    )
+    # the same two rows, moved down by an insertion and read from another folder, plus a new
+    # row broken the same way as an old one: only that one is added
+    head = rejected(
+        "/tmp/head/00000-chat.jsonl",
+        [
+            (4, "duplicate id 'a' (first seen at /tmp/head/00000-chat.jsonl:2)", "a"),
+            (6, "missing field(s) messages for format messages", None),
+            (9, "missing field(s) messages for format messages", None),
+        ],
+    )
+    added = added_rejections(base, head, lambda source: "data/chat.jsonl")
+    assert added == [("data/chat.jsonl", 9, "missing field(s) messages for format messages")]
+    assert len(added_rejections(None, head, str)) == 3
