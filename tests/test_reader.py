@@ -326,7 +326,8 @@ def test_csv_invalid_utf8_header_only_and_json_non_object_elements(tmp_path: Pat
 
     header_only = tmp_path / "h.csv"
     header_only.write_text("id,prompt,response\n")
-    assert read_all(header_only) == ([], [])
+    with pytest.raises(InputError, match=f"{header_only}: no rows to read"):
+        read_all(header_only)
 
     array = tmp_path / "a.json"
     array.write_text('[{"prompt": "Q", "response": "A"},\n "text",\n [1]]')

@@ -29,6 +29,8 @@ from screener.reader.formats import (
 from screener.reader.sources import RawRow, iter_path
 from screener.records import Message, RejectedRow, Sample
 
+MAX_ROW_CHARS = 16_000_000  # about 4M tokens: beyond every model's context window
+
 BadRowPolicy = Literal["reject", "fail"]
 
 
@@ -92,6 +94,11 @@ class DatasetReader:
             else:
                 self.counts.samples += 1
             yield record
+        if self.counts.rows == 0:
+            raise InputError(
+                "no rows to read: the data is empty, or holds only blank lines or a header",
+                source=str(self.path),
+            )
 
     def _format_for(self, row: RawRow, record: dict[str, Any]) -> str:
         if self.fmt != "auto":
@@ -132,6 +139,13 @@ class DatasetReader:
                     missing[0],
                 )
             messages, warnings = to_messages(record, fmt, self.fields)
+            size = sum(len(message.content) for message in messages)
+            if size > MAX_ROW_CHARS:
+                raise RowError(
+                    f"conversation has {size:,} characters, over the {MAX_ROW_CHARS:,} limit "
+                    "for one row (more text than any model's context holds)",
+                    "messages" if fmt == "messages" else None,
+                )
         except RowError as exc:
             return RejectedRow(row.source, row.line, exc.reason, exc.field, _id_text(own_id))
         has_own_id = own_id is not None and str(own_id).strip() != ""

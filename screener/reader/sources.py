@@ -77,7 +77,7 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
                     f"not valid UTF-8 (byte {data[exc.start]:#04x} at column {exc.start + 1})",
                 )
                 continue
-            if number == 1 and text.strip() == "[":
+            if number == 1 and text.lstrip().startswith("["):
                 raise InputError(
                     "this .jsonl file holds a JSON array: name it .json, "
                     "or write one object per line",
