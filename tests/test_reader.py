@@ -190,7 +190,7 @@ BAD_ROWS: list[tuple[Any, str, str | None]] = [
     ),
     (
         {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "A"}]},
-        "content is a int, expected a string",
+        "content is a number, expected a string",
         "messages[0].content",
     ),
     (
@@ -205,7 +205,7 @@ BAD_ROWS: list[tuple[Any, str, str | None]] = [
                 {"role": "assistant", "content": "A"},
             ]
         },
-        "content part of type 'image_url' is not text",
+        "content part 'image_url' is not text",
         "messages[0].content",
     ),
     (
@@ -219,15 +219,15 @@ BAD_ROWS: list[tuple[Any, str, str | None]] = [
         "messages",
     ),
     ({"messages": "hello"}, "expected a list of turns, found text that is not JSON", "messages"),
-    ({"messages": {"role": "user"}}, "expected a list of turns, found a dict", "messages"),
+    ({"messages": {"role": "user"}}, "expected a list of turns, found an object", "messages"),
     (
         {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "A"}]},
         "every user turn before the response is empty",
         "messages",
     ),
-    ({"id": 1.5, "messages": CHAT}, "id is a float", "id"),
+    ({"id": 1.5, "messages": CHAT}, "id is a decimal number", "id"),
     ({"prompt": "Q"}, "missing field(s) messages", "messages"),
-    ([1, 2], "row is a JSON array, expected an object", None),
+    ([1, 2], "row is an array, expected a JSON object", None),
 ]
 
 
@@ -283,7 +283,7 @@ def test_on_bad_row_fail_raises_with_file_line_and_field(tmp_path: Path) -> None
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(InputError) as info:
         list(read_dataset(path, on_bad_row="fail"))
-    assert str(info.value) == f"{path}:2 [messages[0].content]: content is a int, expected a string"
+    assert str(info.value) == f"{path}:2 [messages[0].content]: content is a number, expected a string"
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
@@ -334,8 +334,8 @@ def test_csv_invalid_utf8_header_only_and_json_non_object_elements(tmp_path: Pat
     samples, rejected = read_all(array)
     assert len(samples) == 1
     assert [(r.line, r.reason) for r in rejected] == [
-        (2, "element is a JSON str, expected an object"),
-        (3, "element is a JSON array, expected an object"),
+        (2, "row is a string, expected a JSON object"),
+        (3, "row is an array, expected a JSON object"),
     ]
 
 
@@ -354,8 +354,8 @@ def test_json_array_parses_the_same_at_any_read_chunk_size(
     samples, rejected = read_all(path)
     assert [(s.line, s.messages[0].content) for s in samples] == [(1, "Q é\n"), (3, "Q2")]
     assert [(r.line, r.reason) for r in rejected] == [
-        (2, "element is a JSON int, expected an object"),
-        (2, "element is a JSON str, expected an object"),
+        (2, "row is a number, expected a JSON object"),
+        (2, "row is a string, expected a JSON object"),
     ]
 
 

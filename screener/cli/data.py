@@ -84,6 +84,8 @@ def _run_check(args: argparse.Namespace) -> int:
     counts = reader.counts
     if counts.rejected > shown:
         print(f"... and {counts.rejected - shown} more rejected rows")
+    if note := counts.skipped_note():
+        print(note)
     formats = ", ".join(f"{Path(src).name}: {fmt}" for src, fmt in counts.formats.items())
     print(
         f"{args.data}: {counts.rows} rows = {counts.samples} usable + {counts.rejected} rejected"

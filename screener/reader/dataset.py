@@ -26,7 +26,7 @@ from screener.reader.formats import (
     format_fields,
     to_messages,
 )
-from screener.reader.sources import RawRow, iter_path
+from screener.reader.sources import RawRow, iter_path, json_kind, skipped_files
 from screener.records import Message, RejectedRow, Sample
 
 MAX_ROW_CHARS = 16_000_000  # about 4M tokens: beyond every model's context window
@@ -42,6 +42,18 @@ class ReadCounts:
     samples: int = 0
     rejected: int = 0
     formats: dict[str, str] = field(default_factory=dict)  # source -> format used
+    skipped_files: list[str] = field(default_factory=list)  # not data files, not read
+
+    def skipped_note(self) -> str | None:
+        """One line naming the files of a directory that were not read, if any."""
+        if not self.skipped_files:
+            return None
+        names = ", ".join(self.skipped_files[:5])
+        more = f" and {len(self.skipped_files) - 5} more" if len(self.skipped_files) > 5 else ""
+        return (
+            f"skipped {len(self.skipped_files)} file(s) that are not a supported data type: "
+            f"{names}{more}"
+        )
 
 
 def content_id(messages: tuple[Message, ...]) -> str:
@@ -80,7 +92,7 @@ class DatasetReader:
         self._seen: dict[str, str] = {}
 
     def __iter__(self) -> Iterator[Sample | RejectedRow]:
-        self.counts = ReadCounts()
+        self.counts = ReadCounts(skipped_files=[str(p) for p in skipped_files(self.path)])
         self._seen = {}
         for row in iter_path(self.path):
             self.counts.rows += 1
@@ -128,8 +140,9 @@ class DatasetReader:
         own_id = record.get(self.fields.id)
         try:
             if isinstance(own_id, bool) or not isinstance(own_id, (str, int, type(None))):
-                kind = type(own_id).__name__
-                raise RowError(f"id is a {kind}, expected a string or integer", self.fields.id)
+                raise RowError(
+                    f"id is {json_kind(own_id)}, expected a string or integer", self.fields.id
+                )
             missing = [name for name in format_fields(fmt, self.fields) if name not in record]
             if missing:
                 present = ", ".join(sorted(record))

@@ -79,13 +79,13 @@ def _text(value: Any, field: str) -> str:
             ):
                 texts.append(part["text"])
             else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                kind = repr(part.get("type")) if isinstance(part, dict) else json_kind(part)
                 raise RowError(
-                    f"content part of type {kind!r} is not text; only text content can be screened",
+                    f"content part {kind} is not text; only text content can be screened",
                     field,
                 )
         return "".join(texts)
-    raise RowError(f"content is a {json_kind(value)}, expected a string", field)
+    raise RowError(f"content is {json_kind(value)}, expected a string", field)
 
 
 def _turns(
@@ -97,12 +97,12 @@ def _turns(
         except json.JSONDecodeError:
             raise RowError("expected a list of turns, found text that is not JSON", field) from None
     if not isinstance(value, list):
-        raise RowError(f"expected a list of turns, found a {json_kind(value)}", field)
+        raise RowError(f"expected a list of turns, found {json_kind(value)}", field)
     messages = []
     for index, turn in enumerate(value):
         where = f"{field}[{index}]"
         if not isinstance(turn, dict):
-            raise RowError(f"turn is a {type(turn).__name__}, expected an object", where)
+            raise RowError(f"turn is {json_kind(turn)}, expected an object", where)
         raw_role = turn.get(role_key)
         if not isinstance(raw_role, str) or raw_role.lower() not in roles:
             raise RowError(

@@ -41,23 +41,66 @@ class RawRow:
     raw: str | None = None
 
 
+_JSON_KINDS: list[tuple[type | tuple[type, ...], str]] = [
+    (bool, "a boolean"),
+    (int, "a number"),
+    (float, "a decimal number"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+    (type(None), "null"),
+    (bytes, "binary data"),
+]
+
+
 def json_kind(value: Any) -> str:
-    """How JSON would name the type of `value` (for error messages)."""
-    return "array" if isinstance(value, list) else type(value).__name__
+    """How JSON names the type of `value`, with its article ("an object", "null")."""
+    for kinds, name in _JSON_KINDS:
+        if isinstance(value, kinds):
+            return name
+    return f"a {type(value).__name__}"
+
+
+_TOO_DEEP = "JSON nested too deeply to read (more levels than Python's recursion limit)"
+_LONE_SURROGATE = (
+    "a string holds an unpaired UTF-16 surrogate escape (such as \\ud800), which is not "
+    "valid Unicode text"
+)
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """True when a decoded JSON value has a string that UTF-8 cannot encode (`"\\ud800"`)."""
+    if isinstance(value, str):
+        return _has_surrogates(value)
+    if isinstance(value, dict):
+        return any(_holds_lone_surrogate(k) or _holds_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_lone_surrogate(item) for item in value)
+    return False
+
+
+def _json_object_row(value: Any, source: str, line: int, raw: str | None = None) -> RawRow:
+    """A row for one decoded JSON value: the object, or why it is not a usable one."""
+    if not isinstance(value, dict):
+        return RawRow(source, line, None, f"row is {json_kind(value)}, expected a JSON object", raw)
+    if _holds_lone_surrogate(value):
+        return RawRow(source, line, None, _LONE_SURROGATE, raw)
+    return RawRow(source, line, value)
 
 
 def _parse_json_row(text: str, source: str, line: int) -> RawRow:
+    text = text.rstrip("\r\n")
+    raw = text[:200]
+    if "\x00" in text:
+        column = text.index("\x00") + 1
+        return RawRow(source, line, None, f"NUL byte at column {column}: binary data", raw)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return RawRow(
-            source, line, None, f"malformed JSON: {exc.msg} (column {exc.colno})", text[:200]
-        )
-    if not isinstance(value, dict):
-        return RawRow(
-            source, line, None, f"row is a JSON {json_kind(value)}, expected an object", text[:200]
-        )
-    return RawRow(source, line, value)
+        return RawRow(source, line, None, f"malformed JSON: {exc.msg} (column {exc.colno})", raw)
+    except RecursionError:
+        return RawRow(source, line, None, _TOO_DEEP, raw)
+    return _json_object_row(value, source, line, raw)
 
 
 def iter_jsonl(path: Path) -> Iterator[RawRow]:
@@ -138,6 +181,8 @@ class _JsonArrayStream:
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                raise InputError(_TOO_DEEP, source=self.source, line=start_line) from None
             except json.JSONDecodeError as exc:
                 if self._may_be_cut(exc) and self._fill():
                     continue
@@ -187,12 +232,7 @@ def iter_json_array(path: Path) -> Iterator[RawRow]:
     source = str(path)
     with path.open(encoding="utf-8-sig") as fh:
         for line, value in _JsonArrayStream(fh, source):
-            if isinstance(value, dict):
-                yield RawRow(source, line, value)
-            else:
-                yield RawRow(
-                    source, line, None, f"element is a JSON {json_kind(value)}, expected an object"
-                )
+            yield _json_object_row(value, source, line)
 
 
 def iter_csv(path: Path) -> Iterator[RawRow]:
@@ -323,6 +363,18 @@ def list_data_files(path: Path) -> list[Path]:
             source=str(path),
         )
     return files
+
+
+def skipped_files(path: Path) -> list[Path]:
+    """Files in a data directory that are not read: unsupported types (say `notes.txt` or
+    `part-0.jsonl.gz`), so a caller can say so. Hidden files are not listed."""
+    if not path.is_dir() or is_saved_dataset(path):
+        return []
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in FILE_TYPES
+    )
 
 
 def iter_path(path: Path) -> Iterator[RawRow]:

@@ -409,6 +409,8 @@ def screen(
                 samples.extend(scorer.score(ready))
             say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
         rows_read = reader.counts.rows
+        if skipped := reader.counts.skipped_note():
+            notes.append(skipped)
         if rows_read != len(samples) + len(rejected):
             raise ScreenerError(
                 f"internal error: {rows_read} rows read but {len(samples)} scored and "
