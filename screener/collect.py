@@ -12,6 +12,7 @@ check that they add up. Screening builds on this job once persona vectors exist.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,11 @@ def prepare_out_dir(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
+    try:
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write in output directory {out_dir}: {exc.strerror}") from exc
     remove_stale_temporaries(out_dir)
 
 

@@ -44,6 +44,10 @@ class ConfigError(ScreenerError):
     """An argument or setting has an invalid value."""
 
 
+class StoreError(ScreenerError):
+    """A DuckDB file (the run store or a run's screen.duckdb) cannot be written."""
+
+
 class RowError(ScreenerError):
     """One row cannot be used. Readers turn it into a `RejectedRow` (or, with the `fail`
     policy, an `InputError`); `field` names the part of the record at fault."""

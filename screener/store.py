@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from screener.errors import ConfigError
+from screener.errors import ConfigError, StoreError
 from screener.paths import state_root
 
 SCHEMA = """
@@ -186,8 +186,15 @@ class RunStore:
 
     def _insert(self, name: str, table: pa.Table) -> None:
         """One transaction; rows already present (same key) are kept as they were."""
+        import duckdb
+
         self.connection.register("incoming", table)
         try:
             self.connection.execute(f"INSERT OR IGNORE INTO {name} SELECT * FROM incoming")
+        except duckdb.Error as exc:  # a full disk, a file size limit: the insert rolled back
+            raise StoreError(
+                f"cannot write to the run store {self.path}: {str(exc).splitlines()[0]} (the "
+                "store keeps every chunk finished before this one: fix this and run again)"
+            ) from exc
         finally:
             self.connection.unregister("incoming")

@@ -132,6 +132,10 @@ def save_tiny_model(folder: Path, family: str, tokenizer: PreTrainedTokenizerFas
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return make_tiny_tokenizer()
+
+
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained here on a few sentences, with a ChatML template that
     injects a default system prompt (like SmolLM2's)."""
     tokenizer = Tokenizer(models.BPE())

@@ -205,7 +205,7 @@ BAD_ROWS: list[tuple[Any, str, str | None]] = [
                 {"role": "assistant", "content": "A"},
             ]
         },
-        "content part 'image_url' is not text",
+        "content part of type 'image_url' is not text",
         "messages[0].content",
     ),
     (
@@ -283,7 +283,9 @@ def test_on_bad_row_fail_raises_with_file_line_and_field(tmp_path: Path) -> None
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(InputError) as info:
         list(read_dataset(path, on_bad_row="fail"))
-    assert str(info.value) == f"{path}:2 [messages[0].content]: content is a number, expected a string"
+    assert (
+        str(info.value) == f"{path}:2 [messages[0].content]: content is a number, expected a string"
+    )
 
 
 def test_file_level_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ exits 130. Everything here is also available from Python (see the README).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shlex
@@ -51,6 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and friends: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a full disk, a file too large, a vanished directory
+        print(f"screener: error: {_describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("screener: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    advice = ""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = " (free space and run again: finished work is kept in the run store)"
+    return f"{where}{reason}{advice}"

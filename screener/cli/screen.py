@@ -154,11 +154,13 @@ def check_scoring_numbers(args: argparse.Namespace) -> None:
 
 
 def _run_screen(args: argparse.Namespace) -> int:
+    from screener.collect import prepare_out_dir
     from screener.screen import FlagRule, screen
 
     check_scoring_numbers(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
     out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
+    prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)
     loaded = load_model_from_args(args, say)
     result = screen(

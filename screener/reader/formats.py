@@ -78,10 +78,16 @@ def _text(value: Any, field: str) -> str:
                 and isinstance(part.get("text"), str)
             ):
                 texts.append(part["text"])
-            else:
-                kind = repr(part.get("type")) if isinstance(part, dict) else json_kind(part)
+            elif isinstance(part, dict):
                 raise RowError(
-                    f"content part {kind} is not text; only text content can be screened",
+                    f"content part of type {part.get('type')!r} is not text; only text content "
+                    "can be screened",
+                    field,
+                )
+            else:
+                raise RowError(
+                    f"content part is {json_kind(part)}, expected an object like "
+                    '{"type": "text", "text": "..."}',
                     field,
                 )
         return "".join(texts)
@@ -103,6 +109,8 @@ def _turns(
         where = f"{field}[{index}]"
         if not isinstance(turn, dict):
             raise RowError(f"turn is {json_kind(turn)}, expected an object", where)
+        if role_key not in turn:
+            raise RowError(f"turn has no {role_key!r} field", where)
         raw_role = turn.get(role_key)
         if not isinstance(raw_role, str) or raw_role.lower() not in roles:
             raise RowError(
@@ -120,12 +128,15 @@ def _chat_roles() -> dict[str, Role]:
 
 
 def _conversation(
-    messages: list[Message], field: str, response_field: str | None = None
+    messages: list[Message],
+    field: str,
+    response_field: str | None = None,
+    prompt_field: str | None = None,
 ) -> tuple[tuple[Message, ...], list[str]]:
     """Check a conversation and cut it at its last assistant turn.
 
-    field: the record field holding the turns; response_field: the field holding the response
-    when it is a column of its own (default: the turn inside `field`).
+    field: the record field holding the turns; response_field and prompt_field: the fields
+    holding the response and the prompt when they are columns of their own.
     """
     last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=None)
     if last is None:
@@ -138,9 +149,9 @@ def _conversation(
         )
     users = [m for m in messages[:last] if m.role == "user"]
     if not users:
-        raise RowError("the assistant response has no user turn before it", field)
+        raise RowError("the assistant response has no user turn before it", prompt_field or field)
     if not any(m.content.strip() for m in users):
-        raise RowError("every user turn before the response is empty", field)
+        raise RowError("every user turn before the response is empty", prompt_field or field)
     warnings = []
     if last < len(messages) - 1:
         warnings.append(f"dropped {len(messages) - 1 - last} turn(s) after the last assistant turn")
@@ -164,7 +175,7 @@ def to_messages(
     if fmt == "prompt_response":
         prompt = _side(record.get(fields.prompt), fields.prompt, "user")
         response = _side(record.get(fields.response), fields.response, "assistant")
-        return _conversation(prompt + response, fields.response, fields.response)
+        return _conversation(prompt + response, fields.response, fields.response, fields.prompt)
     if fmt == "alpaca":
         instruction = _text(record.get("instruction"), "instruction")
         extra = record.get("input")

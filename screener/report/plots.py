@@ -71,7 +71,10 @@ def histogram(
     axes.set_title(trait)
     axes.set_xlabel(score_name)
     axes.set_ylabel("density")
-    axes.legend(fontsize="small", frameon=False)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small", frameon=False)
+    else:  # every row was rejected: nothing to draw
+        axes.text(0.5, 0.5, "no scores", ha="center", va="center", transform=axes.transAxes)
     return _data_uri(figure)
 
 

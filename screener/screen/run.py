@@ -37,7 +37,7 @@ import torch
 from screener.activations import DEFAULT_BATCH_TOKENS, TokenizedInput
 from screener.atomic import atomic_path, write_text_atomic
 from screener.collect import prepare_out_dir
-from screener.errors import ConfigError, ScreenerError
+from screener.errors import ConfigError, ScreenerError, StoreError
 from screener.generate import GenerationSettings
 from screener.layers import LAYER_CONVENTION
 from screener.model import LoadedModel, load_model
@@ -633,7 +633,7 @@ def write_outputs(
         scores.write_parquet(tmp)
     summary = result.summary()
     with atomic_path(paths["screen.duckdb"]) as tmp:
-        _write_duckdb(tmp, result, scores, summary)
+        _write_duckdb(tmp, paths["screen.duckdb"], result, scores, summary)
     write_text_atomic(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
     write_text_atomic(paths["reference.json"], json.dumps(_reference(result), indent=1) + "\n")
     write_text_atomic(paths["run_stats.json"], json.dumps(result.stats, indent=2) + "\n")
@@ -655,8 +655,9 @@ def _reference(result: ScreenResult) -> dict[str, Any]:
 
 
 def _write_duckdb(
-    path: Path, result: ScreenResult, scores: pl.DataFrame, summary: dict[str, Any]
+    path: Path, final: Path, result: ScreenResult, scores: pl.DataFrame, summary: dict[str, Any]
 ) -> None:
+    """Write the run's tables into a new DuckDB file at `path` (a temporary beside `final`)."""
     import duckdb
 
     path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
@@ -700,8 +701,19 @@ def _write_duckdb(
             connection.register("frame", frame.to_arrow())
             connection.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
             connection.unregister("frame")
+        # Write everything into the file now: a checkpoint that fails at close() is silent and
+        # would leave the tables in a write-ahead log that the rename below leaves behind.
+        connection.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise StoreError(f"{final}: cannot write: {str(exc).splitlines()[0]}") from exc
     finally:
         connection.close()
+        wal = path.with_name(path.name + ".wal")
+        if wal.exists():
+            wal.unlink()
+            raise StoreError(
+                f"{final}: cannot write: DuckDB could not complete the file (is the disk full?)"
+            )
 
 
 def calibrate(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,12 @@ def import_reference_vectors(
     loaded with `weights_only=True` (no pickled code runs), checked against `loaded`."""
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except pickle.UnpicklingError as exc:  # torch's advice to unpickle anyway is not repeated
+        raise VectorFileError(
+            f"{path}: not a plain tensor file: it holds pickled Python objects, which screener "
+            "never loads (save the tensor alone with torch.save(tensor, path))"
+        ) from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for broken files
         raise VectorFileError(
             f"{path}: not a plain tensor file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
