@@ -41,7 +41,7 @@ def run(dtype: str, data: Path, max_new_tokens: int) -> tuple[pl.DataFrame, floa
     loaded = load_model("embedded", dtype=dtype, device="cpu")
     started = time.perf_counter()
     result = screen(data, model=loaded, store=":memory:", max_new_tokens=max_new_tokens)
-    return result.scores(), round(time.perf_counter() - started, 1)
+    return result.scores, round(time.perf_counter() - started, 1)
 
 
 def spearman(a: pl.Series, b: pl.Series) -> float:

@@ -12,6 +12,14 @@ class ScreenerError(Exception):
     """Base class of every error screener raises on purpose."""
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters escaped (a newline becomes `\\n`), so a message that
+    quotes data stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class InputError(ScreenerError):
     """A data file (or one row of it) cannot be used.
 
@@ -28,7 +36,7 @@ class InputError(ScreenerError):
         where = source if line is None else f"{source}:{line}"
         if field is not None:
             where += f" [{field}]"
-        super().__init__(f"{where}: {message}")
+        super().__init__(one_line(f"{where}: {message}"))
 
 
 class ModelLoadError(ScreenerError):
@@ -53,6 +61,7 @@ class RowError(ScreenerError):
     policy, an `InputError`); `field` names the part of the record at fault."""
 
     def __init__(self, reason: str, field: str | None = None) -> None:
+        reason = one_line(reason)
         super().__init__(reason)
         self.reason = reason
         self.field = field

@@ -342,6 +342,26 @@ def test_out_that_cannot_be_used_fails_before_the_model_loads(
     assert a_file.read_text() == "keep me"
 
 
+def test_a_model_shipping_code_does_not_run_it_unless_asked(
+    tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    marker = tmp_path / "code-ran"
+    (model_dir / "modeling_custom.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from transformers import LlamaForCausalLM\n\n\n"
+        "class CustomModel(LlamaForCausalLM):\n    pass\n"
+    )
+    config = json.loads((model_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert type(load_model(str(model_dir), dtype="fp32").model).__name__ == "LlamaForCausalLM"
+    assert not marker.exists()
+    # control: asked to, transformers does run it
+    loaded = load_model(str(model_dir), dtype="fp32", trust_remote_code=True)
+    assert type(loaded.model).__name__ == "CustomModel" and marker.exists()
+
+
 # --- a full disk and Ctrl-C, in real processes ----------------------------------------------
 
 

@@ -365,15 +365,27 @@ def list_data_files(path: Path) -> list[Path]:
     return files
 
 
+def _is_documentation(path: Path) -> bool:
+    name = path.name.lower()
+    return name.startswith(("readme", "license", "licence")) or path.suffix.lower() in (
+        ".md",
+        ".rst",
+    )
+
+
 def skipped_files(path: Path) -> list[Path]:
-    """Files in a data directory that are not read: unsupported types (say `notes.txt` or
-    `part-0.jsonl.gz`), so a caller can say so. Hidden files are not listed."""
+    """Files in a data directory that are not read because of their type (say `notes.txt` or
+    `part-0.jsonl.gz`), so a caller can say so. Hidden files and documentation (README,
+    LICENSE, .md, .rst) are not listed."""
     if not path.is_dir() or is_saved_dataset(path):
         return []
     return sorted(
         p
         for p in path.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in FILE_TYPES
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not _is_documentation(p)
+        and p.suffix.lower() not in FILE_TYPES
     )
 
 
