@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS activations (
 );
 """
 
+TABLES = ("base_responses", "activations")
+
 
 def default_store_path() -> Path:
     return state_root() / "store.duckdb"
@@ -183,6 +185,24 @@ class RunStore:
             }
         )
         self._insert("activations", table)
+
+    def export_table(self, name: str) -> pa.Table:
+        """Every row of one of the store's tables (`base_responses` or `activations`)."""
+        if name not in TABLES:
+            raise ValueError(f"unknown store table {name!r}")
+        return self.connection.execute(f"SELECT * FROM {name}").to_arrow_table()
+
+    def import_table(self, name: str, table: pa.Table) -> None:
+        """Add rows exported from another store (a worker's); rows already here are kept."""
+        if name not in TABLES:
+            raise ValueError(f"unknown store table {name!r}")
+        if table.num_rows:
+            self._insert(name, table)
+
+    def clear(self) -> None:
+        """Delete every row (a worker's in-memory store, between batches)."""
+        for name in TABLES:
+            self.connection.execute(f"DELETE FROM {name}")
 
     def _insert(self, name: str, table: pa.Table) -> None:
         """One transaction; rows already present (same key) are kept as they were."""

@@ -3,6 +3,8 @@ not depend on how rows are batched, and screening opens no network connection.""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -142,3 +144,20 @@ def test_screening_the_embedded_model_opens_no_connection(tmp_path: Path) -> Non
     assert log.read_text().count("\n") >= 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["counts"]["rows_read"] == 3
+
+
+def test_a_store_shared_by_two_precisions_keeps_them_apart(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """bf16 and fp32 greedy answers differ, so a bf16 run must not reuse fp32 results."""
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    store = tmp_path / "store.duckdb"
+    first = run(loaded, data, tmp_path, "fp32", store=store)
+    half = dataclasses.replace(
+        loaded, model=copy.deepcopy(loaded.model).to(torch.bfloat16), dtype=torch.bfloat16
+    )
+    second = run(half, data, tmp_path, "bf16", store=store)
+    again = run(loaded, data, tmp_path, "fp32-again", store=store)
+    assert first.stats["generated"] == second.stats["generated"] == len(rows())
+    assert again.stats["generated"] == 0 and again.stats["collected"] == 0

@@ -123,6 +123,28 @@ def register(commands: Any) -> None:
     screen.add_argument(
         "--out", type=Path, default=None, help="output directory (default: reports/screen-<data>)"
     )
+    engine = screen.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: compute in this process (default); ray: compute what the run store lacks "
+        "with Ray Data on an actor pool (pip install 'screener[ray]')",
+    )
+    engine.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (e.g. ray://head:10001 or auto; default: a local Ray)",
+    )
+    engine.add_argument(
+        "--workers", type=int, default=1, help="ray actors, each loading the model once (default 1)"
+    )
+    engine.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        help="GPUs per ray actor; above 0 the actors run the model on cuda (default 0)",
+    )
     add_quiet_option(screen)
     screen.set_defaults(run=_run_screen)
 
@@ -156,9 +178,13 @@ def check_scoring_numbers(args: argparse.Namespace) -> None:
 def _run_screen(args: argparse.Namespace) -> int:
     from screener.collect import prepare_out_dir
     from screener.screen import FlagRule, screen
+    from screener.screen.ray_engine import RayOptions, require_ray
 
     check_scoring_numbers(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
+    ray_options = RayOptions(args.ray_address, args.workers, args.gpus_per_worker)
+    if args.engine == "ray":
+        require_ray()  # before the model loads
     out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
     prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)
@@ -183,6 +209,8 @@ def _run_screen(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_rows,
         progress=say,
         command=args.command_line,
+        engine=args.engine,
+        ray_options=ray_options,
     )
     summary = result.summary()
     for note in result.notes:

@@ -23,12 +23,12 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -76,6 +76,7 @@ from screener.screen.flags import (
     risk_scores,
     z_scores,
 )
+from screener.screen.ray_engine import RayOptions, compute_with_ray, require_ray, worker_config
 from screener.screen.scoring import (
     DEFAULT_BASE_TOKENS,
     Method,
@@ -91,6 +92,10 @@ DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
 # The category probe reads the last prompt token two thirds of the way up the network, where
 # the model has read the request but not yet committed to an answer.
 CATEGORY_LAYER_FRACTION = 2 / 3
+
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
 
 
 def score_kind(method: Method) -> str:
@@ -351,16 +356,24 @@ def screen(
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
     command: str = "",
+    engine: Engine = "local",
+    ray_options: RayOptions | None = None,
 ) -> ScreenResult:
     """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
 
     calibration: `auto` (beside the vectors), a calibration file, or `none`.
     store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
+    engine: `local` computes in this process; `ray` computes what the store lacks with Ray
+        Data first (see screener.screen.ray_engine; `ray_options`: cluster and workers).
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
     if chunk_size < 1:
         raise ConfigError("chunk_size must be at least 1")
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+    if engine == "ray":
+        require_ray()
     out = None if out is None else Path(out)
     if out is not None:
         prepare_out_dir(out)
@@ -388,6 +401,8 @@ def screen(
     probe_layer = category_layer(loaded)
     renderer = Renderer(loaded.tokenizer, max_tokens=token_limit(loaded.model.config, max_tokens))
 
+    ray_options = ray_options or RayOptions()
+    sent_to_ray = 0
     with RunStore.open(store) as run_store:
         scorer = Scorer(
             loaded,
@@ -398,6 +413,22 @@ def screen(
             extra_layers=[probe_layer],
             progress=say,
         )
+        if engine == "ray":
+            config = worker_config(
+                loaded,
+                vector_file.path,
+                settings,
+                scorer.layers,
+                renderer.max_tokens,
+                ray_options,
+            )
+            scorer.model_key = config.model_key  # the workers' device decides the key
+            pending = _pending_samples(
+                scorer,
+                renderer.render_stream(read_dataset(data, fmt=fmt, fields=fields), "reject"),
+                chunk_size,
+            )
+            sent_to_ray = compute_with_ray(pending, config, ray_options, run_store, say)
         reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
         samples: list[ScoredSample] = []
         rejected: list[RejectedRow] = []
@@ -441,6 +472,8 @@ def screen(
         result.clusters = dict(zip(result.flagged, ids, strict=True))
     result.stats = {
         **scoring_stats,
+        "engine": engine,
+        "sent_to_ray": sent_to_ray,
         "seconds": round(time.perf_counter() - started, 3),
         "store": str(store) if store is not None else "default",
     }
@@ -449,6 +482,16 @@ def screen(
         result.outputs += write_outputs(result, out, originals)
         result.outputs.append(write_report(out))
     return result
+
+
+def _pending_samples(
+    scorer: Scorer, stream: Iterator[RenderedSample | RejectedRow], chunk_size: int
+) -> Iterator[Sample]:
+    """The samples of `stream` whose scores the run store cannot give yet."""
+    while chunk := list(islice(stream, chunk_size)):
+        ready = [r for r in chunk if isinstance(r, RenderedSample)]
+        for index in scorer.pending(ready):
+            yield ready[index].sample
 
 
 def _decide(

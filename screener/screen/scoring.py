@@ -81,6 +81,17 @@ class ScoredSample:
         return self.projection[trait] - self.base_projection[trait]
 
 
+def store_key(loaded: LoadedModel, device_type: str | None = None) -> str:
+    """The run store's model key: the weights' fingerprint, the dtype and the device type the
+    model runs in (`device_type` overrides the loaded model's, for ray workers on GPUs).
+
+    Precision and device are part of the key because they change results: greedy base
+    responses in bf16 and fp32 part ways at near-ties (see the README, "Determinism"), so a
+    store shared by runs at two precisions must not hand one the other's answers."""
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    return f"{loaded.fingerprint}:{dtype}:{device_type or loaded.device.type}"
+
+
 def content_hash(item: TokenizedInput) -> str:
     """The cache key of a tokenized conversation: its token ids and response boundary."""
     return token_hash(item.response_start, item.input_ids)
@@ -90,6 +101,7 @@ class Scorer:
     """Scores chunks of rendered samples for one model, vector file and settings.
 
     extra_layers: layers to collect and cache besides the traits' (the category probe's).
+    model_key: the key of this model's results in the store (default `store_key(loaded)`).
     """
 
     def __init__(
@@ -102,8 +114,10 @@ class Scorer:
         *,
         extra_layers: Sequence[int] = (),
         progress: Callable[[str], None] | None = None,
+        model_key: str | None = None,
     ) -> None:
         self.loaded = loaded
+        self.model_key = model_key or store_key(loaded)
         self.settings = settings
         self.store = store
         self.renderer = renderer
@@ -116,10 +130,6 @@ class Scorer:
         )
         self.generation_key = json.dumps(settings.generation.as_dict(), sort_keys=True)
         self.counters = {"generated": 0, "generation_cached": 0, "collected": 0, "cached": 0}
-
-    @property
-    def model_key(self) -> str:
-        return self.loaded.fingerprint
 
     def activations(
         self, items: Sequence[tuple[str, TokenizedInput]]
@@ -185,6 +195,47 @@ class Scorer:
             projections[trait] = float(vector.double() @ self.units[trait])
         return projections
 
+    def _render_base(self, rendered: RenderedSample, text: str) -> RenderedSample | str:
+        """The sample's prompt with the base response `text` as its answer, rendered; or why
+        it cannot be."""
+        base_sample = Sample(
+            rendered.sample.id,
+            rendered.sample.source,
+            rendered.sample.line,
+            (*rendered.sample.prompt, Message("assistant", text)),
+            {},
+            rendered.sample.format,
+        )
+        result = self.renderer.render(base_sample)
+        if isinstance(result, RenderedSample):
+            return result
+        return f"no ΔP: the base response cannot be rendered ({result.reason})"
+
+    def pending(self, chunk: Sequence[RenderedSample]) -> list[int]:
+        """Indexes of the samples in `chunk` whose scores need computing: a base response or an
+        activation the store does not hold. Computes nothing."""
+        keys = [content_hash(TokenizedInput(r.input_ids, r.response_start)) for r in chunk]
+        needed = set()
+        to_check = dict(enumerate(keys))
+        if self.settings.method == "delta":
+            prompt_keys = [token_hash(self.renderer.prompt_ids(r.sample.prompt)) for r in chunk]
+            cached = self.store.get_base_responses(self.model_key, prompt_keys, self.generation_key)
+            for i, (rendered, prompt_key) in enumerate(zip(chunk, prompt_keys, strict=True)):
+                if prompt_key not in cached:
+                    needed.add(i)
+                    continue
+                base = self._render_base(rendered, cached[prompt_key])
+                if isinstance(base, RenderedSample):
+                    base_key = content_hash(TokenizedInput(base.input_ids, base.response_start))
+                    to_check[len(chunk) + i] = base_key
+        found = self.store.get_activations(
+            self.model_key, list(dict.fromkeys(to_check.values())), self.layers
+        )
+        for position, key in to_check.items():
+            if any((key, layer) not in found for layer in self.layers):
+                needed.add(position % len(chunk))
+        return sorted(needed)
+
     def score(self, chunk: Sequence[RenderedSample]) -> list[ScoredSample]:
         """Scores of every sample in `chunk`, in order."""
         inputs = [TokenizedInput(r.input_ids, r.response_start) for r in chunk]
@@ -197,22 +248,14 @@ class Scorer:
             texts = self.base_responses([r.sample.prompt for r in chunk])
             for i, (rendered, text) in enumerate(zip(chunk, texts, strict=True)):
                 base_texts[i] = text
-                base_sample = Sample(
-                    rendered.sample.id,
-                    rendered.sample.source,
-                    rendered.sample.line,
-                    (*rendered.sample.prompt, Message("assistant", text)),
-                    {},
-                    rendered.sample.format,
-                )
-                result = self.renderer.render(base_sample)
+                result = self._render_base(rendered, text)
                 if isinstance(result, RenderedSample):
                     base_inputs = TokenizedInput(result.input_ids, result.response_start)
                     base_key = content_hash(base_inputs)
                     bases[i] = (base_key, result)
                     items.append((base_key, base_inputs))
                 else:
-                    problems[i] = f"no ΔP: the base response cannot be rendered ({result.reason})"
+                    problems[i] = result
         values = self.activations(items)
         scored = []
         for i, (key, rendered) in enumerate(zip(keys, chunk, strict=True)):

@@ -1,0 +1,244 @@
+"""The `ray` engine: compute a screen's base responses and activations with Ray Data.
+
+The driver reads and renders the data as usual and asks the run store which samples still need
+work; only those go to Ray. `map_batches` runs them through a pool of actors, each of which
+loads the model and the vectors once and scores its batches with an in-memory store. A batch
+comes back as the store rows the actor computed (base responses and activations, as Arrow IPC
+bytes), and the driver, the run store's only writer, adds them. The screen then goes on exactly
+as with the local engine and finds everything cached, so both engines write their outputs with
+the same code, and a rerun after adding rows sends only the new rows to Ray.
+
+Ray is an optional extra: `pip install 'screener[ray]'`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import pyarrow as pa
+
+from screener.errors import ConfigError, MissingDependencyError, ModelLoadError
+from screener.model import DTYPES, LoadedModel, load_model
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from screener.screen.scoring import Scorer, ScoringSettings, store_key
+from screener.store import TABLES, RunStore
+from screener.vectors import load_vectors
+
+INSTALL = "pip install 'screener[ray]'"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the ray engine runs.
+
+    address: an existing cluster (`ray://host:10001` or `auto`); None starts a local Ray, or
+        uses the one this process already started.
+    workers: actors in the pool; each loads the model once.
+    gpus_per_worker: GPUs each actor takes (its model then runs on `cuda`); 0 for CPU.
+    batch_rows: samples per `map_batches` batch.
+    """
+
+    address: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0
+    batch_rows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.gpus_per_worker < 0:
+            raise ConfigError("--gpus-per-worker cannot be negative")
+        if self.batch_rows < 1:
+            raise ConfigError("the ray batch size must be at least 1")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What an actor needs to build the same scorer as the driver's."""
+
+    model: str
+    dtype: str
+    device: str
+    fingerprint: str
+    vectors: str
+    settings: ScoringSettings
+    extra_layers: tuple[int, ...]
+    max_tokens: int | None
+    model_key: str
+    trust_remote_code: bool = False
+
+
+def require_ray() -> Any:
+    """The `ray` module, or a MissingDependencyError with the install command."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"--engine ray needs Ray, which is not installed: {INSTALL}"
+        ) from exc
+    return ray
+
+
+def worker_config(
+    loaded: LoadedModel,
+    vectors_path: str | None,
+    settings: ScoringSettings,
+    extra_layers: Iterable[int],
+    max_tokens: int | None,
+    options: RayOptions,
+) -> WorkerConfig:
+    """The driver's model, vectors and settings, as the actors will rebuild them."""
+    if vectors_path is None:
+        raise ConfigError("the ray engine needs the vectors as a file the workers can read")
+    dtype = next((name for name, value in DTYPES.items() if value == loaded.dtype), "auto")
+    device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    return WorkerConfig(
+        model=loaded.spec,
+        dtype=dtype,
+        device=device,
+        fingerprint=loaded.fingerprint,
+        vectors=vectors_path,
+        settings=settings,
+        extra_layers=tuple(extra_layers),
+        max_tokens=max_tokens,
+        model_key=store_key(loaded, device),
+    )
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+
+
+def _sample_row(sample: Sample) -> dict[str, Any]:
+    return {
+        "id": sample.id,
+        "source": sample.source,
+        "line": sample.line,
+        "format": sample.format,
+        "messages": json.dumps([m.as_dict() for m in sample.messages], ensure_ascii=False),
+    }
+
+
+class ScoreWorker:
+    """A Ray actor: loads the model and vectors once, then scores batches of samples."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import torch
+
+        self.config = config
+        cpus = _assigned_cpus()
+        if config.device == "cpu" and cpus:
+            torch.set_num_threads(max(1, int(cpus)))
+        self.loaded = load_model(
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+        )
+        if self.loaded.fingerprint != config.fingerprint:
+            raise ModelLoadError(
+                f"a ray worker loaded {config.model} with fingerprint {self.loaded.fingerprint}, "
+                f"the driver has {config.fingerprint}: the workers must see the same weights"
+            )
+        vectors = load_vectors(config.vectors, model=self.loaded)
+        self._store_context = RunStore.open(":memory:")
+        self.store = self._store_context.__enter__()
+        self.renderer = Renderer(self.loaded.tokenizer, max_tokens=config.max_tokens)
+        self.scorer = Scorer(
+            self.loaded,
+            vectors,
+            config.settings,
+            self.store,
+            self.renderer,
+            extra_layers=config.extra_layers,
+            model_key=config.model_key,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rendered = []
+        for row in batch.to_pylist():
+            messages = tuple(Message(m["role"], m["content"]) for m in json.loads(row["messages"]))
+            sample = Sample(row["id"], row["source"], row["line"], messages, {}, row["format"])
+            result = self.renderer.render(sample)
+            if isinstance(result, RenderedSample):
+                rendered.append(result)
+        if rendered:
+            self.scorer.score(rendered)
+        tables = [self.store.export_table(name) for name in TABLES]
+        self.store.clear()
+        return pa.table(
+            {
+                "table": list(TABLES),
+                "rows": pa.array([_to_ipc(t) for t in tables], type=pa.binary()),
+                "samples": [len(rendered)] * len(TABLES),
+            }
+        )
+
+
+def _assigned_cpus() -> float | None:
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)) or None
+    except Exception:  # outside a Ray worker
+        return None
+
+
+def compute_with_ray(
+    samples: Iterator[Sample],
+    config: WorkerConfig,
+    options: RayOptions,
+    store: RunStore,
+    progress: Callable[[str], None] | None = None,
+) -> int:
+    """Score `samples` on Ray and add what the actors computed to `store`; return how many
+    samples were sent."""
+    say = progress or (lambda message: None)
+    ray = require_ray()
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    refs = []
+    sent = 0
+    while chunk := list(islice(samples, options.batch_rows * 16)):
+        refs.append(ray.put(pa.Table.from_pylist([_sample_row(s) for s in chunk])))
+        sent += len(chunk)
+    if not refs:
+        return 0
+    say(f"ray: scoring {sent} samples on {options.workers} worker(s)")
+    dataset = ray.data.from_arrow_refs(refs).map_batches(
+        ScoreWorker,
+        fn_constructor_kwargs={"config": config},
+        batch_size=options.batch_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=options.workers),
+        num_cpus=1,
+        num_gpus=options.gpus_per_worker or None,
+    )
+    done = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for name, payload, count in zip(
+            batch["table"].to_pylist(),
+            batch["rows"].to_pylist(),
+            batch["samples"].to_pylist(),
+            strict=True,
+        ):
+            store.import_table(name, _from_ipc(payload))
+            if name == TABLES[0]:
+                done += count
+        say(f"ray: {done}/{sent} samples scored")
+    return sent

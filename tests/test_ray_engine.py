@@ -1,0 +1,147 @@
+"""The ray engine against the local one: same scores (to float rounding), same flags, same
+outputs; a rerun after adding rows sends only the new rows to Ray; without Ray installed,
+`--engine ray` says how to install it. Ray runs locally, started here with two CPUs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from screener.cli import main
+from screener.model import load_model
+from screener.screen import FlagRule, screen
+from screener.screen.ray_engine import RayOptions
+from tests.conftest import save_tiny_model
+from tests.test_screen import rows, tiny_vectors, write_jsonl
+
+ray = pytest.importorskip("ray")
+
+SCORES = ("delta_", "proj_", "base_proj_", "prompt_last_")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def assert_same_scores(ray_scores: pl.DataFrame, local_scores: pl.DataFrame) -> None:
+    assert ray_scores["id"].to_list() == local_scores["id"].to_list()
+    assert ray_scores["base_response"].to_list() == local_scores["base_response"].to_list()
+    assert ray_scores["flagged"].to_list() == local_scores["flagged"].to_list()
+    for column in [c for c in local_scores.columns if c.startswith(SCORES)] + ["risk"]:
+        torch.testing.assert_close(
+            torch.tensor(ray_scores[column].to_list()),
+            torch.tensor(local_scores[column].to_list()),
+            rtol=1e-5,
+            atol=1e-5,
+            msg=column,
+        )
+
+
+def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
+    local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    loaded = load_model(str(model_dir), dtype="fp32", device="cpu")
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = [json.loads(json.dumps(r)) for r in rows() * 3]  # three independent copies
+    for i, record in enumerate(records):
+        record["id"] = f"row-{i}"
+        record["messages"][0]["content"] += f" (copy {i})"
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    options = {
+        "vectors": vectors,
+        "max_new_tokens": 5,
+        "calibration": "none",
+        "rule": FlagRule(top_k=4),
+        "chunk_size": 8,
+    }
+    local = screen(data, model=loaded, out=tmp_path / "local", store=":memory:", **options)
+    two_workers = RayOptions(workers=2, batch_rows=5)
+    store = tmp_path / "ray.duckdb"
+    distributed = screen(
+        data,
+        model=loaded,
+        out=tmp_path / "ray",
+        store=store,
+        engine="ray",
+        ray_options=two_workers,
+        **options,
+    )
+    assert distributed.stats["sent_to_ray"] == len(records)
+    # everything was computed by the workers: the local pass only read the store
+    assert distributed.stats["generated"] == distributed.stats["collected"] == 0
+    assert_same_scores(distributed.scores, local.scores)
+    for name in ("filtered.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+    flagged = [
+        [
+            (r["id"], r["category"], [x["trait"] for x in r["reasons"]])
+            for r in map(json.loads, lines)
+        ]
+        for lines in (
+            (tmp_path / folder / "flagged.jsonl").read_text().splitlines()
+            for folder in ("ray", "local")
+        )
+    ]
+    assert flagged[0] == flagged[1] and flagged[0]
+
+    more = [*records, *[{**r, "id": f"new-{i}"} for i, r in enumerate(rows()[:3])]]
+    for i, record in enumerate(more[len(records) :]):
+        record["messages"] = [
+            {"role": "user", "content": f"A new question {i}?"},
+            {"role": "assistant", "content": f"A new answer {i}."},
+        ]
+    bigger = write_jsonl(tmp_path / "bigger.jsonl", more)
+    rerun = screen(
+        bigger,
+        model=loaded,
+        out=tmp_path / "rerun",
+        store=store,
+        engine="ray",
+        ray_options=two_workers,
+        **options,
+    )
+    assert rerun.stats["sent_to_ray"] == 3
+    assert rerun.stats["generated"] == rerun.stats["collected"] == 0
+    local_bigger = screen(bigger, model=loaded, store=":memory:", **options)
+    assert_same_scores(rerun.scores, local_bigger.scores)
+
+
+@pytest.mark.slow
+def test_ray_on_the_embedded_model_equals_local(local_ray: None, tmp_path: Path) -> None:
+    lines = Path("sample_datasets/chat_mixed.jsonl").read_text().splitlines()[:4]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    loaded = load_model("embedded", dtype="fp32", device="cpu")
+    options = {"max_new_tokens": 8, "store": ":memory:"}
+    local = screen(data, model=loaded, **options)
+    distributed = screen(
+        data, model=loaded, engine="ray", ray_options=RayOptions(workers=1), **options
+    )
+    assert distributed.stats["sent_to_ray"] == 4
+    assert_same_scores(distributed.scores, local.scores)
+
+
+def test_without_ray_the_error_gives_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    code = main(["screen", str(data), "--engine", "ray", "--model", str(tmp_path / "absent")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "screener: error: --engine ray needs Ray, which is not installed: "
+        "pip install 'screener[ray]'\n"
+    )
+    assert json.dumps(err)  # one line, printable
