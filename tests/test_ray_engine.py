@@ -15,10 +15,11 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from screener.cli import main
+from screener.errors import ScreenerError
 from screener.model import load_model
 from screener.screen import FlagRule, screen
 from screener.screen.ray_engine import RayOptions
-from tests.conftest import save_tiny_model
+from tests.conftest import save_tiny_model, tiny_model
 from tests.test_screen import rows, tiny_vectors, write_jsonl
 
 ray = pytest.importorskip("ray")
@@ -115,6 +116,32 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
     assert rerun.stats["generated"] == rerun.stats["collected"] == 0
     local_bigger = screen(bigger, model=loaded, store=":memory:", **options)
     assert_same_scores(rerun.scores, local_bigger.scores)
+
+
+def test_a_worker_with_other_weights_stops_the_run_with_one_message(
+    local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    loaded = load_model(str(model_dir), dtype="fp32", device="cpu")
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    other_dir = tmp_path / "other"
+    tiny_model("llama", seed=1).save_pretrained(other_dir)  # same shapes, other weights
+    tiny_tokenizer.save_pretrained(other_dir)
+    loaded.spec = str(other_dir)  # what the workers will load
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    with pytest.raises(ScreenerError) as failure:
+        screen(
+            data,
+            model=loaded,
+            vectors=vectors,
+            store=tmp_path / "store.duckdb",
+            calibration="none",
+            max_new_tokens=3,
+            engine="ray",
+        )
+    message = str(failure.value)
+    assert message.startswith("the ray engine failed after 0 of 8 samples")
+    assert "the workers must see the same weights" in message and "\n" not in message
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from screener.errors import ConfigError, MissingDependencyError, ModelLoadError
+from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
 from screener.model import DTYPES, LoadedModel, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
@@ -214,7 +214,7 @@ def compute_with_ray(
     context.enable_progress_bars = False
     refs = []
     sent = 0
-    while chunk := list(islice(samples, options.batch_rows * 16)):
+    while chunk := list(islice(samples, options.batch_rows * 4)):  # blocks spread over actors
         refs.append(ray.put(pa.Table.from_pylist([_sample_row(s) for s in chunk])))
         sent += len(chunk)
     if not refs:
@@ -230,15 +230,22 @@ def compute_with_ray(
         num_gpus=options.gpus_per_worker or None,
     )
     done = 0
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for name, payload, count in zip(
-            batch["table"].to_pylist(),
-            batch["rows"].to_pylist(),
-            batch["samples"].to_pylist(),
-            strict=True,
-        ):
-            store.import_table(name, _from_ipc(payload))
-            if name == TABLES[0]:
-                done += count
-        say(f"ray: {done}/{sent} samples scored")
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for name, payload, count in zip(
+                batch["table"].to_pylist(),
+                batch["rows"].to_pylist(),
+                batch["samples"].to_pylist(),
+                strict=True,
+            ):
+                store.import_table(name, _from_ipc(payload))
+                if name == TABLES[0]:
+                    done += count
+            say(f"ray: {done}/{sent} samples scored")
+    except ray.exceptions.RayError as exc:
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ScreenerError(
+            f"the ray engine failed after {done} of {sent} samples (they are kept in the run "
+            f"store): {cause}"
+        ) from exc
     return sent
