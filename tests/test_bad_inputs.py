@@ -267,7 +267,6 @@ class Payload:
         return (self.marker.touch, ())
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_vector_files_and_traits_stop_with_one_line(
     tiny: dict[str, Path],
     tiny_tokenizer: PreTrainedTokenizerFast,

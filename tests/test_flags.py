@@ -114,3 +114,13 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
     constant = bootstrap_mean(np.array([2.0, 2.0, 2.0]))
     assert constant.low == constant.high == 2.0
     assert bootstrap_mean(np.array([math.nan])).mean is None
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_for_many_rows() -> None:
+    """For n = 20,000 the bootstrap interval of the mean is mean +- 1.96 s / sqrt(n)."""
+    scores = np.random.default_rng(1).exponential(2.0, size=20_000)
+    result = bootstrap_mean(scores)
+    half_width = 1.96 * scores.std() / math.sqrt(scores.size)
+    assert result.mean == pytest.approx(scores.mean())
+    assert result.low == pytest.approx(scores.mean() - half_width, abs=0.1 * half_width)
+    assert result.high == pytest.approx(scores.mean() + half_width, abs=0.1 * half_width)

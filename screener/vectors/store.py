@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,9 @@ def import_reference_vectors(
     """A `{trait}_response_avg_diff.pt` tensor from the reference implementation ([L+1, d]),
     loaded with `weights_only=True` (no pickled code runs), checked against `loaded`."""
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of any non-torch pickle
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            value = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's advice to unpickle anyway is not repeated
         raise VectorFileError(
             f"{path}: not a plain tensor file: it holds pickled Python objects, which screener "
