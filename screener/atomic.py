@@ -67,7 +67,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     except OSError as exc:
-        if exc.filename is None:  # a failed write() names no file: name the one being written
+        if exc.filename is None and exc.errno is not None:  # a failed write() names no file
             raise OSError(exc.errno, exc.strerror, str(final)) from exc
         raise
     finally:

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from screener.cli import main
-from screener.errors import ScreenerError
+from screener.errors import ConfigError, ScreenerError
 from screener.model import load_model
 from screener.screen import FlagRule, screen
 from screener.screen.ray_engine import RayOptions
@@ -142,6 +142,25 @@ def test_a_worker_with_other_weights_stops_the_run_with_one_message(
     message = str(failure.value)
     assert message.startswith("the ray engine failed after 0 of 8 samples")
     assert "the workers must see the same weights" in message and "\n" not in message
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_fails_at_once(
+    local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    loaded = load_model(str(model_dir), dtype="fp32", device="cpu")
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    with pytest.raises(ConfigError, match="need 2 GPUs, the Ray cluster has 0"):
+        screen(
+            data,
+            model=loaded,
+            vectors=vectors,
+            store=":memory:",
+            calibration="none",
+            engine="ray",
+            ray_options=RayOptions(workers=2, gpus_per_worker=1),
+        )
 
 
 @pytest.mark.slow

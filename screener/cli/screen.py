@@ -211,6 +211,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         command=args.command_line,
         engine=args.engine,
         ray_options=ray_options,
+        trust_remote_code=args.trust_remote_code,
     )
     summary = result.summary()
     for note in result.notes:

@@ -69,13 +69,19 @@ _LONE_SURROGATE = (
 
 
 def _holds_lone_surrogate(value: Any) -> bool:
-    """True when a decoded JSON value has a string that UTF-8 cannot encode (`"\\ud800"`)."""
-    if isinstance(value, str):
-        return _has_surrogates(value)
-    if isinstance(value, dict):
-        return any(_holds_lone_surrogate(k) or _holds_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_lone_surrogate(item) for item in value)
+    """True when a decoded JSON value has a string that UTF-8 cannot encode (`"\\ud800"`).
+    Walks with an explicit stack: values nested as deep as the parser allows are fine."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogates(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

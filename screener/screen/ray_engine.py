@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -92,22 +93,26 @@ def worker_config(
     extra_layers: Iterable[int],
     max_tokens: int | None,
     options: RayOptions,
+    trust_remote_code: bool = False,
 ) -> WorkerConfig:
     """The driver's model, vectors and settings, as the actors will rebuild them."""
     if vectors_path is None:
         raise ConfigError("the ray engine needs the vectors as a file the workers can read")
     dtype = next((name for name, value in DTYPES.items() if value == loaded.dtype), "auto")
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    local = Path(loaded.spec)
     return WorkerConfig(
-        model=loaded.spec,
+        # paths made absolute: workers do not share the driver's working directory
+        model=str(local.resolve()) if local.exists() else loaded.spec,
         dtype=dtype,
         device=device,
         fingerprint=loaded.fingerprint,
-        vectors=vectors_path,
+        vectors=str(Path(vectors_path).resolve()),
         settings=settings,
         extra_layers=tuple(extra_layers),
         max_tokens=max_tokens,
         model_key=store_key(loaded, device),
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -115,7 +120,7 @@ def _to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
 
 
 def _from_ipc(payload: bytes) -> pa.Table:
@@ -210,6 +215,14 @@ def compute_with_ray(
     ray = require_ray()
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    wanted_gpus = options.gpus_per_worker * options.workers
+    available_gpus = float(ray.cluster_resources().get("GPU", 0))
+    if wanted_gpus > available_gpus:  # Ray would wait for them forever
+        raise ConfigError(
+            f"{options.workers} workers x {options.gpus_per_worker} GPUs need {wanted_gpus:g} "
+            f"GPUs, the Ray cluster has {available_gpus:g}: lower --workers or "
+            "--gpus-per-worker"
+        )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     refs = []

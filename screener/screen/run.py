@@ -358,11 +358,13 @@ def screen(
     command: str = "",
     engine: Engine = "local",
     ray_options: RayOptions | None = None,
+    trust_remote_code: bool = False,
 ) -> ScreenResult:
     """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
 
     calibration: `auto` (beside the vectors), a calibration file, or `none`.
     store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
+    trust_remote_code: let the model (and ray workers' copies) run code shipped with it.
     engine: `local` computes in this process; `ray` computes what the store lacks with Ray
         Data first (see screener.screen.ray_engine; `ray_options`: cluster and workers).
     """
@@ -378,7 +380,9 @@ def screen(
     if out is not None:
         prepare_out_dir(out)
     loaded = (
-        model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     )
     vector_file = load_vectors(vectors, model=loaded)
     chosen = choose_traits(vector_file, traits)
@@ -421,6 +425,7 @@ def screen(
                 scorer.layers,
                 renderer.max_tokens,
                 ray_options,
+                trust_remote_code,
             )
             scorer.model_key = config.model_key  # the workers' device decides the key
             pending = _pending_samples(
@@ -747,16 +752,18 @@ def _write_duckdb(
         # Write everything into the file now: a checkpoint that fails at close() is silent and
         # would leave the tables in a write-ahead log that the rename below leaves behind.
         connection.execute("CHECKPOINT")
+        connection.close()
     except duckdb.Error as exc:
         raise StoreError(f"{final}: cannot write: {str(exc).splitlines()[0]}") from exc
     finally:
-        connection.close()
+        connection.close()  # a second close is a no-op
         wal = path.with_name(path.name + ".wal")
-        if wal.exists():
-            wal.unlink()
-            raise StoreError(
-                f"{final}: cannot write: DuckDB could not complete the file (is the disk full?)"
-            )
+        incomplete = wal.exists()
+        wal.unlink(missing_ok=True)
+    if incomplete:
+        raise StoreError(
+            f"{final}: cannot write: DuckDB could not complete the file (is the disk full?)"
+        )
 
 
 def calibrate(
