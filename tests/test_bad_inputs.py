@@ -24,6 +24,7 @@ from screener.cli import main
 from screener.model import load_model
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
+from tests.test_screen import tiny_vectors
 
 CORPUS = Path(__file__).parent / "corpus" / "bad"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "manifest.json").read_text())["cases"]
@@ -38,14 +39,7 @@ def tiny(
     folder = tmp_path_factory.mktemp("tiny")
     model_dir = save_tiny_model(folder / "model", "llama", tiny_tokenizer)
     loaded = load_model(str(model_dir), dtype="fp32", device="cpu")
-    generator = torch.Generator().manual_seed(5)
-    d = loaded.model.config.hidden_size
-    traits = {
-        name: TraitVector(name, torch.randn(4, d, generator=generator), layer, [0.5] * 4)
-        for name, layer in (("evil", 3), ("sycophancy", 2))
-    }
-    vectors = folder / "vectors.safetensors"
-    save_vectors(VectorFile.for_model(loaded, traits), vectors)
+    vectors = tiny_vectors(loaded, folder / "vectors.safetensors")
     return {"model": model_dir, "vectors": vectors, "store": folder / "store.duckdb"}
 
 
@@ -146,10 +140,10 @@ def test_unicode_rows_keep_their_bytes(
     lines = source.read_text(encoding="utf-8").splitlines()
     kept = (out / "filtered.jsonl").read_text(encoding="utf-8").splitlines()
     flagged = read_jsonl(out / "flagged.jsonl")
-    assert len(kept) == 2 and len(flagged) == 1
+    assert len(kept) + len(flagged) == 3 and kept and flagged
     assert set(kept) < set(lines)
-    [flagged_line] = set(lines) - set(kept)
-    assert flagged[0]["conversation"] == json.loads(flagged_line)["messages"]
+    rest = [json.loads(line)["messages"] for line in lines if line not in kept]
+    assert [record["conversation"] for record in flagged] == rest
 
 
 def test_ids_that_look_like_paths_write_nothing_outside_out(

@@ -18,19 +18,11 @@ import torch
 
 from screener.model import LoadedModel
 from screener.screen import FlagRule
+from tests.reference import assert_same_scores
+from tests.test_resume import COMPARED
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl
 
 __all__ = ["loaded"]  # the fixture, imported for the tests below
-
-COMPARED = [
-    "scores.parquet",
-    "summary.json",
-    "reference.json",
-    "filtered.jsonl",
-    "flagged.jsonl",
-    "rejected.jsonl",
-    "report.html",
-]
 
 
 def test_two_runs_from_scratch_write_identical_files(loaded: LoadedModel, tmp_path: Path) -> None:
@@ -62,18 +54,7 @@ def test_fp32_scores_do_not_depend_on_batching(loaded: LoadedModel, tmp_path: Pa
         generation_batch_size=1,
         chunk_size=1,
     ).scores
-    assert single["base_response"].to_list() == batched["base_response"].to_list()
-    assert single["flagged"].to_list() == batched["flagged"].to_list()
-    score_columns = [c for c in batched.columns if c.startswith(("delta_", "proj_", "base_proj_"))]
-    score_columns += [c for c in batched.columns if c.startswith("prompt_last_")] + ["risk"]
-    for column in score_columns:
-        torch.testing.assert_close(
-            torch.tensor(single[column].to_list()),
-            torch.tensor(batched[column].to_list()),
-            rtol=1e-5,
-            atol=1e-5,
-            msg=column,
-        )
+    assert_same_scores(single, batched, 1e-5)
     assert batched.height == len(rows()) and pl.Series(batched["risk"]).n_unique() > 1
 
 

@@ -9,9 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import polars as pl
 import pytest
-import torch
 from transformers import PreTrainedTokenizerFast
 
 from screener.cli import main
@@ -20,11 +18,10 @@ from screener.model import load_model
 from screener.screen import FlagRule, screen
 from screener.screen.ray_engine import RayOptions
 from tests.conftest import save_tiny_model, tiny_model
+from tests.reference import assert_same_scores
 from tests.test_screen import rows, tiny_vectors, write_jsonl
 
 ray = pytest.importorskip("ray")
-
-SCORES = ("delta_", "proj_", "base_proj_", "prompt_last_")
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +29,6 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-def assert_same_scores(ray_scores: pl.DataFrame, local_scores: pl.DataFrame) -> None:
-    assert ray_scores["id"].to_list() == local_scores["id"].to_list()
-    assert ray_scores["base_response"].to_list() == local_scores["base_response"].to_list()
-    assert ray_scores["flagged"].to_list() == local_scores["flagged"].to_list()
-    for column in [c for c in local_scores.columns if c.startswith(SCORES)] + ["risk"]:
-        torch.testing.assert_close(
-            torch.tensor(ray_scores[column].to_list()),
-            torch.tensor(local_scores[column].to_list()),
-            rtol=1e-5,
-            atol=1e-5,
-            msg=column,
-        )
 
 
 def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
@@ -81,7 +64,7 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
     assert distributed.stats["sent_to_ray"] == len(records)
     # everything was computed by the workers: the local pass only read the store
     assert distributed.stats["generated"] == distributed.stats["collected"] == 0
-    assert_same_scores(distributed.scores, local.scores)
+    assert_same_scores(distributed.scores, local.scores, 1e-5)
     for name in ("filtered.jsonl", "rejected.jsonl"):
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
     flagged = [
@@ -115,7 +98,7 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
     assert rerun.stats["sent_to_ray"] == 3
     assert rerun.stats["generated"] == rerun.stats["collected"] == 0
     local_bigger = screen(bigger, model=loaded, store=":memory:", **options)
-    assert_same_scores(rerun.scores, local_bigger.scores)
+    assert_same_scores(rerun.scores, local_bigger.scores, 1e-5)
 
 
 def test_a_worker_with_other_weights_stops_the_run_with_one_message(
@@ -175,7 +158,7 @@ def test_ray_on_the_embedded_model_equals_local(local_ray: None, tmp_path: Path)
         data, model=loaded, engine="ray", ray_options=RayOptions(workers=1), **options
     )
     assert distributed.stats["sent_to_ray"] == 4
-    assert_same_scores(distributed.scores, local.scores)
+    assert_same_scores(distributed.scores, local.scores, 1e-5)
 
 
 def test_without_ray_the_error_gives_the_install_command(
