@@ -19,7 +19,7 @@ from screener.cli.common import (
 )
 from screener.errors import ConfigError
 from screener.reader import FORMATS
-from screener.screen.scoring import DEFAULT_BASE_TOKENS, METHODS
+from screener.screen.scoring import DEFAULT_BASE_TOKENS, ENGINES, METHODS
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -127,7 +127,7 @@ def register(commands: Any) -> None:
     engine.add_argument(
         "--engine",
         default="local",
-        choices=["local", "ray"],
+        choices=ENGINES,
         help="local: compute in this process (default); ray: compute what the run store lacks "
         "with Ray Data on an actor pool (pip install 'screener[ray]')",
     )

@@ -28,7 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -79,6 +79,8 @@ from screener.screen.flags import (
 from screener.screen.ray_engine import RayOptions, compute_with_ray, require_ray, worker_config
 from screener.screen.scoring import (
     DEFAULT_BASE_TOKENS,
+    ENGINES,
+    Engine,
     Method,
     ScoredSample,
     Scorer,
@@ -92,10 +94,6 @@ DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
 # The category probe reads the last prompt token two thirds of the way up the network, where
 # the model has read the request but not yet committed to an answer.
 CATEGORY_LAYER_FRACTION = 2 / 3
-
-
-Engine = Literal["local", "ray"]
-ENGINES: tuple[Engine, ...] = ("local", "ray")
 
 
 def score_kind(method: Method) -> str:

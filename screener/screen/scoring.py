@@ -30,6 +30,8 @@ from screener.vectors.store import VectorFile
 
 Method = Literal["delta", "prompt-last"]
 METHODS: tuple[Method, ...] = ("delta", "prompt-last")
+Engine = Literal["local", "ray"]  # where scores are computed (screener.screen.run.screen)
+ENGINES: tuple[Engine, ...] = ("local", "ray")
 # Base responses: long enough for the opening of a chat answer, where a persona shows; see the
 # README ("Why 128 new tokens") for the measurement behind this default.
 DEFAULT_BASE_TOKENS = 128
