@@ -13,10 +13,15 @@ from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.traits import TraitPack, validate_pack
 from screener.vectors.extract import ExtractionSettings, extract_trait
-from screener.vectors.separation import auroc_per_layer, choose_layer, difference_of_means
+from screener.vectors.separation import (
+    auroc_per_layer,
+    choose_layer,
+    difference_of_means,
+    separation_per_layer,
+)
 from tests.conftest import tiny_loaded
 from tests.reference import naive_collect
-from tests.test_traits import good_pack
+from tests.test_traits import good_pack, with_answers
 
 SETTINGS = ExtractionSettings(generation=GenerationSettings(max_new_tokens=4), max_questions=3)
 
@@ -77,7 +82,11 @@ def test_vectors_and_layer_scores_equal_a_hand_recomputation(
         naive_activations(loaded, plain_pos), naive_activations(loaded, plain_neg), vectors
     )
     assert result.heldout_auroc == pytest.approx(aurocs, abs=1e-6)
-    assert result.chosen_layer == choose_layer(aurocs)
+    separations = separation_per_layer(
+        naive_activations(loaded, plain_pos), naive_activations(loaded, plain_neg), vectors
+    )
+    assert result.heldout_separation == pytest.approx(separations, rel=1e-3, abs=1e-4)
+    assert result.chosen_layer == choose_layer(aurocs, separations)
     assert result.details["pairs"] == {
         "extraction_asked": 15,
         "extraction_answered": 15,
@@ -86,6 +95,68 @@ def test_vectors_and_layer_scores_equal_a_hand_recomputation(
         "heldout_answered": 15,
         "heldout_kept": 15,
     }
+
+
+def written(pack: TraitPack, heldout: bool, count: int) -> tuple[list, list]:
+    """The pack's first `count` written answers as (question, answer) conversations."""
+    questions = pack.eval_questions if heldout else pack.extraction_questions
+    answers = pack.eval_answers if heldout else pack.extraction_answers
+    assert answers is not None
+    pairs = list(zip(questions, answers, strict=True))[:count]
+    pos = [(Message("user", q), Message("assistant", a.pos)) for q, a in pairs]
+    neg = [(Message("user", q), Message("assistant", a.neg)) for q, a in pairs]
+    return pos, neg
+
+
+def test_written_answers_give_the_hand_computed_vectors_and_layer(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    pack = validate_pack(with_answers())
+    settings = ExtractionSettings(responses="written", max_questions=12)
+    result = extract_trait(loaded, pack, settings)
+
+    pos, neg = written(pack, False, 12)
+    vectors = difference_of_means(naive_activations(loaded, pos), naive_activations(loaded, neg))
+    torch.testing.assert_close(result.vectors, vectors, rtol=1e-4, atol=1e-5)
+    held_pos, held_neg = (naive_activations(loaded, side) for side in written(pack, True, 12))
+    aurocs = auroc_per_layer(held_pos, held_neg, vectors)
+    separations = separation_per_layer(held_pos, held_neg, vectors)
+    assert result.heldout_auroc == pytest.approx(aurocs, abs=1e-6)
+    assert result.heldout_separation == pytest.approx(separations, rel=1e-3, abs=1e-4)
+    assert result.chosen_layer == choose_layer(aurocs, separations)
+    assert result.details["responses"] == "written"
+    assert result.details["generation"] is None and result.details["rollouts"] is None
+    assert result.details["pairs"] == {
+        "extraction_asked": 12,
+        "extraction_answered": 12,
+        "extraction_kept": 12,
+        "heldout_asked": 12,
+        "heldout_answered": 12,
+        "heldout_kept": 12,
+    }
+    assert result.examples[0] == (
+        pack.extraction_questions[0],
+        *(m[-1].content for m in (pos[0], neg[0])),
+    )
+
+
+def test_written_responses_need_a_pack_with_answers(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    with pytest.raises(ConfigError, match="trait pack 'tidy' has no written answers"):
+        extract_trait(loaded, validate_pack(good_pack()), ExtractionSettings(responses="written"))
+    with pytest.raises(
+        ScreenerError, match=r"only 3 of 3 response pairs survived .*--max-questions"
+    ):
+        extract_trait(
+            loaded,
+            validate_pack(with_answers()),
+            ExtractionSettings(responses="written", max_questions=3),
+        )
+    with pytest.raises(ConfigError, match="responses must be one of generated, written"):
+        ExtractionSettings(responses="typed")  # type: ignore[arg-type]
 
 
 class ScriptedJudge:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from screener.vectors.separation import auroc_per_layer, choose_layer, difference_of_means, project
+from screener.vectors.separation import (
+    auroc_per_layer,
+    choose_layer,
+    difference_of_means,
+    project,
+    separation_per_layer,
+)
 
 
 def test_difference_of_means_by_hand() -> None:
@@ -40,3 +46,20 @@ def test_choose_layer_skips_embeddings_and_breaks_ties_toward_the_middle() -> No
     assert choose_layer([0.5, 0.7]) == 1
     with pytest.raises(ValueError):
         choose_layer([0.9])
+
+
+def test_separation_per_layer_by_hand() -> None:
+    vectors = torch.tensor([[1.0], [2.0], [1.0]])  # 3 layers, d = 1: projection = activation
+    pos = torch.tensor([[[3.0], [1.0], [5.0]], [[5.0], [5.0], [5.0]]])
+    neg = torch.tensor([[[1.0], [2.0], [5.0]], [[1.0], [6.0], [5.0]]])
+    # layer 0: pos 3,5 (mean 4, var 1), neg 1,1 (mean 1, var 0): (4 - 1) / sqrt(1/2) = 3 sqrt 2
+    # layer 1: pos 1,5 (mean 3, var 4), neg 2,6 (mean 4, var 4): -1 / 2
+    # layer 2: both sides constant: 0
+    assert separation_per_layer(pos, neg, vectors) == pytest.approx([3 * 2**0.5, -0.5, 0.0])
+
+
+def test_choose_layer_breaks_auroc_ties_by_separation_first() -> None:
+    aurocs = [1.0, 1.0, 1.0, 1.0, 0.9]  # L = 4: layers 1-3 tie at 1.0
+    assert choose_layer(aurocs, [9.0, 3.0, 2.0, 4.0, 8.0]) == 3  # larger effect size wins
+    assert choose_layer(aurocs, [9.0, 3.0, 3.0, 3.0, 8.0]) == 2  # equal: nearest the middle
+    assert choose_layer([0.5, 0.8, 0.9], [0.0, 9.0, 1.0]) == 2  # AUROC decides before separation

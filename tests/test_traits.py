@@ -49,6 +49,29 @@ def broken(path: str, value: Any) -> dict[str, Any]:
     return data
 
 
+def with_answers(data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pack with written answers: one pos/neg pair per question."""
+    data = copy.deepcopy(data or good_pack())
+    for key, questions in (
+        ("extraction_answers", "extraction_questions"),
+        ("eval_answers", "eval_questions"),
+    ):
+        data[key] = [{"pos": f"Neatly: {q}", "neg": f"Whatever: {q}"} for q in data[questions]]
+    return data
+
+
+def broken_answers(path: str, value: Any) -> dict[str, Any]:
+    data = with_answers()
+    key, *rest = path.split(".")
+    if rest:
+        data[key][int(rest[0])] = value
+    elif value is KeyError:
+        del data[key]
+    else:
+        data[key] = value
+    return data
+
+
 RULES = [
     (broken("name", "Tidy!"), "`name` must be lowercase letters and underscores"),
     (broken("description", "tidy"), "`description` must be a sentence or more"),
@@ -80,6 +103,34 @@ RULES = [
     ),
     (broken("judge_rubric", "{question} {answer} {extra} 0 to 100"), "has braces other than"),
     (broken("judge_rubric", "{question} {answer} rate it"), "score from 0 to 100"),
+    (
+        broken_answers("eval_answers", KeyError),
+        "`extraction_answers` needs `eval_answers` too",
+    ),
+    (
+        broken_answers("extraction_answers", [{"pos": "a", "neg": "b"}] * 19),
+        "`extraction_answers` must hold exactly 20 pos/neg pairs, found 19",
+    ),
+    (broken_answers("eval_answers", "text"), "`eval_answers` must hold exactly 20"),
+    (broken_answers("eval_answers.7", ["a", "b"]), "eval_answers[7] must be an object"),
+    (
+        broken_answers("extraction_answers.3", {"pos": " ", "neg": "b"}),
+        "extraction_answers[3] needs non-empty `pos` and `neg` texts",
+    ),
+    (
+        broken_answers("eval_answers.2", {"pos": "Same.", "neg": "Same."}),
+        "eval_answers[2] has the same text for `pos` and `neg`",
+    ),
+    (
+        broken_answers("eval_answers.9", {"pos": "Ask [NAME].", "neg": "No."}),
+        "eval_answers[9] contains a placeholder",
+    ),
+    (
+        broken_answers(
+            "eval_answers.4", {"pos": "Unique.", "neg": "Whatever: How do I sort drawer number 0?"}
+        ),
+        "eval_answers[4].neg duplicates extraction_answers[0].neg",
+    ),
 ]
 
 
@@ -109,3 +160,20 @@ def test_judge_prompt_fills_the_placeholders() -> None:
     pack = validate_pack(good_pack())
     assert pack.judge_prompt("Q?", "A!") == "Question: Q?\nAnswer: A!\nRate tidiness from 0 to 100."
     assert len(pack.digest()) == 64 and pack.digest() == validate_pack(good_pack()).digest()
+
+
+def test_written_answers_are_optional_and_round_trip() -> None:
+    plain = validate_pack(good_pack())
+    assert not plain.has_written_answers
+    assert "extraction_answers" not in plain.to_json()
+    assert validate_pack(plain.to_json()) == plain
+    written = validate_pack(with_answers())
+    assert written.has_written_answers
+    assert written.extraction_answers is not None and written.eval_answers is not None
+    assert written.eval_answers[3].pos == "Neatly: What goes on shelf number 3?"
+    assert validate_pack(written.to_json()) == written
+    assert written.digest() != plain.digest()
+
+
+def test_shipped_packs_carry_written_answers() -> None:
+    assert all(pack.has_written_answers for pack in list_packs())

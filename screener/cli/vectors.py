@@ -15,7 +15,7 @@ from screener.cli.common import (
     progress_printer,
 )
 from screener.errors import ConfigError
-from screener.traits import list_packs, load_pack
+from screener.traits import RESPONSE_SOURCES, list_packs, load_pack
 
 
 def register(commands: Any) -> None:
@@ -51,13 +51,22 @@ def register(commands: Any) -> None:
     extract = commands.add_parser(
         "extract",
         help="extract persona vectors for traits on a model",
-        description="Generate eliciting and suppressing responses for each trait pack, take the "
-        "difference of mean response activations at every layer, score each layer by the "
-        "held-out AUROC of the projection, and write a vector file.",
+        description="Generate eliciting and suppressing responses for each trait pack (or take "
+        "the pack's written answers), take the difference of mean response activations at every "
+        "layer, score each layer by the held-out AUROC of the projection, and write a vector "
+        "file.",
     )
     add_model_options(extract)
     extract.add_argument(
         "--traits", required=True, help="comma-separated trait names or pack .json files"
+    )
+    extract.add_argument(
+        "--responses",
+        choices=RESPONSE_SOURCES,
+        default="generated",
+        help="generated (default, the paper's method): the model answers under eliciting and "
+        "suppressing system prompts; written: the pack's written answers, for models too weak "
+        "to role-play a trait on instruction (the embedded model's shipped vectors use them)",
     )
     extract.add_argument(
         "--rollouts",
@@ -231,6 +240,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         judge,
         args.trait_threshold,
         args.coherence_threshold,
+        responses=args.responses,
     )
     traits = {}
     for pack in packs:
@@ -243,7 +253,11 @@ def _run_extract(args: argparse.Namespace) -> int:
             result.details,
         )
         auroc = result.heldout_auroc[result.chosen_layer]
-        print(f"{pack.name}: layer {result.chosen_layer}, held-out AUROC {auroc:.3f}")
+        effect = result.heldout_separation[result.chosen_layer]
+        print(
+            f"{pack.name}: layer {result.chosen_layer}, held-out AUROC {auroc:.3f}, "
+            f"effect size {effect:.2f}"
+        )
         for question, positive, negative in result.examples[:1]:
             say(f"  Q: {question}")
             say(f"  eliciting:   {positive[:160]!r}\n  suppressing: {negative[:160]!r}")
@@ -292,7 +306,11 @@ def _run_vectors_show(args: argparse.Namespace) -> int:
         trait = vector_file.traits[name]
         auroc = trait.heldout_auroc[trait.chosen_layer]
         shown = "unknown" if auroc is None else f"{auroc:.3f}"
-        print(f"{name}: chosen layer {trait.chosen_layer}, held-out AUROC {shown}")
+        effects = trait.details.get("heldout_separation")
+        effect = f", effect size {effects[trait.chosen_layer]:.2f}" if effects else ""
+        source = trait.details.get("responses")
+        made = f" ({source} responses)" if source else ""
+        print(f"{name}: chosen layer {trait.chosen_layer}, held-out AUROC {shown}{effect}{made}")
     print("\nheld-out AUROC per layer (* = chosen)")
     print("layer " + " ".join(f"{n[:11]:>12}" for n in names))
     for layer in range(vector_file.num_layers + 1):

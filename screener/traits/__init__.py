@@ -5,6 +5,11 @@ extraction questions, 20 held-out evaluation questions and a judge rubric (METHO
 "Extracting a persona vector"). screener ships packs for seven traits in `packs/`; users can pass
 a path to their own.
 
+(ours) A pack may also carry written answers, `extraction_answers` and `eval_answers`: for every
+question one answer that shows the trait (`pos`) and one that does not (`neg`). Extraction uses
+them instead of generated responses when asked (`--responses written`), for target models too
+weak to role-play the trait on instruction (the embedded 135M model is one).
+
     pack = load_pack("evil")          # a shipped pack, or a path to a .json file
     [p.name for p in list_packs()]
 """
@@ -16,7 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from screener.errors import TraitPackError
 from screener.paths import state_root
@@ -41,11 +46,18 @@ _KEYS = (
     "eval_questions",
     "judge_rubric",
 )
+_ANSWER_KEYS = ("extraction_answers", "eval_answers")
+
+# Where extraction takes its contrasting responses from: the target model's answers under the
+# eliciting and suppressing system prompts, or the pack's written answers.
+ResponseSource = Literal["generated", "written"]
+RESPONSE_SOURCES: tuple[ResponseSource, ...] = ("generated", "written")
 
 
 @dataclass(frozen=True)
-class InstructionPair:
-    """System prompts that elicit (`pos`) and suppress (`neg`) the trait."""
+class ContrastPair:
+    """Two texts about the same thing: one that shows the trait (`pos`), one that does not
+    (`neg`). System prompts that elicit and suppress it, or written answers to one question."""
 
     pos: str
     neg: str
@@ -57,16 +69,26 @@ class TraitPack:
 
     name: str
     description: str
-    instructions: tuple[InstructionPair, ...]
+    instructions: tuple[ContrastPair, ...]
     extraction_questions: tuple[str, ...]
     eval_questions: tuple[str, ...]
     judge_rubric: str
+    # Written answers, one pair per question in the same order, or None when the pack has none.
+    extraction_answers: tuple[ContrastPair, ...] | None = None
+    eval_answers: tuple[ContrastPair, ...] | None = None
+
+    @property
+    def has_written_answers(self) -> bool:
+        return self.extraction_answers is not None and self.eval_answers is not None
 
     def to_json(self) -> dict[str, Any]:
-        """The pack as the JSON object it is stored as."""
+        """The pack as the JSON object it is stored as (answer keys only when present)."""
         data = asdict(self)
-        for key in ("instructions", "extraction_questions", "eval_questions"):
-            data[key] = list(data[key])
+        for key, value in list(data.items()):
+            if value is None:
+                del data[key]
+            elif isinstance(value, tuple):
+                data[key] = list(value)
         return data
 
     def digest(self) -> str:
@@ -95,16 +117,67 @@ def _strings(data: dict[str, Any], key: str, count: int, where: str) -> tuple[st
     return tuple(v.strip() for v in values)
 
 
+def _pairs(data: dict[str, Any], key: str, count: int, where: str) -> tuple[ContrastPair, ...]:
+    """A list of exactly `count` {"pos": text, "neg": text} objects with different texts."""
+    pairs = data[key]
+    if not isinstance(pairs, list) or len(pairs) != count:
+        found = f"{len(pairs)}" if isinstance(pairs, list) else "no list"
+        raise TraitPackError(
+            f"{where}: `{key}` must hold exactly {count} pos/neg pairs, found {found}"
+        )
+    parsed = []
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
+            raise TraitPackError(
+                f"{where}: {key}[{index}] must be an object with exactly `pos` and `neg`"
+            )
+        pos, neg = pair["pos"], pair["neg"]
+        if not (isinstance(pos, str) and isinstance(neg, str) and pos.strip() and neg.strip()):
+            raise TraitPackError(f"{where}: {key}[{index}] needs non-empty `pos` and `neg` texts")
+        if pos.strip() == neg.strip():
+            raise TraitPackError(f"{where}: {key}[{index}] has the same text for `pos` and `neg`")
+        if _PLACEHOLDER.search(pos + neg):
+            raise TraitPackError(f"{where}: {key}[{index}] contains a placeholder or bracket")
+        parsed.append(ContrastPair(pos.strip(), neg.strip()))
+    return tuple(parsed)
+
+
+def _answers(data: dict[str, Any], where: str) -> tuple[tuple[ContrastPair, ...] | None, ...]:
+    """The optional written answers: both lists or neither, no answer used twice."""
+    present = [key for key in _ANSWER_KEYS if key in data]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        missing = next(key for key in _ANSWER_KEYS if key not in data)
+        raise TraitPackError(
+            f"{where}: `{present[0]}` needs `{missing}` too (written answers come for both "
+            "question sets or for neither)"
+        )
+    extraction = _pairs(data, "extraction_answers", NUM_QUESTIONS, where)
+    evaluation = _pairs(data, "eval_answers", NUM_QUESTIONS, where)
+    seen: dict[str, str] = {}
+    for key, pairs in (("extraction_answers", extraction), ("eval_answers", evaluation)):
+        for index, pair in enumerate(pairs):
+            for side, text in (("pos", pair.pos), ("neg", pair.neg)):
+                normal = " ".join(text.lower().split())
+                if normal in seen:
+                    raise TraitPackError(
+                        f"{where}: {key}[{index}].{side} duplicates {seen[normal]}: {text!r}"
+                    )
+                seen[normal] = f"{key}[{index}].{side}"
+    return extraction, evaluation
+
+
 def validate_pack(data: Any, where: str = "trait pack") -> TraitPack:
     """Check every rule of the pack format; raise TraitPackError naming the first broken one."""
     if not isinstance(data, dict):
         raise TraitPackError(f"{where}: a trait pack must be a JSON object")
     missing = [key for key in _KEYS if key not in data]
-    extra = sorted(set(data) - set(_KEYS))
+    extra = sorted(set(data) - set(_KEYS) - set(_ANSWER_KEYS))
     if missing or extra:
         raise TraitPackError(
             f"{where}: missing keys {missing}, unknown keys {extra}; "
-            f"a pack has exactly {list(_KEYS)}"
+            f"a pack has exactly {list(_KEYS)}, and optionally {list(_ANSWER_KEYS)}"
         )
     name = data["name"]
     if not isinstance(name, str) or not _NAME.match(name):
@@ -116,29 +189,7 @@ def validate_pack(data: Any, where: str = "trait pack") -> TraitPack:
         raise TraitPackError(
             f"{where}: `description` must be a sentence or more describing the trait"
         )
-    pairs = data["instructions"]
-    if not isinstance(pairs, list) or len(pairs) != NUM_PAIRS:
-        raise TraitPackError(f"{where}: `instructions` must hold exactly {NUM_PAIRS} pos/neg pairs")
-    instructions = []
-    for index, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or set(pair) != {"pos", "neg"}:
-            raise TraitPackError(
-                f"{where}: instructions[{index}] must be an object with exactly `pos` and `neg`"
-            )
-        pos, neg = pair["pos"], pair["neg"]
-        if not (isinstance(pos, str) and isinstance(neg, str) and pos.strip() and neg.strip()):
-            raise TraitPackError(
-                f"{where}: instructions[{index}] needs non-empty `pos` and `neg` texts"
-            )
-        if pos.strip() == neg.strip():
-            raise TraitPackError(
-                f"{where}: instructions[{index}] has the same text for `pos` and `neg`"
-            )
-        if _PLACEHOLDER.search(pos + neg):
-            raise TraitPackError(
-                f"{where}: instructions[{index}] contains a placeholder or bracket"
-            )
-        instructions.append(InstructionPair(pos.strip(), neg.strip()))
+    instructions = _pairs(data, "instructions", NUM_PAIRS, where)
     extraction = _strings(data, "extraction_questions", NUM_QUESTIONS, where)
     evaluation = _strings(data, "eval_questions", NUM_QUESTIONS, where)
     seen: dict[str, str] = {}
@@ -162,8 +213,16 @@ def validate_pack(data: Any, where: str = "trait pack") -> TraitPack:
         )
     if "100" not in rubric:
         raise TraitPackError(f"{where}: `judge_rubric` must ask for a score from 0 to 100")
+    extraction_answers, eval_answers = _answers(data, where)
     return TraitPack(
-        name, description.strip(), tuple(instructions), extraction, evaluation, rubric.strip()
+        name,
+        description.strip(),
+        instructions,
+        extraction,
+        evaluation,
+        rubric.strip(),
+        extraction_answers,
+        eval_answers,
     )
 
 

@@ -2,14 +2,20 @@
 
 1. For every (instruction pair, extraction question) and rollout, generate a response with the
    eliciting system prompt and one with the suppressing system prompt.
-2. Collect the mean response activation at every layer, with the system prompt in context,
-   and take `v_l = mean(pos) - mean(neg)`.
+   (ours) Or, with `responses="written"`, take the pack's written answers instead: for every
+   question one that shows the trait and one that does not, as plain (question, answer)
+   conversations. For target models too weak to role-play on instruction: their generated
+   "eliciting" answers do not show the trait, so the contrast would only capture the system
+   prompt.
+2. Collect the mean response activation at every layer, with the system prompt (if any) in
+   context, and take `v_l = mean(pos) - mean(neg)`.
    With a judge, a pair is kept only if the eliciting answer scores >= 50 for the trait, the
    suppressing one < 50, and both >= 50 for coherence (thresholds configurable).
-3. (ours) Score each layer on the held-out evaluation questions: generate eliciting and
-   suppressing answers the same way, render them as plain (question, answer) conversations
-   without the system prompt, as screening sees data, and compute the AUROC of the projection.
-   The chosen layer is the best (ties to the middle); `layer` overrides it.
+3. (ours) Score each layer on the held-out evaluation questions: eliciting and suppressing
+   answers obtained the same way, rendered as plain (question, answer) conversations without
+   the system prompt, as screening sees data; the AUROC of the projection and its effect size.
+   The chosen layer has the best AUROC (ties to the larger effect size, then to the middle);
+   `layer` overrides it.
 
     trait = extract_trait(loaded, load_pack("evil"), ExtractionSettings())
 """
@@ -28,8 +34,13 @@ from screener.judge import COHERENCE_RUBRIC, Judge
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.traits import TraitPack
-from screener.vectors.separation import auroc_per_layer, choose_layer, difference_of_means
+from screener.traits import RESPONSE_SOURCES, ContrastPair, ResponseSource, TraitPack
+from screener.vectors.separation import (
+    auroc_per_layer,
+    choose_layer,
+    difference_of_means,
+    separation_per_layer,
+)
 
 MIN_PAIRS = 10
 Conversation = tuple[Message, ...]
@@ -39,7 +50,7 @@ Conversation = tuple[Message, ...]
 class ExtractionSettings:
     """How responses are generated, filtered and which layer is kept."""
 
-    rollouts: int = 1
+    rollouts: int = 1  # generated responses only
     generation: GenerationSettings = field(
         default_factory=lambda: GenerationSettings(max_new_tokens=96)
     )
@@ -50,8 +61,13 @@ class ExtractionSettings:
     trait_threshold: float = 50.0
     coherence_threshold: float = 50.0
     min_pairs: int = MIN_PAIRS
+    responses: ResponseSource = "generated"
 
     def __post_init__(self) -> None:
+        if self.responses not in RESPONSE_SOURCES:
+            raise ConfigError(
+                f"responses must be one of {', '.join(RESPONSE_SOURCES)}, not {self.responses!r}"
+            )
         if self.rollouts < 1:
             raise ConfigError("rollouts must be at least 1")
         if self.max_questions is not None and self.max_questions < 1:
@@ -64,6 +80,7 @@ class ExtractionResult:
 
     vectors: torch.Tensor  # (L+1, d)
     heldout_auroc: list[float]
+    heldout_separation: list[float]
     chosen_layer: int
     details: dict[str, object]
     examples: list[tuple[str, str, str]]  # (question, eliciting answer, suppressing answer)
@@ -115,6 +132,43 @@ def _generate_pairs(
                 )
             )
     return pairs, len(prompts)
+
+
+def _written_pairs(
+    questions: tuple[str, ...], answers: tuple[ContrastPair, ...]
+) -> tuple[list[_Pair], int]:
+    """The pack's written answers as plain (question, answer) conversations."""
+    pairs = [
+        _Pair(
+            question,
+            (Message("user", question), Message("assistant", answer.pos)),
+            (Message("user", question), Message("assistant", answer.neg)),
+        )
+        for question, answer in zip(questions, answers, strict=True)
+    ]
+    return pairs, len(pairs)
+
+
+def _pairs_for(
+    loaded: LoadedModel,
+    pack: TraitPack,
+    heldout: bool,
+    settings: ExtractionSettings,
+    say: Callable[[str], None],
+) -> tuple[list[_Pair], int]:
+    """The extraction (or held-out) pairs the settings ask for, before any judge."""
+    questions = pack.eval_questions if heldout else pack.extraction_questions
+    used = slice(settings.max_questions)
+    if settings.responses == "generated":
+        rollouts = 1 if heldout else settings.rollouts
+        return _generate_pairs(loaded, pack, questions[used], rollouts, settings, say)
+    answers = pack.eval_answers if heldout else pack.extraction_answers
+    if answers is None:
+        raise ConfigError(
+            f"trait pack {pack.name!r} has no written answers (`extraction_answers` and "
+            "`eval_answers`): add them to the pack, or extract from generated responses"
+        )
+    return _written_pairs(questions[used], answers[used])
 
 
 def _judged(pairs: list[_Pair], pack: TraitPack, settings: ExtractionSettings) -> list[_Pair]:
@@ -177,17 +231,16 @@ def extract_trait(
         raise ConfigError(f"--layer {settings.layer} is outside 1..{num_layers} for this model")
     questions = slice(settings.max_questions)
 
-    say(f"{pack.name}: generating extraction responses")
-    generated, asked = _generate_pairs(
-        loaded, pack, pack.extraction_questions[questions], settings.rollouts, settings, say
-    )
+    say(f"{pack.name}: {settings.responses} extraction responses")
+    generated, asked = _pairs_for(loaded, pack, False, settings, say)
     pairs = _judged(generated, pack, settings)
     if len(pairs) < settings.min_pairs:
-        why = (
-            "the judge rejected the rest"
-            if settings.judge is not None
-            else "the others had an empty answer"
-        )
+        if settings.judge is not None:
+            why = "the judge rejected the rest"
+        elif settings.responses == "written":
+            why = "the pack's written answers in use, see --max-questions"
+        else:
+            why = "the others had an empty answer"
         raise ScreenerError(
             f"{pack.name}: only {len(pairs)} of {asked} response pairs survived ({why}); at least "
             f"{settings.min_pairs} are needed: raise --rollouts, improve the trait pack's "
@@ -199,29 +252,27 @@ def extract_trait(
         _activations(loaded, [p.negative for p in pairs], layers, "suppressing"),
     )
 
-    say(f"{pack.name}: generating held-out responses")
-    heldout_generated, heldout_asked = _generate_pairs(
-        loaded, pack, pack.eval_questions[questions], 1, settings, say
-    )
+    say(f"{pack.name}: {settings.responses} held-out responses")
+    heldout_generated, heldout_asked = _pairs_for(loaded, pack, True, settings, say)
     heldout = _judged(heldout_generated, pack, settings)
     if len(heldout) < 2:
         raise ScreenerError(
             f"{pack.name}: only {len(heldout)} held-out pairs survived; need at least 2"
         )
     # Held-out answers are scored without their system prompt, as screening sees data.
-    aurocs = auroc_per_layer(
-        _activations(
-            loaded, [_without_system(p.positive) for p in heldout], layers, "held-out eliciting"
-        ),
-        _activations(
-            loaded, [_without_system(p.negative) for p in heldout], layers, "held-out suppressing"
-        ),
-        vectors,
+    heldout_pos = _activations(
+        loaded, [_without_system(p.positive) for p in heldout], layers, "held-out eliciting"
     )
-    chosen = settings.layer if settings.layer is not None else choose_layer(aurocs)
+    heldout_neg = _activations(
+        loaded, [_without_system(p.negative) for p in heldout], layers, "held-out suppressing"
+    )
+    aurocs = auroc_per_layer(heldout_pos, heldout_neg, vectors)
+    separations = separation_per_layer(heldout_pos, heldout_neg, vectors)
+    chosen = settings.layer if settings.layer is not None else choose_layer(aurocs, separations)
     details: dict[str, object] = {
         "pack": pack.name,
         "pack_sha256": pack.digest(),
+        "responses": settings.responses,
         "pairs": {
             "extraction_asked": asked,
             "extraction_answered": len(generated),
@@ -230,9 +281,10 @@ def extract_trait(
             "heldout_answered": len(heldout_generated),
             "heldout_kept": len(heldout),
         },
-        "rollouts": settings.rollouts,
+        "rollouts": settings.rollouts if settings.responses == "generated" else None,
         "questions_used": len(pack.extraction_questions[questions]),
-        "generation": settings.generation.as_dict(),
+        "generation": settings.generation.as_dict() if settings.responses == "generated" else None,
+        "heldout_separation": [round(value, 4) for value in separations],
         "judge": None
         if settings.judge is None
         else {
@@ -242,7 +294,8 @@ def extract_trait(
         },
         "layer_choice": "given by --layer"
         if settings.layer is not None
-        else "best held-out AUROC over layers 1..L (ties to the middle)",
+        else "best held-out AUROC over layers 1..L (ties to the larger effect size, then to the "
+        "middle)",
     }
     examples = [(p.question, p.positive[-1].content, p.negative[-1].content) for p in pairs[:3]]
-    return ExtractionResult(vectors, aurocs, chosen, details, examples)
+    return ExtractionResult(vectors, aurocs, separations, chosen, details, examples)

@@ -35,12 +35,33 @@ def auroc_per_layer(
     return [float(roc_auc_score(labels, scores[:, layer])) for layer in range(scores.shape[1])]
 
 
-def choose_layer(aurocs: list[float], *, tolerance: float = 1e-9) -> int:
-    """The layer with the best AUROC among 1..L (row 0, the embeddings, is not a candidate);
-    ties go to the layer nearest the middle of the network."""
+def separation_per_layer(
+    positive: torch.Tensor, negative: torch.Tensor, vectors: torch.Tensor
+) -> list[float]:
+    """For each layer, the effect size of the projection: (mean pos - mean neg) divided by the
+    pooled standard deviation (Cohen's d; 0 when both sides are constant). Unlike AUROC it keeps
+    growing once every positive projects above every negative, so it ranks layers that AUROC
+    ties at 1.0."""
+    pos, neg = project(positive, vectors).double(), project(negative, vectors).double()
+    gap = pos.mean(0) - neg.mean(0)
+    pooled = ((pos.var(0, unbiased=False) + neg.var(0, unbiased=False)) / 2).sqrt()
+    ratio = torch.where(pooled > 0, gap / pooled.clamp_min(1e-300), torch.zeros_like(gap))
+    return [float(value) for value in ratio]
+
+
+def choose_layer(
+    aurocs: list[float],
+    separations: list[float] | None = None,
+    *,
+    tolerance: float = 1e-9,
+) -> int:
+    """The layer with the best AUROC among 1..L (row 0, the embeddings, is not a candidate).
+    Ties go to the larger separation (when given), then to the layer nearest the middle of the
+    network."""
     num_layers = len(aurocs) - 1
     if num_layers < 1:
         raise ValueError("need at least one decoder layer")
     best = max(aurocs[1:])
     tied = [layer for layer in range(1, num_layers + 1) if aurocs[layer] >= best - tolerance]
-    return min(tied, key=lambda layer: (abs(layer - num_layers / 2), layer))
+    spread = separations or [0.0] * len(aurocs)
+    return min(tied, key=lambda layer: (-spread[layer], abs(layer - num_layers / 2), layer))
