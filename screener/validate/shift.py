@@ -1,0 +1,78 @@
+"""Trait expression of a model, measured the way METHOD.md measures data: the model answers a
+trait pack's held-out questions greedily, and each (question, answer) is projected onto the
+trait's unit vector at its layer. The trait shift of a finetuned model is the mean projection of
+its answers minus that of the untouched model's answers.
+
+    before = answer_projections(base, pack.eval_questions, vector, layer, settings)
+    after = answer_projections(trained, pack.eval_questions, vector, layer, settings)
+    trait_shift(before, after)      # > 0: training moved the model toward the trait
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from screener.activations import ActivationCollector, TokenizedInput
+from screener.errors import ScreenerError
+from screener.generate import GenerationSettings, generate_responses
+from screener.model import LoadedModel
+from screener.records import Message, Sample
+from screener.render import RenderedSample, Renderer
+from screener.vectors.separation import project
+
+
+@dataclass(frozen=True)
+class AnswerProjections:
+    """A model's greedy answers to some questions and their projections (empty answers have
+    none: they have no response token to average)."""
+
+    answers: list[str]
+    projections: torch.Tensor  # (answered,) float32
+
+    @property
+    def mean(self) -> float:
+        return float(self.projections.mean())
+
+
+def answer_projections(
+    loaded: LoadedModel,
+    questions: Sequence[str],
+    vector: torch.Tensor,
+    layer: int,
+    generation: GenerationSettings,
+    *,
+    batch_size: int = 32,
+) -> AnswerProjections:
+    """Answer every question greedily, then project each answer's mean response activation at
+    `layer` onto `vector` (normalised here)."""
+    prompts = [(Message("user", question),) for question in questions]
+    answers = generate_responses(loaded, prompts, generation, batch_size=batch_size)
+    renderer = Renderer(loaded.tokenizer)
+    inputs = []
+    for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        if not answer:
+            continue
+        rendered = renderer.render(
+            Sample(
+                f"q{index}",
+                "questions",
+                index + 1,
+                (*prompt, Message("assistant", answer)),
+                {},
+                "messages",
+            )
+        )
+        if isinstance(rendered, RenderedSample):
+            inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
+    if not inputs:
+        raise ScreenerError("the model gave no usable answer to any question: cannot measure it")
+    activations = ActivationCollector(loaded.model, [layer]).collect(inputs).response_mean
+    return AnswerProjections(answers, project(activations, vector[None, :])[:, 0])
+
+
+def trait_shift(before: AnswerProjections, after: AnswerProjections) -> float:
+    """Mean projection after training minus before: how far the model moved toward the trait."""
+    return after.mean - before.mean
