@@ -11,7 +11,10 @@ from all other rows, and from the `normal` rows only:
 - ΔP (`delta_<trait>`): projection of the training response minus that of the model's own
   greedy response (the method's score);
 - the raw projection of the training response (`proj_<trait>`);
-- the last prompt token's projection (`prompt_last_<trait>`, the no-generation approximation).
+- the last prompt token's projection (`prompt_last_<trait>`, the no-generation approximation);
+- the projection of the model's own greedy answer (`base_proj_<trait>`): not a screening score
+  but a diagnostic. When it separates the labelled rows too, the model already answers those
+  prompts with the trait, so training on the rows would move it little and ΔP stays small.
 
 Precision at the default cut (the calibration's 95th percentile of ΔP on the reference set):
 of the rows flagged for a trait, the share labelled with that trait, and the share labelled
@@ -38,7 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 TARGET_AUROC = 0.90
-SCORES = {"delta": "ΔP", "proj": "raw projection", "prompt_last": "prompt-last"}
+SCORES = {
+    "delta": "ΔP",
+    "proj": "raw projection",
+    "prompt_last": "prompt-last",
+    "base_proj": "own answer",
+}
 
 
 def labels() -> dict[str, str]:
