@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,17 @@ def _strings(data: dict[str, Any], key: str, count: int, where: str) -> tuple[st
     return tuple(v.strip() for v in values)
 
 
+def _refuse_duplicates(where: str, entries: Iterable[tuple[str, str]]) -> None:
+    """Raise on the first text that repeats an earlier one, ignoring case and spacing; entries
+    are (label for the message, text)."""
+    seen: dict[str, str] = {}
+    for label, text in entries:
+        normal = " ".join(text.lower().split())
+        if normal in seen:
+            raise TraitPackError(f"{where}: {label} duplicates {seen[normal]}: {text!r}")
+        seen[normal] = label
+
+
 def _pairs(data: dict[str, Any], key: str, count: int, where: str) -> tuple[ContrastPair, ...]:
     """A list of exactly `count` {"pos": text, "neg": text} objects with different texts."""
     pairs = data[key]
@@ -155,16 +167,15 @@ def _answers(data: dict[str, Any], where: str) -> tuple[tuple[ContrastPair, ...]
         )
     extraction = _pairs(data, "extraction_answers", NUM_QUESTIONS, where)
     evaluation = _pairs(data, "eval_answers", NUM_QUESTIONS, where)
-    seen: dict[str, str] = {}
-    for key, pairs in (("extraction_answers", extraction), ("eval_answers", evaluation)):
-        for index, pair in enumerate(pairs):
-            for side, text in (("pos", pair.pos), ("neg", pair.neg)):
-                normal = " ".join(text.lower().split())
-                if normal in seen:
-                    raise TraitPackError(
-                        f"{where}: {key}[{index}].{side} duplicates {seen[normal]}: {text!r}"
-                    )
-                seen[normal] = f"{key}[{index}].{side}"
+    _refuse_duplicates(
+        where,
+        (
+            (f"{key}[{index}].{side}", text)
+            for key, pairs in (("extraction_answers", extraction), ("eval_answers", evaluation))
+            for index, pair in enumerate(pairs)
+            for side, text in (("pos", pair.pos), ("neg", pair.neg))
+        ),
+    )
     return extraction, evaluation
 
 
@@ -192,15 +203,17 @@ def validate_pack(data: Any, where: str = "trait pack") -> TraitPack:
     instructions = _pairs(data, "instructions", NUM_PAIRS, where)
     extraction = _strings(data, "extraction_questions", NUM_QUESTIONS, where)
     evaluation = _strings(data, "eval_questions", NUM_QUESTIONS, where)
-    seen: dict[str, str] = {}
-    for key, questions in (("extraction_questions", extraction), ("eval_questions", evaluation)):
-        for index, question in enumerate(questions):
-            normal = " ".join(question.lower().split())
-            if normal in seen:
-                raise TraitPackError(
-                    f"{where}: {key}[{index}] duplicates {seen[normal]}: {question!r}"
-                )
-            seen[normal] = f"{key}[{index}]"
+    _refuse_duplicates(
+        where,
+        (
+            (f"{key}[{index}]", question)
+            for key, questions in (
+                ("extraction_questions", extraction),
+                ("eval_questions", evaluation),
+            )
+            for index, question in enumerate(questions)
+        ),
+    )
     rubric = data["judge_rubric"]
     if not isinstance(rubric, str):
         raise TraitPackError(f"{where}: `judge_rubric` must be a string")
