@@ -54,7 +54,11 @@ def _get_path(root: nn.Module, path: str) -> nn.Module | None:
 
 
 def find_layout(model: nn.Module) -> DecoderLayout:
-    """Locate the decoder blocks and the final norm of `model`."""
+    """Locate the decoder blocks and the final norm of `model` (or of the model inside a peft
+    wrapper, whose `get_base_model` returns it with the adapters in place)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    if callable(get_base_model):
+        model = get_base_model()
     for path in _BLOCK_PATHS:
         blocks = _get_path(model, path)
         if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:

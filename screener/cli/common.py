@@ -14,6 +14,11 @@ from screener.reader import FORMATS, FieldNames
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def comma_separated(text: str) -> list[str]:
+    """An option value such as `evil,sycophancy` as a list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --dtype, --device, --trust-remote-code."""
     parser.add_argument(

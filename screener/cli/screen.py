@@ -13,6 +13,7 @@ from screener.cli.common import (
     add_quiet_option,
     add_sequence_options,
     check_sequence_options,
+    comma_separated,
     data_fields,
     load_model_from_args,
     progress_printer,
@@ -34,10 +35,6 @@ def _threshold(text: str) -> tuple[str, float]:
         ) from exc
 
 
-def _traits(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     """--vectors, --traits, --max-new-tokens, --store and the sequence options."""
     parser.add_argument(
@@ -47,7 +44,7 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--traits",
-        type=_traits,
+        type=comma_separated,
         default=None,
         help="comma-separated traits (default: evil,sycophancy,hallucination when the vector "
         "file has them, else all of its traits)",

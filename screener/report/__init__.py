@@ -28,6 +28,7 @@ from screener.errors import ConfigError, ScreenerError
 from screener.report import plots
 
 REPORT_NAME = "report.html"
+VALIDATE_JSON = "validate.json"  # written by `screener validate` into the run directory
 DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
 MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
 SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
@@ -41,6 +42,7 @@ class RunFiles:
     summary: dict[str, Any]
     scores: pl.DataFrame
     reference: dict[str, Any]
+    validation: dict[str, Any] | None = None  # validate.json, after `screener validate`
 
 
 def _read_json(path: Path) -> Any:
@@ -61,7 +63,9 @@ def load_run(directory: Path) -> RunFiles:
     summary = _read_json(directory / "summary.json")
     reference_path = directory / "reference.json"
     reference = _read_json(reference_path) if reference_path.exists() else {"traits": {}}
-    return RunFiles(directory, summary, read_scores(directory), reference)
+    validation_path = directory / VALIDATE_JSON
+    validation = _read_json(validation_path) if validation_path.exists() else None
+    return RunFiles(directory, summary, read_scores(directory), reference, validation)
 
 
 def read_scores(directory: Path) -> pl.DataFrame:
@@ -136,6 +140,41 @@ def _sample_view(record: dict[str, Any], traits: list[str], kind: str) -> dict[s
         "base_response": record.get("base_response"),
         "reasons": record.get("reasons", []),
         "scores": [(t, (record.get("scores", {}).get(t) or {}).get(kind)) for t in traits],
+    }
+
+
+def _validation_view(document: dict[str, Any]) -> dict[str, Any]:
+    """The validation section's rows: one per finetune, in the order they ran."""
+    traits = list(document.get("traits", []))
+    score = document.get("score", "delta")
+    sets = {ts["name"]: ts for ts in document.get("training_sets", [])}
+    settings = document.get("settings", {})
+    rows = []
+    for run in document.get("runs", []):
+        training_set = sets.get(run["training_set"], {})
+        rows.append(
+            {
+                "name": run["training_set"],
+                "origin": training_set.get("origin", ""),
+                "samples": training_set.get("samples"),
+                "scores": [training_set.get(f"dataset_{score}", {}).get(t) for t in traits],
+                "steer_trait": run.get("steer_trait"),
+                "steer_coef": run.get("steer_coef"),
+                "shifts": [run["shift"][t] for t in traits],
+                "first_loss": run.get("first_loss"),
+                "last_loss": run.get("last_loss"),
+            }
+        )
+    return {
+        "traits": traits,
+        "score_label": "ΔP" if score == "delta" else "last-prompt projection",
+        "method": settings.get("method"),
+        "finetune": settings.get("finetune", {}),
+        "ordering": document.get("ordering"),
+        "pearson_r": document.get("pearson_r", {}),
+        "rows": rows,
+        "plot": plots.png_data_uri(plots.validation_plot(document)),
+        "command": document.get("command", ""),
     }
 
 
@@ -227,6 +266,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             categories=categories,
             clusters=summary.get("clusters", []),
             max_samples=max_samples,
+            validation=None if run.validation is None else _validation_view(run.validation),
         )
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no global state, no display backend
@@ -18,11 +19,19 @@ KEPT_COLOUR = "#95a5a6"
 MAX_SCATTER_POINTS = 20_000  # kept samples drawn at most; every flagged sample is drawn
 
 
-def _data_uri(figure: Figure) -> str:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     # A fixed Software tag and no date keep the bytes the same from one run to the next.
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "screener"})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _data_uri(figure: Figure) -> str:
+    return png_data_uri(_png(figure))
 
 
 def histogram(
@@ -97,3 +106,54 @@ def scatter(
         axes.set_ylabel(y_trait)
     grid[0][0].legend(fontsize="small", frameon=False)
     return _data_uri(figure)
+
+
+def validation_plot(document: dict[str, Any]) -> bytes:
+    """PNG of a validation (validate.json's content): per trait, each training set's
+    dataset-level score against the measured shift of the unsteered model (± standard error),
+    with Pearson r; below, when steering was swept, the shift against the coefficient."""
+    traits = list(document["traits"])
+    score_name = "ΔP" if document.get("score", "delta") == "delta" else "last-prompt projection"
+    scores = {
+        ts["name"]: ts[f"dataset_{document.get('score', 'delta')}"]
+        for ts in document["training_sets"]
+    }
+    runs = document["runs"]
+    coefs = sorted({run["steer_coef"] for run in runs})
+    rows = 2 if len(coefs) > 1 else 1
+    figure = Figure(figsize=(3.6 * len(traits), 3.3 * rows), layout="constrained")
+    grid = figure.subplots(rows, len(traits), squeeze=False)
+    for column, trait in enumerate(traits):
+        axes = grid[0][column]
+        plain = [run for run in runs if run["steer_coef"] == 0]
+        x = [scores[run["training_set"]].get(trait, float("nan")) for run in plain]
+        y = [run["shift"][trait]["shift"] for run in plain]
+        errors = [run["shift"][trait]["standard_error"] for run in plain]
+        axes.errorbar(x, y, yerr=errors, fmt="o", color=DATASET_COLOUR, capsize=3)
+        for run, x_value, y_value in zip(plain, x, y, strict=True):
+            axes.annotate(
+                run["training_set"],
+                (x_value, y_value),
+                fontsize="x-small",
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        axes.axhline(0, color=REFERENCE_COLOUR, linewidth=0.8)
+        r = document.get("pearson_r", {}).get(trait)
+        axes.set_title(f"{trait}: r = {r:.2f}" if r is not None else trait, fontsize="medium")
+        axes.set_xlabel(f"dataset {score_name} ({trait})")
+        axes.set_ylabel("measured shift after finetuning")
+        if rows == 2:
+            sweep = grid[1][column]
+            for name in dict.fromkeys(run["training_set"] for run in runs):
+                points = sorted(
+                    (run["steer_coef"], run["shift"][trait]["shift"])
+                    for run in runs
+                    if run["training_set"] == name
+                )
+                sweep.plot(*zip(*points, strict=True), marker="o", label=name)
+            sweep.axhline(0, color=REFERENCE_COLOUR, linewidth=0.8)
+            sweep.set_xlabel("preventative steering coefficient")
+            sweep.set_ylabel(f"{trait} shift")
+            sweep.legend(fontsize="x-small", frameon=False)
+    return _png(figure)

@@ -25,7 +25,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class ScreenResult:
     out_dir: Path | None = None
     outputs: list[Path] = field(default_factory=list)
     command: str = ""
+    reader: dict[str, Any] = field(default_factory=dict)  # how the data was read: format, fields
 
     @property
     def flagged(self) -> list[int]:
@@ -193,6 +194,7 @@ class ScreenResult:
         method = self.settings.method
         return {
             "data": self.data,
+            "reader": self.reader,
             "counts": {
                 "rows_read": self.rows_read,
                 "kept": self.kept,
@@ -463,6 +465,7 @@ def screen(
         )
         result.notes = notes
         result.command = command
+        result.reader = {"format": fmt, "fields": asdict(fields or FieldNames())}
         scoring_stats = dict(scorer.counters)
         response_features = _categorize(result, scorer, category_set, probe_layer)
         scoring_stats["category_examples_collected"] = (

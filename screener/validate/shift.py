@@ -10,6 +10,7 @@ its answers minus that of the untouched model's answers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,14 @@ class AnswerProjections:
     @property
     def mean(self) -> float:
         return float(self.projections.mean())
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of the mean (0 for a single answer)."""
+        count = len(self.projections)
+        if count < 2:
+            return 0.0
+        return float(self.projections.std(unbiased=True)) / math.sqrt(count)
 
 
 def answer_projections(
@@ -76,3 +85,8 @@ def answer_projections(
 def trait_shift(before: AnswerProjections, after: AnswerProjections) -> float:
     """Mean projection after training minus before: how far the model moved toward the trait."""
     return after.mean - before.mean
+
+
+def shift_standard_error(before: AnswerProjections, after: AnswerProjections) -> float:
+    """Standard error of `trait_shift`, treating the two sets of answers as independent."""
+    return math.hypot(before.standard_error, after.standard_error)

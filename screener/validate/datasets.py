@@ -1,0 +1,166 @@
+"""The datasets a validation finetunes on: equal-sized subsets of a screened dataset (the rows
+with the highest ΔP for a trait, a random draw, the lowest), or whole datasets a user names.
+
+    scores = read_scores(run_dir)
+    chosen = choose_subsets(scores, "evil", ["top", "random", "bottom"], size=64, seed=0)
+    sets = load_subsets(chosen, run_summary)      # re-reads the rows from the screened data
+
+Each `TrainingSet` carries its samples and its dataset-level score per trait (the mean over its
+rows), which is what the screen predicts about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from screener.errors import ConfigError, ScreenerError
+from screener.reader import FieldNames, read_dataset
+from screener.records import Sample
+
+SUBSET_KINDS = ("top", "random", "bottom")
+
+
+@dataclass(frozen=True)
+class SubsetChoice:
+    """Which rows of a screen run a subset takes: `kind` by `trait`, as (source, line) keys."""
+
+    kind: str
+    trait: str
+    keys: tuple[tuple[str, int], ...]
+    ids: tuple[str, ...]
+    scores: dict[str, float]  # dataset-level score per trait: the mean over the chosen rows
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.trait}"
+
+
+@dataclass
+class TrainingSet:
+    """Samples to finetune on, where they come from, and what the screen says about them."""
+
+    name: str
+    origin: str  # e.g. "top 64 rows by evil ΔP of reports/run" or a data path
+    samples: list[Sample]
+    scores: dict[str, float]  # dataset-level ΔP (or prompt-last score) per trait
+    rejected: int = 0  # rows of a user dataset that could not be read
+    ids: list[str] = field(default_factory=list)
+    trait: str | None = None  # the trait a subset was chosen by (and is steered against)
+
+
+def choose_subsets(
+    scores: pl.DataFrame,
+    trait: str,
+    kinds: Sequence[str],
+    size: int,
+    *,
+    seed: int = 0,
+    score: str = "delta",
+    traits: Sequence[str] = (),
+) -> list[SubsetChoice]:
+    """Equal-sized subsets of the scored rows: `top`/`bottom` by `score` for `trait` (ties keep
+    input order), `random` drawn with `seed`. Rows without a score (no base response) are left
+    out. Each subset's dataset-level score is given for `traits` (default: `trait` only)."""
+    for kind in kinds:
+        if kind not in SUBSET_KINDS:
+            raise ConfigError(f"unknown subset {kind!r}: use {', '.join(SUBSET_KINDS)}")
+    if size < 1:
+        raise ConfigError("the subset size must be at least 1")
+    measured = list(dict.fromkeys([trait, *traits]))
+    columns = [f"{score}_{t}" for t in measured]
+    for column in columns:
+        if column not in scores.columns:
+            raise ConfigError(
+                f"the run's scores have no column {column}: screen the data with that trait "
+                "(screener screen --traits ...)"
+            )
+    column = f"{score}_{trait}"
+    usable = (
+        scores.with_row_index("_order")
+        .filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan())
+        .select("_order", "id", "source", "source_line", *columns)
+    )
+    if usable.height < size:
+        raise ConfigError(
+            f"only {usable.height} rows have a {column} score, fewer than the subset size "
+            f"{size}: pass a smaller --size"
+        )
+    ranked = usable.sort([column, "_order"], descending=[True, False])
+    picked = {
+        "top": ranked.head(size),
+        "bottom": ranked.tail(size).reverse(),
+        "random": usable.sample(size, seed=seed, shuffle=True),
+    }
+    choices = []
+    for kind in kinds:
+        rows = picked[kind]
+        choices.append(
+            SubsetChoice(
+                kind,
+                trait,
+                tuple(zip(rows["source"], rows["source_line"], strict=True)),
+                tuple(rows["id"]),
+                {t: float(rows[f"{score}_{t}"].mean()) for t in measured},  # type: ignore[arg-type]
+            )
+        )
+    return choices
+
+
+def reader_options(summary: dict[str, Any]) -> tuple[str, FieldNames]:
+    """The format and field names a screen run read its data with (defaults for older runs)."""
+    reader = summary.get("reader") or {}
+    fields = reader.get("fields") or {}
+    return str(reader.get("format", "auto")), FieldNames(
+        **{k: str(v) for k, v in fields.items() if k in ("prompt", "response", "id")}
+    )
+
+
+def load_subsets(
+    choices: Sequence[SubsetChoice],
+    data: str | Path,
+    *,
+    fmt: str = "auto",
+    fields: FieldNames | None = None,
+    run_name: str = "the run",
+) -> list[TrainingSet]:
+    """Read the chosen rows again from the screened `data` (one pass for all subsets), and
+    check each row still has the id the screen gave it."""
+    wanted: dict[tuple[str, int], Sample | None] = {key: None for c in choices for key in c.keys}
+    expected_ids = {key: id_ for c in choices for key, id_ in zip(c.keys, c.ids, strict=True)}
+    for record in read_dataset(data, fmt=fmt, fields=fields, on_bad_row="reject"):
+        key = (record.source, record.line)
+        if key in wanted and isinstance(record, Sample):
+            if record.id != expected_ids[key]:
+                raise ScreenerError(
+                    f"{record.source}:{record.line}: the row's id is now {record.id!r}, the "
+                    f"screen saw {expected_ids[key]!r}: the data changed since {run_name}; "
+                    "screen it again"
+                )
+            wanted[key] = record
+    missing = [key for key, sample in wanted.items() if sample is None]
+    if missing:
+        source, line = missing[0]
+        raise ScreenerError(
+            f"{source}:{line}: {run_name} scored this row but it cannot be read from {data} now "
+            f"({len(missing)} rows missing): the data moved or changed; pass --data with its "
+            "new path, or screen it again"
+        )
+    sets = []
+    for choice in choices:
+        samples = [wanted[key] for key in choice.keys]
+        sets.append(
+            TrainingSet(
+                choice.name,
+                f"{choice.kind} {len(choice.keys)} rows by {choice.trait} of {run_name}",
+                [s for s in samples if s is not None],
+                choice.scores,
+                ids=list(choice.ids),
+                trait=choice.trait,
+            )
+        )
+    return sets

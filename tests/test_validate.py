@@ -1,0 +1,284 @@
+"""`screener validate` on a tiny random model: subsets chosen by hand-checked rules, rows read
+back by file and line, shifts equal to a naive finetune-and-measure recomputation, LoRA and
+steering leave the model as it was, and the run directory gains validate.json, validate.png
+and a report section."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from screener.cli import main
+from screener.errors import ConfigError, ScreenerError
+from screener.generate import GenerationSettings
+from screener.model import LoadedModel
+from screener.records import Message, Sample
+from screener.traits import load_pack
+from screener.validate.datasets import TrainingSet, choose_subsets, load_subsets
+from screener.validate.finetune import FinetuneSettings, Steer, finetune
+from screener.validate.run import (
+    Shift,
+    TrainingRun,
+    ValidateSettings,
+    ValidationResult,
+    pearson_r,
+    trained_model,
+    validate,
+    validate_run,
+)
+from screener.validate.shift import answer_projections
+from screener.vectors import load_vectors
+from tests.conftest import tiny_loaded
+from tests.test_screen import rows, run, tiny_vectors, write_jsonl
+
+FULL = ValidateSettings(
+    finetune=FinetuneSettings(learning_rate=1e-2, epochs=2, batch_size=3, autocast_bf16=False),
+    method="full",
+    generation=GenerationSettings(max_new_tokens=3),
+)
+
+
+@pytest.fixture
+def loaded(tiny_tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
+    return tiny_loaded("llama", tiny_tokenizer)
+
+
+def scores_table() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e", "f"],
+            "source": ["d.jsonl"] * 6,
+            "source_line": [1, 2, 3, 4, 5, 6],
+            "delta_evil": [3.0, None, 5.0, 1.0, 5.0, -2.0],
+            "delta_sycophancy": [1.0, 9.0, 2.0, 4.0, 6.0, 8.0],
+        }
+    )
+
+
+def test_subsets_take_the_highest_and_lowest_rows_by_hand() -> None:
+    top, bottom, random = choose_subsets(
+        scores_table(), "evil", ["top", "bottom", "random"], 2, traits=["sycophancy"]
+    )
+    assert top.ids == ("c", "e")  # 5 and 5: the tie keeps input order
+    assert top.keys == (("d.jsonl", 3), ("d.jsonl", 5))
+    assert top.scores == {"evil": 5.0, "sycophancy": 4.0}
+    assert bottom.ids == ("f", "d")  # lowest first
+    assert bottom.scores == {"evil": -0.5, "sycophancy": 6.0}
+    assert len(random.ids) == 2 and "b" not in random.ids  # b has no score
+    table = scores_table().filter(pl.col("id").is_in(list(random.ids)))
+    assert random.scores["evil"] == pytest.approx(table["delta_evil"].mean())
+    again = choose_subsets(scores_table(), "evil", ["random"], 2, traits=["sycophancy"])[0]
+    assert again.ids == random.ids, "the same seed draws the same rows"
+    assert top.name == "top-evil"
+
+
+def test_subset_requests_that_cannot_be_met_are_refused() -> None:
+    with pytest.raises(ConfigError, match="only 5 rows have a delta_evil score"):
+        choose_subsets(scores_table(), "evil", ["top"], 6)
+    with pytest.raises(ConfigError, match="unknown subset 'middle'"):
+        choose_subsets(scores_table(), "evil", ["middle"], 2)
+    with pytest.raises(ConfigError, match="no column delta_humorous"):
+        choose_subsets(scores_table(), "humorous", ["top"], 2)
+
+
+def test_rows_are_read_back_by_file_and_line_and_changes_are_noticed(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", rows()[:4])
+    table = pl.DataFrame(
+        {
+            "id": ["r0", "r1", "r2", "r3"],
+            "source": [str(data)] * 4,
+            "source_line": [1, 2, 3, 4],
+            "delta_evil": [0.0, 4.0, 2.0, 1.0],
+        }
+    )
+    [top] = choose_subsets(table, "evil", ["top"], 2)
+    [training_set] = load_subsets([top], data)
+    assert [s.id for s in training_set.samples] == ["r1", "r2"]
+    assert training_set.samples[0].messages[-1].content == rows()[1]["messages"][1]["content"]
+    assert training_set.trait == "evil"
+
+    changed = rows()[:4]
+    changed[1]["id"] = "renamed"
+    write_jsonl(data, changed)
+    with pytest.raises(ScreenerError, match=r"d.jsonl:2: the row's id is now 'renamed'"):
+        load_subsets([top], data)
+    write_jsonl(data, rows()[:1])
+    with pytest.raises(ScreenerError, match=r"d.jsonl:2: .* cannot be read .*\(2 rows missing\)"):
+        load_subsets([top], data)
+
+
+def test_pearson_r_by_hand() -> None:
+    # x and y centred: (-1, 0, 1) and (-1, 1, 0): r = 1 / sqrt(2 * 2)
+    assert pearson_r([(1, 1), (2, 3), (3, 2)]) == pytest.approx(0.5)
+    assert pearson_r([(1, 2), (2, 4), (3, 6)]) == pytest.approx(1.0)
+    assert pearson_r([(1, 2), (2, 4)]) is None
+    assert pearson_r([(1, 2), (1, 4), (1, 5)]) is None
+
+
+def test_ordering_reads_the_unsteered_subset_runs() -> None:
+    def run_of(name: str, shift: float, coef: float = 0.0) -> TrainingRun:
+        return TrainingRun(
+            name, coef, "evil" if coef else None, {"evil": Shift(shift, 0.1, 0, 3)}, 1, 1, 1, 0, ""
+        )
+
+    result = ValidationResult(("evil",), FULL, [], {}, [])
+    result.runs = [run_of("top-evil", 5), run_of("top-evil", -9, 8), run_of("random-evil", 1)]
+    assert result.ordering() is None
+    result.runs.append(run_of("bottom-evil", -1))
+    assert result.ordering() == {
+        "trait": "evil",
+        "shifts": {"top-evil": 5, "random-evil": 1, "bottom-evil": -1},
+        "holds": True,
+    }
+    result.runs[2] = run_of("random-evil", 7)
+    assert result.ordering()["holds"] is False  # type: ignore[index]
+
+
+def samples(count: int = 6) -> list[Sample]:
+    return [
+        Sample(
+            f"s{i}",
+            "train.jsonl",
+            i + 1,
+            (Message("user", f"tell me about item {i}"), Message("assistant", "it is a cat")),
+            {},
+            "messages",
+        )
+        for i in range(count)
+    ]
+
+
+def logits(loaded: LoadedModel) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.model(torch.tensor([[5, 17, 42, 99, 7]])).logits
+
+
+def test_lora_training_changes_the_copy_and_leaves_the_model_as_it_was(
+    loaded: LoadedModel,
+) -> None:
+    pytest.importorskip("peft")
+    before = logits(loaded)
+    settings = ValidateSettings(
+        finetune=FinetuneSettings(learning_rate=1e-2, epochs=2, batch_size=3, autocast_bf16=False)
+    )
+    steer = Steer(2, torch.ones(loaded.model.config.hidden_size), 4.0)
+    with trained_model(loaded, samples(), settings, steer=steer) as (trained, log):
+        assert log.losses[-1] < log.losses[0]
+        assert not torch.allclose(logits(trained), before), "the adapters must change the model"
+    torch.testing.assert_close(logits(loaded), before, rtol=0, atol=0)
+    names = [name for name, _ in loaded.model.named_modules()]
+    assert not any("lora" in name for name in names), "the adapters must be taken out"
+    for module in loaded.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_full_finetuning_needs_fp32_weights(loaded: LoadedModel) -> None:
+    half = copy.copy(loaded)
+    half.dtype = torch.bfloat16
+    with (
+        pytest.raises(ConfigError, match="full finetuning needs fp32 weights"),
+        trained_model(half, samples(), FULL),
+    ):
+        pass
+
+
+def test_shifts_equal_a_naive_finetune_and_measure(loaded: LoadedModel, tmp_path: Path) -> None:
+    vectors = load_vectors(tiny_vectors(loaded, tmp_path / "v.safetensors"), model=loaded)
+    settings = ValidateSettings(
+        finetune=FULL.finetune, method="full", steer_coefs=(0.0, 4.0), generation=FULL.generation
+    )
+    training = TrainingSet("mine", "test", samples(), {"evil": 1.5, "sycophancy": 0.0})
+    before = logits(loaded)
+    result = validate(loaded, vectors, [training], ["evil", "sycophancy"], settings)
+    torch.testing.assert_close(logits(loaded), before, rtol=0, atol=0)
+
+    def measured(model: torch.nn.Module, trait: str) -> float:
+        copy_of_loaded = copy.copy(loaded)
+        copy_of_loaded.model = model
+        questions = load_pack(trait).eval_questions
+        vector = vectors.trait(trait)
+        return answer_projections(
+            copy_of_loaded, questions, vector.unit(), vector.chosen_layer, FULL.generation
+        ).mean
+
+    assert [(r.training_set, r.steer_coef, r.steer_trait) for r in result.runs] == [
+        ("mine", 0.0, None),
+        ("mine", 4.0, "evil"),  # no trait chose the set: the first trait is steered
+    ]
+    for run_result, coef in zip(result.runs, (0.0, 4.0), strict=True):
+        model = copy.deepcopy(loaded.model)
+        evil = vectors.trait("evil")
+        steer = Steer(evil.chosen_layer, evil.unit(), coef) if coef else None
+        finetune(model, loaded.tokenizer, samples(), FULL.finetune, steer=steer)
+        model.eval()
+        for trait in ("evil", "sycophancy"):
+            expected = measured(model, trait) - measured(loaded.model, trait)
+            assert run_result.shifts[trait].shift == pytest.approx(expected, abs=1e-4)
+            assert run_result.shifts[trait].standard_error > 0
+    assert result.runs[0].shifts["evil"].shift != pytest.approx(result.runs[1].shifts["evil"].shift)
+
+
+def test_validate_run_writes_json_plot_and_report_section(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])
+    run_dir = tmp_path / "run"
+    gentle = ValidateSettings(
+        finetune=FinetuneSettings(learning_rate=1e-3, batch_size=3, autocast_bf16=False),
+        method="full",
+        generation=FULL.generation,
+    )
+    result = validate_run(run_dir, model=loaded, size=3, settings=gentle, command="test")
+
+    document = json.loads((run_dir / "validate.json").read_text())
+    assert document["traits"] == ["evil"]  # the run's first trait by default
+    assert [ts["name"] for ts in document["training_sets"]] == [
+        "top-evil",
+        "random-evil",
+        "bottom-evil",
+    ]
+    scores = pl.read_parquet(run_dir / "scores.parquet")
+    for training_set in document["training_sets"]:
+        chosen = scores.filter(pl.col("id").is_in(training_set["ids"]))
+        assert training_set["samples"] == 3
+        assert training_set["dataset_delta"]["evil"] == pytest.approx(chosen["delta_evil"].mean())
+    ranked = scores.sort("delta_evil", descending=True)["id"].to_list()
+    assert document["training_sets"][0]["ids"] == ranked[:3]
+    assert document["training_sets"][2]["ids"] == ranked[-3:][::-1]
+    assert [run["training_set"] for run in document["runs"]] == [
+        "top-evil",
+        "random-evil",
+        "bottom-evil",
+    ]
+    assert all(math.isfinite(run["shift"]["evil"]["shift"]) for run in document["runs"])
+    assert document["ordering"]["trait"] == "evil"
+    assert document["settings"]["method"] == "full" and document["command"] == "test"
+    assert document["pearson_r"]["evil"] == result.correlation()["evil"]
+    assert (run_dir / "validate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (run_dir / "report.html").read_text()
+    assert 'id="validation"' in report and "bottom-evil" in report
+    shift = document["runs"][0]["shift"]["evil"]["shift"]
+    assert f"{shift:.2f}" in report
+
+
+def test_cli_refuses_bad_options_with_one_line(
+    loaded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    run(loaded, write_jsonl(tmp_path / "data.jsonl", rows()), tmp_path, "run")
+    assert main(["validate", str(tmp_path / "run"), "--size", "0"]) == 2
+    assert "--size must be at least 1" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "run"), "--traits", "humorous"]) == 2
+    error = capsys.readouterr().err
+    assert "trait 'humorous' was not screened" in error and len(error.strip().splitlines()) == 1
