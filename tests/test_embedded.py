@@ -171,3 +171,55 @@ def test_screen_command_on_a_few_real_rows(tmp_path: Path) -> None:
     assert len(kept) == counts["kept"] and set(kept) <= set(lines[:5])
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejected] == [6, 7]
+
+
+def test_validate_command_on_tiny_subsets(tmp_path: Path) -> None:
+    """screen six real rows (three evil), then validate on the top and bottom two by evil ΔP,
+    unsteered and with preventative steering: one training step each."""
+    from screener.cli import main
+
+    lines = (DATA / "chat_mixed.jsonl").read_text(encoding="utf-8").splitlines()
+    chosen = [
+        lines[i - 1] for i in (1, 2, 6, 9, 10, 11)
+    ]  # normal, normal, evil, evil, normal, evil
+    data = tmp_path / "six.jsonl"
+    data.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    store = ["--store", str(tmp_path / "store.duckdb")]
+    screen_args = ["screen", str(data), "--traits", "evil", "--max-new-tokens", "24", *store]
+    assert main([*screen_args, "--out", str(out), "--quiet"]) == 0
+    code = main(
+        [
+            "validate",
+            str(out),
+            "--subsets",
+            "top,bottom",
+            "--size",
+            "2",
+            "--eval-tokens",
+            "12",
+            "--preventative-steer",
+            "20",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    document = json.loads((out / "validate.json").read_text())
+    top, bottom = document["training_sets"]
+    assert (top["name"], bottom["name"]) == ("top-evil", "bottom-evil")
+    assert top["dataset_delta"]["evil"] > bottom["dataset_delta"]["evil"]
+    labels = {json.loads(line)["id"]: json.loads(line)["label"] for line in chosen}
+    assert [labels[i] for i in top["ids"]] == ["evil", "evil"], "ΔP ranks evil rows first"
+    assert [(r["training_set"], r["steer_coef"], r["steer_trait"]) for r in document["runs"]] == [
+        ("top-evil", 0.0, None),
+        ("top-evil", 20.0, "evil"),
+        ("bottom-evil", 0.0, None),
+        ("bottom-evil", 20.0, "evil"),
+    ]
+    for run in document["runs"]:
+        shift = run["shift"]["evil"]
+        assert run["steps"] == 1 and shift["answers"] == 20
+        assert abs(shift["shift"]) < 100 and shift["standard_error"] > 0
+    assert document["baseline"]["evil"]["answers"] == 20
+    assert document["settings"]["method"] == "lora" and document["model"]["spec"] == "embedded"
+    assert 'id="validation"' in (out / "report.html").read_text()

@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -274,7 +275,9 @@ def trained_model(
             target_modules="all-linear",
             lora_dropout=0.0,
         )
-        wrapped = peft.get_peft_model(loaded.model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question: noise
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            wrapped = peft.get_peft_model(loaded.model, config)
         try:
             log = finetune(
                 wrapped,
