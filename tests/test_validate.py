@@ -20,6 +20,7 @@ from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.model import LoadedModel
 from screener.records import Message, Sample
+from screener.screen import screen
 from screener.traits import load_pack
 from screener.validate.datasets import TrainingSet, choose_subsets, load_subsets
 from screener.validate.finetune import FinetuneSettings, Steer, finetune
@@ -36,7 +37,7 @@ from screener.validate.run import (
 from screener.validate.shift import answer_projections
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
-from tests.test_screen import rows, run, tiny_vectors, write_jsonl
+from tests.test_screen import STEPS, rows, run, tiny_vectors, write_jsonl
 
 FULL = ValidateSettings(
     finetune=FinetuneSettings(learning_rate=1e-2, epochs=2, batch_size=3, autocast_bf16=False),
@@ -282,3 +283,54 @@ def test_cli_refuses_bad_options_with_one_line(
     assert main(["validate", str(tmp_path / "run"), "--traits", "humorous"]) == 2
     error = capsys.readouterr().err
     assert "trait 'humorous' was not screened" in error and len(error.strip().splitlines()) == 1
+
+
+def test_user_datasets_are_screened_for_their_delta_and_trained_on(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    run(loaded, write_jsonl(tmp_path / "data.jsonl", rows()), tmp_path, "run")
+    first = write_jsonl(tmp_path / "first.jsonl", rows()[:4])
+    second = write_jsonl(tmp_path / "second.jsonl", [*rows()[4:], {"id": "bad", "messages": 3}])
+    gentle = ValidateSettings(
+        finetune=FinetuneSettings(learning_rate=1e-3, batch_size=3, autocast_bf16=False),
+        method="full",
+        generation=FULL.generation,
+    )
+    result = validate_run(tmp_path / "run", model=loaded, datasets=[first, second], settings=gentle)
+    sets = {ts.name: ts for ts in result.training_sets}
+    assert list(sets) == ["first", "second"]
+    assert [s.id for s in sets["first"].samples] == ["r0", "r1", "r2", "r3"]
+    assert [s.id for s in sets["second"].samples] == ["r4", "r5", "r6", "r7"]
+    assert (sets["first"].rejected, sets["second"].rejected) == (0, 1)
+    for name, path in (("first", first), ("second", second)):
+        screened = screen(
+            path,
+            model=loaded,
+            vectors=tmp_path / "vectors.safetensors",
+            traits=["evil"],
+            calibration=None,
+            max_new_tokens=STEPS,
+        )
+        assert sets[name].scores["evil"] == pytest.approx(screened.dataset_scores["evil"].mean)
+    assert [r.training_set for r in result.runs] == ["first", "second"]
+    assert result.ordering() is None and result.correlation() == {"evil": None}
+
+
+def test_a_model_trained_into_silence_gets_no_shift_and_a_note(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    vectors = load_vectors(tiny_vectors(loaded, tmp_path / "v.safetensors"), model=loaded)
+    harsh = ValidateSettings(
+        finetune=FinetuneSettings(learning_rate=0.1, epochs=1, batch_size=3, autocast_bf16=False),
+        method="full",
+        generation=FULL.generation,
+    )
+    training = TrainingSet("harsh", "test", samples(), {"evil": 1.0})
+    result = validate(loaded, vectors, [training], ["evil"], harsh)
+    [run_result] = result.runs
+    assert math.isnan(run_result.shifts["evil"].shift) and run_result.shifts["evil"].answers == 0
+    assert "gave no usable answer to the questions of evil" in result.notes[0]
+    document = result.to_json()
+    assert document["runs"][0]["shift"]["evil"]["shift"] is None
+    json.dumps(document, allow_nan=False)  # valid JSON: no NaN left

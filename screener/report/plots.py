@@ -125,8 +125,14 @@ def validation_plot(document: dict[str, Any]) -> bytes:
     grid = figure.subplots(rows, len(traits), squeeze=False)
     for column, trait in enumerate(traits):
         axes = grid[0][column]
-        plain = [run for run in runs if run["steer_coef"] == 0]
-        x = [scores[run["training_set"]].get(trait, float("nan")) for run in plain]
+        plain = [
+            run
+            for run in runs
+            if run["steer_coef"] == 0
+            and run["shift"][trait]["shift"] is not None
+            and scores[run["training_set"]].get(trait) is not None
+        ]
+        x = [scores[run["training_set"]][trait] for run in plain]
         y = [run["shift"][trait]["shift"] for run in plain]
         errors = [run["shift"][trait]["standard_error"] for run in plain]
         axes.errorbar(x, y, yerr=errors, fmt="o", color=DATASET_COLOUR, capsize=3)
@@ -149,9 +155,10 @@ def validation_plot(document: dict[str, Any]) -> bytes:
                 points = sorted(
                     (run["steer_coef"], run["shift"][trait]["shift"])
                     for run in runs
-                    if run["training_set"] == name
+                    if run["training_set"] == name and run["shift"][trait]["shift"] is not None
                 )
-                sweep.plot(*zip(*points, strict=True), marker="o", label=name)
+                if points:
+                    sweep.plot(*zip(*points, strict=True), marker="o", label=name)
             sweep.axhline(0, color=REFERENCE_COLOUR, linewidth=0.8)
             sweep.set_xlabel("preventative steering coefficient")
             sweep.set_ylabel(f"{trait} shift")

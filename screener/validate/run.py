@@ -35,6 +35,7 @@ from screener.model import LoadedModel, load_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, load_run, write_report
+from screener.screen.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import load_pack
 from screener.validate.datasets import (
     SUBSET_KINDS,
@@ -182,7 +183,7 @@ class ValidationResult:
         from screener import __version__
 
         correlation = self.correlation()
-        return {
+        document = {
             "traits": list(self.traits),
             "score": self.score,
             "settings": self.settings.as_dict(),
@@ -230,6 +231,18 @@ class ValidationResult:
             },
             "command": self.command,
         }
+        return _without_nan(document)
+
+
+def _without_nan(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(item) for item in value]
+    return value
 
 
 def pearson_r(pairs: Sequence[tuple[float, float]]) -> float | None:
@@ -357,6 +370,12 @@ def validate(
     questions = {trait: load_pack(trait).eval_questions for trait in traits}
     say(f"measuring the untouched model on {sum(map(len, questions.values()))} held-out questions")
     baseline = measure(loaded, vectors, traits, questions, settings.generation)
+    for trait, answers in baseline.items():
+        if not len(answers.projections):
+            raise ScreenerError(
+                f"the untouched model gave no usable answer to {trait}'s questions: it cannot "
+                "be measured (raise --eval-tokens, or check the model's chat template)"
+            )
     result = ValidationResult(tuple(traits), settings, list(training_sets), baseline, [], score)
     total = len(training_sets) * len(settings.steer_coefs)
     for training_set in training_sets:
@@ -378,13 +397,7 @@ def validate(
             with trained_model(
                 loaded, training_set.samples, settings, steer=steer, progress=report
             ) as (trained, log):
-                try:
-                    after = measure(trained, vectors, traits, questions, settings.generation)
-                except ScreenerError as exc:
-                    raise ScreenerError(
-                        f"after finetuning on {training_set.name}: {exc} (the training broke "
-                        "the model: lower the learning rate or the number of epochs)"
-                    ) from exc
+                after = measure(trained, vectors, traits, questions, settings.generation)
             shifts = {
                 trait: Shift(
                     trait_shift(baseline[trait], after[trait]),
@@ -394,6 +407,13 @@ def validate(
                 )
                 for trait in traits
             }
+            silent = [trait for trait in traits if not len(after[trait].projections)]
+            if silent:
+                result.notes.append(
+                    f"after training on {training_set.name} (steering {coef:g}) the model gave "
+                    f"no usable answer to the questions of {', '.join(silent)}: no shift "
+                    "measured; lower the learning rate or the epochs"
+                )
             result.runs.append(
                 TrainingRun(
                     training_set.name,
@@ -404,7 +424,7 @@ def validate(
                     log.losses[0],
                     log.losses[-1],
                     round(time.perf_counter() - started, 1),
-                    after[traits[0]].answers[0],
+                    after[traits[0]].answers[0] if after[traits[0]].answers else "",
                 )
             )
             say(
@@ -434,16 +454,23 @@ def _user_training_sets(
     loaded: LoadedModel,
     vectors: VectorFile,
     traits: Sequence[str],
+    max_new_tokens: int,
     say: Callable[[str], None],
 ) -> list[TrainingSet]:
-    """Screen each user dataset (for its dataset-level ΔP) and read its usable rows."""
+    """Screen each user dataset (for its dataset-level ΔP, with base responses as long as the
+    run's) and read its usable rows."""
     from screener.screen.run import screen
 
     sets: list[TrainingSet] = []
     for path in datasets:
         say(f"screening {path} for its dataset-level ΔP")
         screened = screen(
-            path, model=loaded, vectors=vectors.path or "builtin", traits=traits, calibration=None
+            path,
+            model=loaded,
+            vectors=vectors.path or "builtin",
+            traits=traits,
+            calibration=None,
+            max_new_tokens=max_new_tokens,
         )
         scored = {(sample.source, sample.line) for sample in screened.samples}
         samples = [
@@ -522,7 +549,9 @@ def validate_run(
     vector_file = _vectors_for_run(summary, vectors, loaded)
     score = str(summary.get("score", "delta"))
     if datasets:
-        training_sets = _user_training_sets(datasets, loaded, vector_file, chosen, say)
+        generation = summary.get("generation") or {}
+        base_tokens = int(generation.get("max_new_tokens", DEFAULT_BASE_TOKENS))
+        training_sets = _user_training_sets(datasets, loaded, vector_file, chosen, base_tokens, say)
         score = "delta"
     else:
         fmt, fields = reader_options(summary)
@@ -565,7 +594,9 @@ def write_validation(result: ValidationResult, run_dir: Path) -> list[Path]:
 
     document = result.to_json()
     json_path = run_dir / VALIDATE_JSON
-    write_text_atomic(json_path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(
+        json_path, json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    )
     plot_path = run_dir / VALIDATE_PLOT
     with atomic_path(plot_path) as temporary:
         temporary.write_bytes(validation_plot(document))

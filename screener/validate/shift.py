@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
-from screener.errors import ScreenerError
 from screener.generate import GenerationSettings, generate_responses
 from screener.model import LoadedModel
 from screener.records import Message, Sample
@@ -28,21 +27,22 @@ from screener.vectors.separation import project
 @dataclass(frozen=True)
 class AnswerProjections:
     """A model's greedy answers to some questions and their projections (empty answers have
-    none: they have no response token to average)."""
+    none: they have no response token to average). With no projection at all the mean and its
+    standard error are NaN: a model trained into silence cannot be measured."""
 
     answers: list[str]
     projections: torch.Tensor  # (answered,) float32
 
     @property
     def mean(self) -> float:
-        return float(self.projections.mean())
+        return float(self.projections.mean()) if len(self.projections) else math.nan
 
     @property
     def standard_error(self) -> float:
-        """Standard error of the mean (0 for a single answer)."""
+        """Standard error of the mean (0 for a single answer, NaN for none)."""
         count = len(self.projections)
         if count < 2:
-            return 0.0
+            return 0.0 if count else math.nan
         return float(self.projections.std(unbiased=True)) / math.sqrt(count)
 
 
@@ -77,7 +77,7 @@ def answer_projections(
         if isinstance(rendered, RenderedSample):
             inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
     if not inputs:
-        raise ScreenerError("the model gave no usable answer to any question: cannot measure it")
+        return AnswerProjections(answers, torch.zeros(0))
     activations = ActivationCollector(loaded.model, [layer]).collect(inputs).response_mean
     return AnswerProjections(answers, project(activations, vector[None, :])[:, 0])
 
