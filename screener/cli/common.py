@@ -19,13 +19,18 @@ def comma_separated(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dtype, --device, --trust-remote-code."""
+def add_model_options(
+    parser: argparse.ArgumentParser, *, model_default_help: str | None = None
+) -> None:
+    """--model, --dtype, --device, --trust-remote-code. With `model_default_help`, --model
+    defaults to None and its help names what the command uses instead (e.g. the run's model)."""
+    kinds = "a .gguf file, a local model directory, or a Hugging Face model id"
     parser.add_argument(
         "--model",
-        default="embedded",
-        help="embedded (SmolLM2-135M-Instruct, default), a .gguf file, a local "
-        "model directory, or a Hugging Face model id",
+        default="embedded" if model_default_help is None else None,
+        help=f"embedded (SmolLM2-135M-Instruct, default), {kinds}"
+        if model_default_help is None
+        else f"embedded (SmolLM2-135M-Instruct), {kinds} (default: {model_default_help})",
     )
     parser.add_argument(
         "--dtype",

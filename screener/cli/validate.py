@@ -126,8 +126,7 @@ def register(commands: Any) -> None:
     validate.add_argument(
         "--vectors", default=None, help="vector file (default: the one the run used)"
     )
-    add_model_options(validate)
-    validate.set_defaults(model=None)
+    add_model_options(validate, model_default_help="the model the run used")
     add_quiet_option(validate)
     validate.set_defaults(run=_run_validate)
 
