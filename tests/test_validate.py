@@ -334,3 +334,48 @@ def test_a_model_trained_into_silence_gets_no_shift_and_a_note(
     document = result.to_json()
     assert document["runs"][0]["shift"]["evil"]["shift"] is None
     json.dumps(document, allow_nan=False)  # valid JSON: no NaN left
+
+
+class LengthJudge:
+    """Scores an answer by its length: min(100, characters of the judge prompt's answer)."""
+
+    name = "length-judge"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def score(self, prompts: list[str]) -> list[float | None]:
+        self.prompts += prompts
+        return [float(min(100, len(p.rsplit("Answer", 1)[-1]))) for p in prompts]
+
+
+def test_a_judge_scores_the_answers_before_and_after(loaded: LoadedModel, tmp_path: Path) -> None:
+    vectors = load_vectors(tiny_vectors(loaded, tmp_path / "v.safetensors"), model=loaded)
+    training = TrainingSet("mine", "test", samples(), {"evil": 1.0})
+    judge = LengthJudge()
+    result = validate(loaded, vectors, [training], ["evil"], FULL, judge=judge)
+    pack = load_pack("evil")
+
+    def judged(model: torch.nn.Module) -> float:
+        copy_of_loaded = copy.copy(loaded)
+        copy_of_loaded.model = model
+        vector = vectors.trait("evil")
+        answers = answer_projections(
+            copy_of_loaded, pack.eval_questions, vector.unit(), vector.chosen_layer, FULL.generation
+        ).answers
+        prompts = [
+            pack.judge_prompt(q, a) for q, a in zip(pack.eval_questions, answers, strict=True) if a
+        ]
+        return sum(LengthJudge().score(prompts)) / len(prompts)
+
+    trained = copy.deepcopy(loaded.model)
+    finetune(trained, loaded.tokenizer, samples(), FULL.finetune)
+    assert result.baseline_judge["evil"] == pytest.approx(judged(loaded.model))
+    expected = judged(trained.eval()) - judged(loaded.model)
+    assert result.runs[0].shifts["evil"].judge_shift == pytest.approx(expected)
+    answered = len(result.baseline["evil"].projections) + result.runs[0].shifts["evil"].answers
+    assert len(judge.prompts) == answered  # every non-empty answer, before and after
+    assert all("{answer}" not in p for p in judge.prompts)
+    document = result.to_json()
+    assert document["judge"] == "length-judge"
+    assert document["baseline"]["evil"]["judge_mean"] == result.baseline_judge["evil"]

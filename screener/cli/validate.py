@@ -126,6 +126,12 @@ def register(commands: Any) -> None:
     validate.add_argument(
         "--vectors", default=None, help="vector file (default: the one the run used)"
     )
+    validate.add_argument(
+        "--judge",
+        default="none",
+        help="also score every answer 0-100 with the trait pack's rubric: none (default), "
+        "openai:MODEL@BASE_URL (key from $SCREENER_API_KEY) or local:MODEL",
+    )
     add_model_options(validate, model_default_help="the model the run used")
     add_quiet_option(validate)
     validate.set_defaults(run=_run_validate)
@@ -192,6 +198,7 @@ def _run_validate(args: argparse.Namespace) -> int:
         settings=settings,
         seed=args.seed,
         trust_remote_code=args.trust_remote_code,
+        judge=args.judge,
         progress=say,
         step_progress=StepBar(args.quiet),
         command=args.command_line,

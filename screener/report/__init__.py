@@ -172,6 +172,7 @@ def _validation_view(document: dict[str, Any]) -> dict[str, Any]:
         "finetune": settings.get("finetune", {}),
         "ordering": document.get("ordering"),
         "pearson_r": document.get("pearson_r", {}),
+        "judge": document.get("judge"),
         "rows": rows,
         "plot": plots.png_data_uri(plots.validation_plot(document)),
         "command": document.get("command", ""),

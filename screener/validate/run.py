@@ -31,12 +31,13 @@ import torch
 from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
+from screener.judge import Judge, make_judge
 from screener.model import LoadedModel, load_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, load_run, write_report
 from screener.screen.scoring import DEFAULT_BASE_TOKENS
-from screener.traits import load_pack
+from screener.traits import TraitPack, load_pack
 from screener.validate.datasets import (
     SUBSET_KINDS,
     TrainingSet,
@@ -114,6 +115,7 @@ class Shift:
     standard_error: float
     after_mean: float
     answers: int
+    judge_shift: float | None = None  # the judge's mean trait score (0-100) after minus before
 
 
 @dataclass
@@ -141,6 +143,8 @@ class ValidationResult:
     baseline: dict[str, AnswerProjections]
     runs: list[TrainingRun]
     score: str = "delta"
+    judge: str | None = None  # the judge's name, when one scored the answers
+    baseline_judge: dict[str, float | None] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     command: str = ""
@@ -187,12 +191,14 @@ class ValidationResult:
             "traits": list(self.traits),
             "score": self.score,
             "settings": self.settings.as_dict(),
+            "judge": self.judge,
             "model": self.model,
             "baseline": {
                 trait: {
                     "mean": answers.mean,
                     "standard_error": answers.standard_error,
                     "answers": len(answers.projections),
+                    "judge_mean": self.baseline_judge.get(trait),
                 }
                 for trait, answers in self.baseline.items()
             },
@@ -342,6 +348,14 @@ def measure(
     }
 
 
+def judge_mean(judge: Judge, pack: TraitPack, answers: AnswerProjections) -> float | None:
+    """The judge's mean trait score (0-100) of the non-empty answers to the pack's held-out
+    questions (None when it scored none of them)."""
+    pairs = [(q, a) for q, a in zip(pack.eval_questions, answers.answers, strict=True) if a]
+    scores = [s for s in judge.score([pack.judge_prompt(q, a) for q, a in pairs]) if s is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
 def validate(
     loaded: LoadedModel,
     vectors: VectorFile,
@@ -352,13 +366,15 @@ def validate(
     score: str = "delta",
     progress: Callable[[str], None] | None = None,
     step_progress: Callable[[str, int, int, float], None] | None = None,
+    judge: Judge | None = None,
 ) -> ValidationResult:
     """Finetune on every training set with every steering coefficient and measure each trained
     model's shift for every trait, against the untouched model measured once.
 
     Steering adds the unit vector of the trait a set was chosen by (else the first trait) at
     that trait's layer.
-    step_progress(label, step, steps, loss) reports every training step.
+    step_progress(label, step, steps, loss) reports every training step. A `judge` also scores
+    every answer for its trait (the pack's rubric), before and after.
     """
     say = progress or (lambda message: None)
     if not training_sets:
@@ -367,7 +383,8 @@ def validate(
         raise ConfigError("name at least one trait to measure")
     for trait in traits:
         vectors.trait(trait)  # raises naming the traits the file has
-    questions = {trait: load_pack(trait).eval_questions for trait in traits}
+    packs = {trait: load_pack(trait) for trait in traits}
+    questions = {trait: pack.eval_questions for trait, pack in packs.items()}
     say(f"measuring the untouched model on {sum(map(len, questions.values()))} held-out questions")
     baseline = measure(loaded, vectors, traits, questions, settings.generation)
     for trait, answers in baseline.items():
@@ -377,6 +394,9 @@ def validate(
                 "be measured (raise --eval-tokens, or check the model's chat template)"
             )
     result = ValidationResult(tuple(traits), settings, list(training_sets), baseline, [], score)
+    if judge is not None:
+        result.judge = judge.name
+        result.baseline_judge = {t: judge_mean(judge, packs[t], baseline[t]) for t in traits}
     total = len(training_sets) * len(settings.steer_coefs)
     for training_set in training_sets:
         if not training_set.samples:
@@ -404,6 +424,7 @@ def validate(
                     shift_standard_error(baseline[trait], after[trait]),
                     after[trait].mean,
                     len(after[trait].projections),
+                    _judge_shift(judge, packs[trait], after[trait], result.baseline_judge, trait),
                 )
                 for trait in traits
             }
@@ -434,6 +455,19 @@ def validate(
                 )
             )
     return result
+
+
+def _judge_shift(
+    judge: Judge | None,
+    pack: TraitPack,
+    after: AnswerProjections,
+    baseline: dict[str, float | None],
+    trait: str,
+) -> float | None:
+    if judge is None:
+        return None
+    before, now = baseline.get(trait), judge_mean(judge, pack, after)
+    return None if before is None or now is None else now - before
 
 
 def _bind(
@@ -513,6 +547,7 @@ def validate_run(
     settings: ValidateSettings | None = None,
     seed: int = 0,
     trust_remote_code: bool = False,
+    judge: str = "none",
     progress: Callable[[str], None] | None = None,
     step_progress: Callable[[str, int, int, float], None] | None = None,
     command: str = "",
@@ -522,6 +557,7 @@ def validate_run(
     and write validate.json, validate.png and the report's validation section there.
 
     data: where the screened data is now (default: the path the run recorded).
+    judge: `none`, `openai:MODEL@BASE_URL` or `local:MODEL`: also score the answers 0-100.
     model: default the model the run used; full finetuning loads it in fp32 when dtype is auto.
     """
     say = progress or (lambda message: None)
@@ -539,6 +575,7 @@ def validate_run(
                     f"trait {trait!r} was not screened in {run_dir} (it has "
                     f"{', '.join(run_traits)}): screen with it, or validate another trait"
                 )
+    scorer = make_judge(judge, dtype=dtype, device=device)
     if isinstance(model, LoadedModel):
         loaded = model
     else:
@@ -575,6 +612,7 @@ def validate_run(
         score=score,
         progress=say,
         step_progress=step_progress,
+        judge=scorer,
     )
     result.model = {
         "spec": loaded.spec,
