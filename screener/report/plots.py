@@ -111,7 +111,8 @@ def scatter(
 def validation_plot(document: dict[str, Any]) -> bytes:
     """PNG of a validation (validate.json's content): per trait, each training set's
     dataset-level score against the measured shift of the unsteered model (± standard error),
-    with Pearson r; below, when steering was swept, the shift against the coefficient."""
+    with Pearson r; beside it, when steering was swept, the shift against the coefficient. One
+    row of panels per trait."""
     traits = list(document["traits"])
     score_name = "ΔP" if document.get("score", "delta") == "delta" else "last-prompt projection"
     scores = {
@@ -120,11 +121,11 @@ def validation_plot(document: dict[str, Any]) -> bytes:
     }
     runs = document["runs"]
     coefs = sorted({run["steer_coef"] for run in runs})
-    rows = 2 if len(coefs) > 1 else 1
-    figure = Figure(figsize=(3.6 * len(traits), 3.3 * rows), layout="constrained")
-    grid = figure.subplots(rows, len(traits), squeeze=False)
-    for column, trait in enumerate(traits):
-        axes = grid[0][column]
+    columns = 2 if len(coefs) > 1 else 1
+    figure = Figure(figsize=(4.0 * columns, 3.3 * len(traits)), layout="constrained")
+    grid = figure.subplots(len(traits), columns, squeeze=False)
+    for row, trait in enumerate(traits):
+        axes = grid[row][0]
         plain = [
             run
             for run in runs
@@ -149,8 +150,8 @@ def validation_plot(document: dict[str, Any]) -> bytes:
         axes.set_title(f"{trait}: r = {r:.2f}" if r is not None else trait, fontsize="medium")
         axes.set_xlabel(f"dataset {score_name} ({trait})")
         axes.set_ylabel("measured shift after finetuning")
-        if rows == 2:
-            sweep = grid[1][column]
+        if columns == 2:
+            sweep = grid[row][1]
             for name in dict.fromkeys(run["training_set"] for run in runs):
                 points = sorted(
                     (run["steer_coef"], run["shift"][trait]["shift"])

@@ -156,7 +156,7 @@ def load_subsets(
         sets.append(
             TrainingSet(
                 choice.name,
-                f"{choice.kind} {len(choice.keys)} rows by {choice.trait} of {run_name}",
+                f"{choice.kind} {len(choice.keys)} rows by {choice.trait} score of {run_name}",
                 [s for s in samples if s is not None],
                 choice.scores,
                 ids=list(choice.ids),
