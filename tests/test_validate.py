@@ -180,7 +180,7 @@ def test_lora_training_changes_the_copy_and_leaves_the_model_as_it_was(
         assert not module._forward_hooks and not module._forward_pre_hooks
 
 
-def test_full_finetuning_needs_fp32_weights(loaded: LoadedModel) -> None:
+def test_full_finetuning_needs_fp32_weights(loaded: LoadedModel, tmp_path: Path) -> None:
     half = copy.copy(loaded)
     half.dtype = torch.bfloat16
     with (
@@ -188,6 +188,10 @@ def test_full_finetuning_needs_fp32_weights(loaded: LoadedModel) -> None:
         trained_model(half, samples(), FULL),
     ):
         pass
+    vectors = load_vectors(tiny_vectors(loaded, tmp_path / "v.safetensors"))
+    training = TrainingSet("mine", "test", samples(), {"evil": 1.0})
+    with pytest.raises(ConfigError, match="full finetuning needs fp32"):  # before any measuring
+        validate(half, vectors, [training], ["evil"], FULL, progress=pytest.fail)
 
 
 def test_shifts_equal_a_naive_finetune_and_measure(loaded: LoadedModel, tmp_path: Path) -> None:

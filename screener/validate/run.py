@@ -271,6 +271,16 @@ def _require_peft() -> Any:
     return peft
 
 
+def _check_trainable(loaded: LoadedModel, settings: ValidateSettings) -> None:
+    if settings.method == "full" and loaded.dtype != torch.float32:
+        raise ConfigError(
+            f"full finetuning needs fp32 weights (the model is loaded in {loaded.dtype}): "
+            "load it with --dtype fp32, or use --finetune lora"
+        )
+    if settings.method == "lora":
+        _require_peft()
+
+
 @contextlib.contextmanager
 def trained_model(
     loaded: LoadedModel,
@@ -312,11 +322,7 @@ def trained_model(
             wrapped.unload()  # takes the adapters out: the original modules are back in place
             loaded.model.eval()
         return
-    if loaded.dtype != torch.float32:
-        raise ConfigError(
-            f"full finetuning needs fp32 weights (the model is loaded in {loaded.dtype}): "
-            "load it with --dtype fp32, or use --finetune lora"
-        )
+    _check_trainable(loaded, settings)
     model = copy.deepcopy(loaded.model)
     try:
         log = finetune(
@@ -383,6 +389,7 @@ def validate(
         raise ConfigError("name at least one trait to measure")
     for trait in traits:
         vectors.trait(trait)  # raises naming the traits the file has
+    _check_trainable(loaded, settings)  # before the first measurement, not after it
     packs = {trait: load_pack(trait) for trait in traits}
     questions = {trait: pack.eval_questions for trait, pack in packs.items()}
     say(f"measuring the untouched model on {sum(map(len, questions.values()))} held-out questions")
@@ -480,6 +487,8 @@ def _vectors_for_run(
     summary: dict[str, Any], spec: str | Path | None, loaded: LoadedModel
 ) -> VectorFile:
     path = spec or (summary.get("vectors") or {}).get("path") or "builtin"
+    if spec is None and path != "builtin" and not Path(path).exists():
+        raise ConfigError(f"the vector file the run used, {path}, is gone: pass --vectors")
     return load_vectors(path, model=loaded)
 
 
