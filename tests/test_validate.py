@@ -19,7 +19,6 @@ from screener.cli import main
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.model import LoadedModel
-from screener.records import Message, Sample
 from screener.screen import screen
 from screener.traits import load_pack
 from screener.validate.datasets import TrainingSet, choose_subsets, load_subsets
@@ -34,9 +33,10 @@ from screener.validate.run import (
     validate,
     validate_run,
 )
-from screener.validate.shift import answer_projections
+from screener.validate.shift import AnswerProjections, answer_projections
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
+from tests.test_finetune import samples
 from tests.test_screen import STEPS, rows, run, tiny_vectors, write_jsonl
 
 FULL = ValidateSettings(
@@ -140,20 +140,6 @@ def test_ordering_reads_the_unsteered_subset_runs() -> None:
     }
     result.runs[2] = run_of("random-evil", 7)
     assert result.ordering()["holds"] is False  # type: ignore[index]
-
-
-def samples(count: int = 6) -> list[Sample]:
-    return [
-        Sample(
-            f"s{i}",
-            "train.jsonl",
-            i + 1,
-            (Message("user", f"tell me about item {i}"), Message("assistant", "it is a cat")),
-            {},
-            "messages",
-        )
-        for i in range(count)
-    ]
 
 
 def logits(loaded: LoadedModel) -> torch.Tensor:
@@ -322,16 +308,19 @@ def test_user_datasets_are_screened_for_their_delta_and_trained_on(
 
 
 def test_a_model_trained_into_silence_gets_no_shift_and_a_note(
-    loaded: LoadedModel, tmp_path: Path
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vectors = load_vectors(tiny_vectors(loaded, tmp_path / "v.safetensors"), model=loaded)
-    harsh = ValidateSettings(
-        finetune=FinetuneSettings(learning_rate=0.1, epochs=1, batch_size=3, autocast_bf16=False),
-        method="full",
-        generation=FULL.generation,
-    )
+    untouched = loaded.model
+
+    def silent_after_training(model: LoadedModel, questions, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if model.model is untouched:
+            return answer_projections(model, questions, *args, **kwargs)
+        return AnswerProjections([""] * len(questions), torch.zeros(0))  # nothing to measure
+
+    monkeypatch.setattr("screener.validate.run.answer_projections", silent_after_training)
     training = TrainingSet("harsh", "test", samples(), {"evil": 1.0})
-    result = validate(loaded, vectors, [training], ["evil"], harsh)
+    result = validate(loaded, vectors, [training], ["evil"], FULL)
     [run_result] = result.runs
     assert math.isnan(run_result.shifts["evil"].shift) and run_result.shifts["evil"].answers == 0
     assert "gave no usable answer to the questions of evil" in result.notes[0]
