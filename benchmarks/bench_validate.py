@@ -75,8 +75,8 @@ def main() -> None:
         )
     for trait, r in document["pearson_r"].items():
         print(f"{trait}: Pearson r = {r if r is None else round(r, 3)}")
-    if document["ordering"]:
-        print(f"top > random > bottom holds: {document['ordering']['holds']}")
+    for trait, ordering in document["ordering"].items():
+        print(f"{trait}: top > random > bottom holds: {ordering['holds']}")
     budget = TARGET_SECONDS_PER_3_SUBSETS * len(document["runs"]) / 3
     print(f"validation wall time {seconds:.0f} s (target < {budget:.0f} s)")
     record = {

@@ -131,15 +131,13 @@ def test_ordering_reads_the_unsteered_subset_runs() -> None:
 
     result = ValidationResult(("evil",), FULL, [], {}, [])
     result.runs = [run_of("top-evil", 5), run_of("top-evil", -9, 8), run_of("random-evil", 1)]
-    assert result.ordering() is None
+    assert result.ordering() == {}
     result.runs.append(run_of("bottom-evil", -1))
     assert result.ordering() == {
-        "trait": "evil",
-        "shifts": {"top-evil": 5, "random-evil": 1, "bottom-evil": -1},
-        "holds": True,
+        "evil": {"shifts": {"top-evil": 5, "random-evil": 1, "bottom-evil": -1}, "holds": True}
     }
     result.runs[2] = run_of("random-evil", 7)
-    assert result.ordering()["holds"] is False  # type: ignore[index]
+    assert result.ordering()["evil"]["holds"] is False
 
 
 def logits(loaded: LoadedModel) -> torch.Tensor:
@@ -251,7 +249,7 @@ def test_validate_run_writes_json_plot_and_report_section(
         "bottom-evil",
     ]
     assert all(math.isfinite(run["shift"]["evil"]["shift"]) for run in document["runs"])
-    assert document["ordering"]["trait"] == "evil"
+    assert set(document["ordering"]) == {"evil"}
     assert document["settings"]["method"] == "full" and document["command"] == "test"
     assert document["pearson_r"]["evil"] == result.correlation()["evil"]
     assert (run_dir / "validate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -304,7 +302,7 @@ def test_user_datasets_are_screened_for_their_delta_and_trained_on(
         )
         assert sets[name].scores["evil"] == pytest.approx(screened.dataset_scores["evil"].mean)
     assert [r.training_set for r in result.runs] == ["first", "second"]
-    assert result.ordering() is None and result.correlation() == {"evil": None}
+    assert result.ordering() == {} and result.correlation() == {"evil": None}
 
 
 def test_a_model_trained_into_silence_gets_no_shift_and_a_note(

@@ -207,10 +207,9 @@ def _run_validate(args: argparse.Namespace) -> int:
     for trait, r in document["pearson_r"].items():
         shown = "n/a (fewer than 3 training sets)" if r is None else f"{r:.2f}"
         print(f"{trait}: Pearson r of dataset ΔP against the measured shift = {shown}")
-    ordering = document["ordering"]
-    if ordering is not None:
+    for trait, ordering in document["ordering"].items():
         values = ", ".join(f"{name} {value:+.2f}" for name, value in ordering["shifts"].items())
         verdict = "holds" if ordering["holds"] else "does NOT hold"
-        print(f"{ordering['trait']} shifts: {values}: top > random > bottom {verdict}")
+        print(f"{trait} shifts: {values}: top > random > bottom {verdict}")
     print(f"wrote {args.run_dir / 'validate.json'}, validate.png and the report's section")
     return EXIT_OK

@@ -170,7 +170,7 @@ def _validation_view(document: dict[str, Any]) -> dict[str, Any]:
         "score_label": "ΔP" if score == "delta" else "last-prompt projection",
         "method": settings.get("method"),
         "finetune": settings.get("finetune", {}),
-        "ordering": document.get("ordering"),
+        "ordering": document.get("ordering") or {},
         "pearson_r": document.get("pearson_r", {}),
         "judge": document.get("judge"),
         "rows": rows,

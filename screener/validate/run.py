@@ -166,20 +166,20 @@ class ValidationResult:
             found[trait] = pearson_r(pairs)
         return found
 
-    def ordering(self) -> dict[str, Any] | None:
-        """Whether the unsteered shifts follow top > random > bottom for the ranking trait of
-        the subsets (None when the training sets are not those three subsets)."""
+    def ordering(self) -> dict[str, dict[str, Any]]:
+        """Per trait that ranked all three subsets: the unsteered shifts of its top, random and
+        bottom subsets, and whether they follow top > random > bottom."""
         shifts = {run.training_set: run.shifts for run in self.unsteered()}
+        found = {}
         for trait in self.traits:
             names = [f"{kind}-{trait}" for kind in ("top", "random", "bottom")]
             if all(name in shifts for name in names):
                 values = [shifts[name][trait].shift for name in names]
-                return {
-                    "trait": trait,
+                found[trait] = {
                     "shifts": dict(zip(names, values, strict=True)),
                     "holds": values[0] > values[1] > values[2],
                 }
-        return None
+        return found
 
     def to_json(self) -> dict[str, Any]:
         import transformers
