@@ -33,6 +33,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "validate.json"
 TARGET_SECONDS_PER_3_SUBSETS = 600
 
 
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=None, help="a finished screen of DATA")
@@ -64,15 +68,16 @@ def main() -> None:
     document = result.to_json()
     sets = {ts["name"]: ts for ts in document["training_sets"]}
     print()
-    print(f"{'training set':<18}{'steer':>6}{'ΔP':>9}{'shift':>9}{'± se':>7}{'seconds':>9}")
+    print(f"{'training set':<18}{'steer':>6}{'ΔP':>9}{'shift':>9}{'± se':>7}{'seconds':>9}  trait")
     for run in document["runs"]:
-        trait = run["training_set"].split("-", 1)[1]
-        shift = run["shift"][trait]
-        print(
-            f"{run['training_set']:<18}{run['steer_coef']:>6g}"
-            f"{sets[run['training_set']]['dataset_delta'][trait]:>9.2f}"
-            f"{shift['shift']:>9.2f}{shift['standard_error']:>7.2f}{run['seconds']:>9.1f}"
-        )
+        for trait in document["traits"]:
+            shift = run["shift"][trait]
+            print(
+                f"{run['training_set']:<18}{run['steer_coef']:>6g}"
+                f"{number(sets[run['training_set']]['dataset_delta'][trait]):>9}"
+                f"{number(shift['shift']):>9}{number(shift['standard_error']):>7}"
+                f"{run['seconds']:>9.1f}  {trait}"
+            )
     for trait, r in document["pearson_r"].items():
         print(f"{trait}: Pearson r = {r if r is None else round(r, 3)}")
     for trait, ordering in document["ordering"].items():

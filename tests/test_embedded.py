@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
-from screener.model import LoadedModel, embedded_model_file
+from screener.generate import GenerationSettings
+from screener.model import LoadedModel, embedded_model_file, load_model
 from screener.reader import read_dataset
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
+from screener.traits import load_pack
+from screener.validate.shift import answer_projections
+from screener.vectors import load_vectors
 from tests.reference import naive_collect
 
 pytestmark = pytest.mark.slow
@@ -115,7 +119,6 @@ def test_builtin_vectors_belong_to_the_embedded_model(embedded_fp32: LoadedModel
         "sycophancy",
     }
     assert vectors.command.startswith("screener extract --traits apathetic,evil,")
-    from screener.traits import load_pack
 
     for name, trait in vectors.traits.items():
         assert trait.details["pack_sha256"] == load_pack(name).digest(), (
@@ -216,10 +219,21 @@ def test_validate_command_on_tiny_subsets(tmp_path: Path) -> None:
         ("bottom-evil", 0.0, None),
         ("bottom-evil", 20.0, "evil"),
     ]
+    # the untouched model measured again, independently, in the dtype validate loaded it in
+    vector = load_vectors("builtin").trait("evil")
+    baseline = answer_projections(
+        load_model("embedded"),
+        load_pack("evil").eval_questions,
+        vector.unit(),
+        vector.chosen_layer,
+        GenerationSettings(max_new_tokens=12),
+    )
+    assert document["baseline"]["evil"]["answers"] == len(baseline.projections) == 20
+    assert document["baseline"]["evil"]["mean"] == pytest.approx(baseline.mean, abs=1e-4)
     for run in document["runs"]:
         shift = run["shift"]["evil"]
-        assert run["steps"] == 1 and shift["answers"] == 20
-        assert abs(shift["shift"]) < 100 and shift["standard_error"] > 0
-    assert document["baseline"]["evil"]["answers"] == 20
+        assert run["steps"] == 1 and run["samples_trained"] == 2 and shift["answers"] == 20
+        assert shift["shift"] == pytest.approx(shift["after_mean"] - baseline.mean, abs=1e-4)
+        assert shift["standard_error"] > 0
     assert document["settings"]["method"] == "lora" and document["model"]["spec"] == "embedded"
     assert 'id="validation"' in (out / "report.html").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -10,7 +12,12 @@ from screener.activations import TokenizedInput
 from screener.generate import GenerationSettings
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.validate.shift import AnswerProjections, answer_projections, trait_shift
+from screener.validate.shift import (
+    AnswerProjections,
+    answer_projections,
+    shift_standard_error,
+    trait_shift,
+)
 from tests.conftest import tiny_loaded
 from tests.reference import naive_collect
 from tests.test_generate import naive_greedy
@@ -29,6 +36,7 @@ def test_answer_projections_equal_a_naive_recomputation(
         naive_greedy(loaded.model, tiny_tokenizer, (Message("user", q),), 5) for q in QUESTIONS
     ]
     assert found.answers == answers
+    assert found.answered == (1, 2, 3)
     assert answers[0] == "" and all(answers[1:]), "the tiny model's answers changed"
     renderer = Renderer(tiny_tokenizer)
     inputs = []
@@ -45,8 +53,16 @@ def test_answer_projections_equal_a_naive_recomputation(
     torch.testing.assert_close(found.projections, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_trait_shift_by_hand() -> None:
-    before = AnswerProjections(["a", "b"], torch.tensor([1.0, 3.0]))  # mean 2
-    after = AnswerProjections(["c", "d", "e"], torch.tensor([4.0, 6.0, 8.0]))  # mean 6
-    assert trait_shift(before, after) == pytest.approx(4.0)
-    assert trait_shift(after, before) == pytest.approx(-4.0)
+def test_trait_shift_and_its_paired_standard_error_by_hand() -> None:
+    # questions 0..3; before answered 0, 1, 3; after answered 1, 2, 3
+    before = AnswerProjections(["a", "b", "", "d"], torch.tensor([1.0, 3.0, 5.0]), (0, 1, 3))
+    after = AnswerProjections(["", "f", "g", "h"], torch.tensor([4.0, 6.0, 9.0]), (1, 2, 3))
+    assert trait_shift(before, after) == pytest.approx(19 / 3 - 3)  # 6.333 - 3.0
+    assert trait_shift(after, before) == pytest.approx(3 - 19 / 3)
+    # paired on questions 1 and 3: differences 4 - 3 = 1 and 9 - 5 = 4; std 2.1213, / sqrt 2
+    assert shift_standard_error(before, after) == pytest.approx(1.5)
+    assert before.standard_error == pytest.approx(2.0 / 3**0.5)  # std 2 over 3 answers
+    only_one = AnswerProjections(["", "x", "", ""], torch.tensor([2.0]), (1,))
+    assert math.isnan(shift_standard_error(before, only_one))
+    silent = AnswerProjections(["", "", "", ""], torch.zeros(0), ())
+    assert math.isnan(silent.mean) and math.isnan(silent.standard_error)

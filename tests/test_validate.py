@@ -19,9 +19,16 @@ from screener.cli import main
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.model import LoadedModel
+from screener.reader import FieldNames
 from screener.screen import screen
 from screener.traits import load_pack
-from screener.validate.datasets import TrainingSet, choose_subsets, load_subsets
+from screener.validate.datasets import (
+    TrainingSet,
+    choose_subsets,
+    load_subsets,
+    reader_options,
+    relocate,
+)
 from screener.validate.finetune import FinetuneSettings, Steer, finetune
 from screener.validate.run import (
     Shift,
@@ -77,7 +84,10 @@ def test_subsets_take_the_highest_and_lowest_rows_by_hand() -> None:
     assert random.scores["evil"] == pytest.approx(table["delta_evil"].mean())
     again = choose_subsets(scores_table(), "evil", ["random"], 2, traits=["sycophancy"])[0]
     assert again.ids == random.ids, "the same seed draws the same rows"
-    assert top.name == "top-evil"
+    assert (top.name, bottom.name, random.name) == ("top-evil", "bottom-evil", "random")
+    all_null = scores_table().with_columns(pl.lit(None, dtype=pl.Float64).alias("delta_sycophancy"))
+    [top_again] = choose_subsets(all_null, "evil", ["top"], 2, traits=["sycophancy"])
+    assert top_again.ids == ("c", "e") and math.isnan(top_again.scores["sycophancy"])
 
 
 def test_subset_requests_that_cannot_be_met_are_refused() -> None:
@@ -87,6 +97,9 @@ def test_subset_requests_that_cannot_be_met_are_refused() -> None:
         choose_subsets(scores_table(), "evil", ["middle"], 2)
     with pytest.raises(ConfigError, match="no column delta_humorous"):
         choose_subsets(scores_table(), "humorous", ["top"], 2)
+    with pytest.raises(ConfigError, match=r"would share rows \(5 have a score\): pass --size 2"):
+        choose_subsets(scores_table(), "evil", ["top", "bottom"], 3)
+    assert len(choose_subsets(scores_table(), "evil", ["top"], 3)[0].ids) == 3  # alone it may
 
 
 def test_rows_are_read_back_by_file_and_line_and_changes_are_noticed(tmp_path: Path) -> None:
@@ -126,18 +139,30 @@ def test_pearson_r_by_hand() -> None:
 def test_ordering_reads_the_unsteered_subset_runs() -> None:
     def run_of(name: str, shift: float, coef: float = 0.0) -> TrainingRun:
         return TrainingRun(
-            name, coef, "evil" if coef else None, {"evil": Shift(shift, 0.1, 0, 3)}, 1, 1, 1, 0, ""
+            name,
+            coef,
+            "evil" if coef else None,
+            {"evil": Shift(shift, 0.1, 0, 3)},
+            6,
+            0,
+            1,
+            1,
+            0,
+            0,
+            "",
         )
 
     result = ValidationResult(("evil",), FULL, [], {}, [])
-    result.runs = [run_of("top-evil", 5), run_of("top-evil", -9, 8), run_of("random-evil", 1)]
+    result.runs = [run_of("top-evil", 5), run_of("top-evil", -9, 8), run_of("random", 1)]
     assert result.ordering() == {}
     result.runs.append(run_of("bottom-evil", -1))
     assert result.ordering() == {
-        "evil": {"shifts": {"top-evil": 5, "random-evil": 1, "bottom-evil": -1}, "holds": True}
+        "evil": {"shifts": {"top-evil": 5, "random": 1, "bottom-evil": -1}, "holds": True}
     }
-    result.runs[2] = run_of("random-evil", 7)
+    result.runs[2] = run_of("random", 7)
     assert result.ordering()["evil"]["holds"] is False
+    result.runs[2] = run_of("random", math.nan)  # a model trained into silence
+    assert result.ordering()["evil"]["holds"] is None
 
 
 def logits(loaded: LoadedModel) -> torch.Tensor:
@@ -232,7 +257,7 @@ def test_validate_run_writes_json_plot_and_report_section(
     assert document["traits"] == ["evil"]  # the run's first trait by default
     assert [ts["name"] for ts in document["training_sets"]] == [
         "top-evil",
-        "random-evil",
+        "random",
         "bottom-evil",
     ]
     scores = pl.read_parquet(run_dir / "scores.parquet")
@@ -245,11 +270,13 @@ def test_validate_run_writes_json_plot_and_report_section(
     assert document["training_sets"][2]["ids"] == ranked[-3:][::-1]
     assert [run["training_set"] for run in document["runs"]] == [
         "top-evil",
-        "random-evil",
+        "random",
         "bottom-evil",
     ]
-    assert all(math.isfinite(run["shift"]["evil"]["shift"]) for run in document["runs"])
-    assert set(document["ordering"]) == {"evil"}
+    assert [run["samples_trained"] for run in document["runs"]] == [3, 3, 3]
+    top, random, bottom = (run["shift"]["evil"]["shift"] for run in document["runs"])
+    assert all(math.isfinite(value) for value in (top, random, bottom))
+    assert document["ordering"]["evil"]["holds"] == (top > random > bottom)
     assert document["settings"]["method"] == "full" and document["command"] == "test"
     assert document["pearson_r"]["evil"] == result.correlation()["evil"]
     assert (run_dir / "validate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -314,7 +341,7 @@ def test_a_model_trained_into_silence_gets_no_shift_and_a_note(
     def silent_after_training(model: LoadedModel, questions, *args, **kwargs):  # type: ignore[no-untyped-def]
         if model.model is untouched:
             return answer_projections(model, questions, *args, **kwargs)
-        return AnswerProjections([""] * len(questions), torch.zeros(0))  # nothing to measure
+        return AnswerProjections([""] * len(questions), torch.zeros(0), ())  # nothing to say
 
     monkeypatch.setattr("screener.validate.run.answer_projections", silent_after_training)
     training = TrainingSet("harsh", "test", samples(), {"evil": 1.0})
@@ -370,3 +397,53 @@ def test_a_judge_scores_the_answers_before_and_after(loaded: LoadedModel, tmp_pa
     document = result.to_json()
     assert document["judge"] == "length-judge"
     assert document["baseline"]["evil"]["judge_mean"] == result.baseline_judge["evil"]
+
+
+def test_moved_data_is_found_with_data_and_read_with_the_run_s_fields(tmp_path: Path) -> None:
+    records = [{"key": f"k{i}", "q": f"question {i}", "a": f"answer {i}"} for i in range(4)]
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    data = write_jsonl(old_dir / "d.jsonl", records)
+    summary = {"data": str(old_dir), "reader": {"format": "prompt_response",
+               "fields": {"prompt": "q", "response": "a", "id": "key"}}}  # fmt: skip
+    fmt, fields = reader_options(summary)
+    assert (fmt, fields) == ("prompt_response", FieldNames(prompt="q", response="a", id="key"))
+    assert reader_options({}) == ("auto", FieldNames())  # runs from before the reader key
+    table = pl.DataFrame(
+        {"id": ["k0", "k1", "k2", "k3"], "source": [str(data)] * 4,
+         "source_line": [1, 2, 3, 4], "delta_evil": [1.0, 3.0, 2.0, 0.0]}
+    )  # fmt: skip
+    [top] = choose_subsets(table, "evil", ["top"], 2)
+    old_dir.rename(new_dir)
+    with pytest.raises(ScreenerError, match="pass --data with its new path"):
+        load_subsets([top], new_dir, fmt=fmt, fields=fields)
+    [training_set] = load_subsets([top], new_dir, fmt=fmt, fields=fields, recorded=old_dir)
+    assert [s.id for s in training_set.samples] == ["k1", "k2"]
+    assert training_set.samples[0].messages[-1].content == "answer 1"
+    assert relocate(str(old_dir / "d.jsonl"), old_dir, new_dir) == str(new_dir / "d.jsonl")
+    assert relocate("elsewhere.jsonl", old_dir, new_dir) == "elsewhere.jsonl"
+
+
+def test_several_traits_share_one_random_subset_and_a_new_screen_drops_the_validation(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])
+    gentle = ValidateSettings(
+        finetune=FinetuneSettings(learning_rate=1e-4, batch_size=4, autocast_bf16=False),
+        method="full",
+        generation=FULL.generation,
+    )
+    result = validate_run(
+        tmp_path / "run", model=loaded, traits=["evil", "sycophancy"], size=2, settings=gentle
+    )
+    names = [ts.name for ts in result.training_sets]
+    assert names == ["top-evil", "random", "bottom-evil", "top-sycophancy", "bottom-sycophancy"]
+    assert set(result.ordering()) == {"evil", "sycophancy"}
+    assert result.correlation()["sycophancy"] is not None  # five sets, both traits measured
+    assert (tmp_path / "run" / "validate.json").exists()
+    run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])  # screened again
+    assert not (tmp_path / "run" / "validate.json").exists()
+    assert not (tmp_path / "run" / "validate.png").exists()
+    assert 'id="validation"' not in (tmp_path / "run" / "report.html").read_text()

@@ -15,7 +15,6 @@ from screener.cli.common import (
     comma_separated,
     progress_printer,
 )
-from screener.errors import ConfigError
 
 
 def _coefficients(text: str) -> list[float]:
@@ -165,14 +164,12 @@ def _run_validate(args: argparse.Namespace) -> int:
         validate_run,
     )
 
-    if args.size < 1:
-        raise ConfigError("--size must be at least 1")
     coefs = list(dict.fromkeys(args.preventative_steer))
-    if 0.0 not in coefs:
-        coefs.insert(0, 0.0)  # the unsteered run is what steering is compared with
     settings = ValidateSettings(
         finetune=FinetuneSettings(
-            learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[args.finetune],
+            learning_rate=DEFAULT_LEARNING_RATES[args.finetune]
+            if args.learning_rate is None
+            else args.learning_rate,
             epochs=args.epochs,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens,
@@ -205,11 +202,16 @@ def _run_validate(args: argparse.Namespace) -> int:
     )
     document = result.to_json()
     for trait, r in document["pearson_r"].items():
-        shown = "n/a (fewer than 3 training sets)" if r is None else f"{r:.2f}"
+        shown = (
+            "n/a (fewer than 3 measured training sets, or no spread)" if r is None else f"{r:.2f}"
+        )
         print(f"{trait}: Pearson r of dataset ΔP against the measured shift = {shown}")
     for trait, ordering in document["ordering"].items():
-        values = ", ".join(f"{name} {value:+.2f}" for name, value in ordering["shifts"].items())
-        verdict = "holds" if ordering["holds"] else "does NOT hold"
+        values = ", ".join(
+            f"{name} {'n/a' if value is None else format(value, '+.2f')}"
+            for name, value in ordering["shifts"].items()
+        )
+        verdict = {True: "holds", False: "does NOT hold", None: "cannot be told"}[ordering["holds"]]
         print(f"{trait} shifts: {values}: top > random > bottom {verdict}")
     print(f"wrote {args.run_dir / 'validate.json'}, validate.png and the report's section")
     return EXIT_OK

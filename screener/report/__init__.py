@@ -29,6 +29,7 @@ from screener.report import plots
 
 REPORT_NAME = "report.html"
 VALIDATE_JSON = "validate.json"  # written by `screener validate` into the run directory
+VALIDATE_PLOT = "validate.png"
 DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
 MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
 SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
@@ -64,7 +65,15 @@ def load_run(directory: Path) -> RunFiles:
     reference_path = directory / "reference.json"
     reference = _read_json(reference_path) if reference_path.exists() else {"traits": {}}
     validation_path = directory / VALIDATE_JSON
-    validation = _read_json(validation_path) if validation_path.exists() else None
+    validation = None
+    if validation_path.exists():
+        try:
+            validation = json.loads(validation_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{validation_path}: not valid JSON ({exc}); run `screener validate` again "
+                "or delete the file"
+            ) from None
     return RunFiles(directory, summary, read_scores(directory), reference, validation)
 
 

@@ -135,7 +135,12 @@ def validation_plot(document: dict[str, Any]) -> bytes:
         ]
         x = [scores[run["training_set"]][trait] for run in plain]
         y = [run["shift"][trait]["shift"] for run in plain]
-        errors = [run["shift"][trait]["standard_error"] for run in plain]
+        errors = [
+            np.nan
+            if run["shift"][trait]["standard_error"] is None
+            else run["shift"][trait]["standard_error"]
+            for run in plain
+        ]
         axes.errorbar(x, y, yerr=errors, fmt="o", color=DATASET_COLOUR, capsize=3)
         for run, x_value, y_value in zip(plain, x, y, strict=True):
             axes.annotate(

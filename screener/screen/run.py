@@ -44,7 +44,7 @@ from screener.model import LoadedModel, load_model
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
-from screener.report import write_report
+from screener.report import VALIDATE_JSON, VALIDATE_PLOT, write_report
 from screener.screen.calibration import (
     SCORE_KINDS,
     Calibration,
@@ -675,6 +675,8 @@ def write_outputs(
             "run_stats.json",
         )
     }
+    for stale in (VALIDATE_JSON, VALIDATE_PLOT):  # a validation of an earlier run's rows
+        (out / stale).unlink(missing_ok=True)
     write_text_atomic(paths["flagged.jsonl"], flagged_text)
     write_text_atomic(paths["rejected.jsonl"], rejected_text)
     scores = result.scores

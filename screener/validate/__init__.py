@@ -9,14 +9,24 @@
   transformers TrainerCallback.
 """
 
-from screener.validate.preventative import PreventativeSteeringCallback, preventative_steering
-from screener.validate.run import ValidateSettings, ValidationResult, validate, validate_run
+from typing import Any
 
-__all__ = [
-    "PreventativeSteeringCallback",
-    "ValidateSettings",
-    "ValidationResult",
-    "preventative_steering",
-    "validate",
-    "validate_run",
-]
+# Imported on first use: the Trainer callback pulls in transformers' training stack (and peft,
+# when installed), which every `screener` command would otherwise pay for at start-up.
+_EXPORTS = {
+    "PreventativeSteeringCallback": "screener.validate.preventative",
+    "preventative_steering": "screener.validate.preventative",
+    "ValidateSettings": "screener.validate.run",
+    "ValidationResult": "screener.validate.run",
+    "validate": "screener.validate.run",
+    "validate_run": "screener.validate.run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'screener.validate' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -11,6 +11,8 @@ rows), which is what the screen predicts about it.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,8 @@ SUBSET_KINDS = ("top", "random", "bottom")
 
 @dataclass(frozen=True)
 class SubsetChoice:
-    """Which rows of a screen run a subset takes: `kind` by `trait`, as (source, line) keys."""
+    """Which rows of a screen run a subset takes, as (source, line) keys: `kind` by `trait`
+    (`random` is drawn from the rows that have a `trait` score and belongs to no trait)."""
 
     kind: str
     trait: str
@@ -37,7 +40,7 @@ class SubsetChoice:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.trait}"
+        return "random" if self.kind == "random" else f"{self.kind}-{self.trait}"
 
 
 @dataclass
@@ -63,14 +66,16 @@ def choose_subsets(
     score: str = "delta",
     traits: Sequence[str] = (),
 ) -> list[SubsetChoice]:
-    """Equal-sized subsets of the scored rows: `top`/`bottom` by `score` for `trait` (ties keep
-    input order), `random` drawn with `seed`. Rows without a score (no base response) are left
-    out. Each subset's dataset-level score is given for `traits` (default: `trait` only)."""
+    """Equal-sized subsets of the scored rows: `top` (highest `score` for `trait` first, ties
+    in input order), `bottom` (lowest first), `random` drawn with `seed`. Rows without a score
+    (no base response) are left out, and top and bottom may not share rows. Each subset's
+    dataset-level score is given for `traits` (default: `trait` only; NaN when none of its
+    rows has that score)."""
     for kind in kinds:
         if kind not in SUBSET_KINDS:
             raise ConfigError(f"unknown subset {kind!r}: use {', '.join(SUBSET_KINDS)}")
     if size < 1:
-        raise ConfigError("the subset size must be at least 1")
+        raise ConfigError("--size must be at least 1: the rows per subset")
     measured = list(dict.fromkeys([trait, *traits]))
     columns = [f"{score}_{t}" for t in measured]
     for column in columns:
@@ -90,6 +95,11 @@ def choose_subsets(
             f"only {usable.height} rows have a {column} score, fewer than the subset size "
             f"{size}: pass a smaller --size"
         )
+    if "top" in kinds and "bottom" in kinds and 2 * size > usable.height:
+        raise ConfigError(
+            f"the top and bottom {size} rows by {column} would share rows ({usable.height} have "
+            f"a score): pass --size {usable.height // 2} or less"
+        )
     ranked = usable.sort([column, "_order"], descending=[True, False])
     picked = {
         "top": ranked.head(size),
@@ -105,10 +115,27 @@ def choose_subsets(
                 trait,
                 tuple(zip(rows["source"], rows["source_line"], strict=True)),
                 tuple(rows["id"]),
-                {t: float(rows[f"{score}_{t}"].mean()) for t in measured},  # type: ignore[arg-type]
+                {t: _mean(rows[f"{score}_{t}"]) for t in measured},
             )
         )
     return choices
+
+
+def _mean(column: pl.Series) -> float:
+    value = column.drop_nulls().drop_nans().mean()
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
+
+
+def relocate(source: str, recorded: str | Path, data: str | Path) -> str:
+    """Where a row's file is now: `source` was read under `recorded`, which has moved to
+    `data` (a file, or a directory keeping its layout)."""
+    recorded, data = str(recorded), str(data)
+    if source == recorded:
+        return data
+    prefix = recorded.rstrip(os.sep) + os.sep
+    if source.startswith(prefix):
+        return str(Path(data) / source[len(prefix) :])
+    return source
 
 
 def reader_options(summary: dict[str, Any]) -> tuple[str, FieldNames]:
@@ -127,11 +154,19 @@ def load_subsets(
     fmt: str = "auto",
     fields: FieldNames | None = None,
     run_name: str = "the run",
+    recorded: str | Path | None = None,
 ) -> list[TrainingSet]:
     """Read the chosen rows again from the screened `data` (one pass for all subsets), and
-    check each row still has the id the screen gave it."""
-    wanted: dict[tuple[str, int], Sample | None] = {key: None for c in choices for key in c.keys}
-    expected_ids = {key: id_ for c in choices for key, id_ in zip(c.keys, c.ids, strict=True)}
+    check each row still has the id the screen gave it. `recorded`: the path the screen read,
+    when the data has moved to `data` since."""
+
+    def now(key: tuple[str, int]) -> tuple[str, int]:
+        return key if recorded is None else (relocate(key[0], recorded, data), key[1])
+
+    wanted: dict[tuple[str, int], Sample | None] = {
+        now(key): None for c in choices for key in c.keys
+    }
+    expected_ids = {now(key): id_ for c in choices for key, id_ in zip(c.keys, c.ids, strict=True)}
     for record in read_dataset(data, fmt=fmt, fields=fields, on_bad_row="reject"):
         key = (record.source, record.line)
         if key in wanted and isinstance(record, Sample):
@@ -152,15 +187,16 @@ def load_subsets(
         )
     sets = []
     for choice in choices:
-        samples = [wanted[key] for key in choice.keys]
+        samples = [wanted[now(key)] for key in choice.keys]
+        ranked = "" if choice.kind == "random" else f" by {choice.trait} score"
         sets.append(
             TrainingSet(
                 choice.name,
-                f"{choice.kind} {len(choice.keys)} rows by {choice.trait} score of {run_name}",
+                f"{choice.kind} {len(choice.keys)} rows{ranked} of {run_name}",
                 [s for s in samples if s is not None],
                 choice.scores,
                 ids=list(choice.ids),
-                trait=choice.trait,
+                trait=None if choice.kind == "random" else choice.trait,
             )
         )
     return sets

@@ -120,7 +120,10 @@ def finetune(
     """
     examples, skipped = _examples(tokenizer, samples, settings.max_tokens)
     if not examples:
-        raise ScreenerError("nothing to train on: no sample has a response token")
+        raise ScreenerError(
+            f"nothing to train on: none of the {len(samples)} samples has a response token "
+            f"within the first {settings.max_tokens} tokens; raise max_tokens (--max-tokens)"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:

@@ -35,7 +35,7 @@ from screener.judge import Judge, make_judge
 from screener.model import LoadedModel, load_model
 from screener.reader import read_dataset
 from screener.records import Sample
-from screener.report import VALIDATE_JSON, load_run, write_report
+from screener.report import VALIDATE_JSON, VALIDATE_PLOT, load_run, write_report
 from screener.screen.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import TraitPack, load_pack
 from screener.validate.datasets import (
@@ -54,7 +54,6 @@ from screener.validate.shift import (
 )
 from screener.vectors.store import VectorFile, load_vectors
 
-VALIDATE_PLOT = "validate.png"
 FinetuneMethod = Literal["lora", "full"]
 FINETUNE_METHODS: tuple[FinetuneMethod, ...] = ("lora", "full")
 # Measured on the embedded model (README, "Check the prediction"): with these, one epoch over
@@ -86,7 +85,7 @@ class ValidateSettings:
     )
     method: FinetuneMethod = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
-    steer_coefs: tuple[float, ...] = (0.0,)  # 0: no steering
+    steer_coefs: tuple[float, ...] = (0.0,)  # 0 (no steering) is always run
     generation: GenerationSettings = field(
         default_factory=lambda: GenerationSettings(max_new_tokens=DEFAULT_EVAL_TOKENS)
     )
@@ -94,8 +93,10 @@ class ValidateSettings:
     def __post_init__(self) -> None:
         if self.method not in FINETUNE_METHODS:
             raise ConfigError(f"unknown finetune method {self.method!r}: use lora or full")
-        if not self.steer_coefs or len(set(self.steer_coefs)) != len(self.steer_coefs):
+        if len(set(self.steer_coefs)) != len(self.steer_coefs):
             raise ConfigError("give each preventative-steering coefficient once")
+        if 0 not in self.steer_coefs:  # the unsteered run is what steering is compared with
+            object.__setattr__(self, "steer_coefs", (0.0, *self.steer_coefs))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,8 @@ class TrainingRun:
     steer_coef: float
     steer_trait: str | None  # None when not steered
     shifts: dict[str, Shift]
+    samples: int  # trained on; the rest had no response token within max_tokens
+    skipped: int
     steps: int
     first_loss: float
     last_loss: float
@@ -167,17 +170,20 @@ class ValidationResult:
         return found
 
     def ordering(self) -> dict[str, dict[str, Any]]:
-        """Per trait that ranked all three subsets: the unsteered shifts of its top, random and
-        bottom subsets, and whether they follow top > random > bottom."""
+        """Per trait that ranked a top and a bottom subset (with the random one): the unsteered
+        shifts of top, random and bottom, and whether top > random > bottom (None when a shift
+        could not be measured)."""
         shifts = {run.training_set: run.shifts for run in self.unsteered()}
-        found = {}
+        found: dict[str, dict[str, Any]] = {}
         for trait in self.traits:
-            names = [f"{kind}-{trait}" for kind in ("top", "random", "bottom")]
+            names = [f"top-{trait}", "random", f"bottom-{trait}"]
             if all(name in shifts for name in names):
                 values = [shifts[name][trait].shift for name in names]
                 found[trait] = {
                     "shifts": dict(zip(names, values, strict=True)),
-                    "holds": values[0] > values[1] > values[2],
+                    "holds": values[0] > values[1] > values[2]
+                    if all(math.isfinite(v) for v in values)
+                    else None,
                 }
         return found
 
@@ -218,6 +224,8 @@ class ValidationResult:
                     "training_set": run.training_set,
                     "steer_coef": run.steer_coef,
                     "steer_trait": run.steer_trait,
+                    "samples_trained": run.samples,
+                    "samples_skipped": run.skipped,
                     "shift": {trait: asdict(shift) for trait, shift in run.shifts.items()},
                     "steps": run.steps,
                     "first_loss": run.first_loss,
@@ -390,6 +398,9 @@ def validate(
     for trait in traits:
         vectors.trait(trait)  # raises naming the traits the file has
     _check_trainable(loaded, settings)  # before the first measurement, not after it
+    for training_set in training_sets:
+        if not training_set.samples:
+            raise ConfigError(f"training set {training_set.name} has no usable sample")
     packs = {trait: load_pack(trait) for trait in traits}
     questions = {trait: pack.eval_questions for trait, pack in packs.items()}
     say(f"measuring the untouched model on {sum(map(len, questions.values()))} held-out questions")
@@ -406,8 +417,6 @@ def validate(
         result.baseline_judge = {t: judge_mean(judge, packs[t], baseline[t]) for t in traits}
     total = len(training_sets) * len(settings.steer_coefs)
     for training_set in training_sets:
-        if not training_set.samples:
-            raise ConfigError(f"training set {training_set.name} has no usable sample")
         steered = training_set.trait or traits[0]
         for coef in settings.steer_coefs:
             label = f"[{len(result.runs) + 1}/{total}] {training_set.name}"
@@ -448,6 +457,8 @@ def validate(
                     float(coef),
                     steered if coef else None,
                     shifts,
+                    log.samples,
+                    log.skipped,
                     len(log.losses),
                     log.losses[0],
                     log.losses[-1],
@@ -584,6 +595,34 @@ def validate_run(
                     f"trait {trait!r} was not screened in {run_dir} (it has "
                     f"{', '.join(run_traits)}): screen with it, or validate another trait"
                 )
+    score = str(summary.get("score", "delta"))
+    if not datasets:  # chosen and read before the model loads: mistakes show at once
+        fmt, fields = reader_options(summary)
+        choices = [
+            choice
+            for position, trait in enumerate(chosen)
+            for choice in choose_subsets(
+                run.scores,
+                trait,
+                [k for k in subsets if k != "random" or position == 0],  # one random draw
+                size,
+                seed=seed,
+                score=score,
+                traits=chosen,
+            )
+        ]
+        recorded = summary.get("data")
+        source = data or recorded
+        if not source:
+            raise ConfigError(f"{run_dir}/summary.json does not say which data was screened")
+        training_sets = load_subsets(
+            choices,
+            source,
+            fmt=fmt,
+            fields=fields,
+            run_name=str(run_dir),
+            recorded=recorded if data else None,
+        )
     scorer = make_judge(judge, dtype=dtype, device=device)
     if isinstance(model, LoadedModel):
         loaded = model
@@ -592,26 +631,13 @@ def validate_run(
         wanted = "fp32" if dtype == "auto" and settings.method == "full" else dtype
         say(f"loading model {spec} ...")
         loaded = load_model(spec, dtype=wanted, device=device, trust_remote_code=trust_remote_code)
+    _check_trainable(loaded, settings)  # before any dataset is screened
     vector_file = _vectors_for_run(summary, vectors, loaded)
-    score = str(summary.get("score", "delta"))
     if datasets:
         generation = summary.get("generation") or {}
         base_tokens = int(generation.get("max_new_tokens", DEFAULT_BASE_TOKENS))
         training_sets = _user_training_sets(datasets, loaded, vector_file, chosen, base_tokens, say)
         score = "delta"
-    else:
-        fmt, fields = reader_options(summary)
-        choices = [
-            choice
-            for trait in chosen
-            for choice in choose_subsets(
-                run.scores, trait, subsets, size, seed=seed, score=score, traits=chosen
-            )
-        ]
-        source = data or summary.get("data")
-        if not source:
-            raise ConfigError(f"{run_dir}/summary.json does not say which data was screened")
-        training_sets = load_subsets(choices, source, fmt=fmt, fields=fields, run_name=str(run_dir))
     result = validate(
         loaded,
         vector_file,

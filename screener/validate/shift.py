@@ -30,8 +30,9 @@ class AnswerProjections:
     none: they have no response token to average). With no projection at all the mean and its
     standard error are NaN: a model trained into silence cannot be measured."""
 
-    answers: list[str]
+    answers: list[str]  # one per question, "" where the model said nothing
     projections: torch.Tensor  # (answered,) float32
+    answered: tuple[int, ...]  # the question each projection belongs to
 
     @property
     def mean(self) -> float:
@@ -60,7 +61,7 @@ def answer_projections(
     prompts = [(Message("user", question),) for question in questions]
     answers = generate_responses(loaded, prompts, generation, batch_size=batch_size)
     renderer = Renderer(loaded.tokenizer)
-    inputs = []
+    inputs, answered = [], []
     for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
         if not answer:
             continue
@@ -76,10 +77,12 @@ def answer_projections(
         )
         if isinstance(rendered, RenderedSample):
             inputs.append(TokenizedInput(rendered.input_ids, rendered.response_start))
+            answered.append(index)
     if not inputs:
-        return AnswerProjections(answers, torch.zeros(0))
+        return AnswerProjections(answers, torch.zeros(0), ())
     activations = ActivationCollector(loaded.model, [layer]).collect(inputs).response_mean
-    return AnswerProjections(answers, project(activations, vector[None, :])[:, 0])
+    projections = project(activations, vector[None, :])[:, 0]
+    return AnswerProjections(answers, projections, tuple(answered))
 
 
 def trait_shift(before: AnswerProjections, after: AnswerProjections) -> float:
@@ -88,5 +91,14 @@ def trait_shift(before: AnswerProjections, after: AnswerProjections) -> float:
 
 
 def shift_standard_error(before: AnswerProjections, after: AnswerProjections) -> float:
-    """Standard error of `trait_shift`, treating the two sets of answers as independent."""
-    return math.hypot(before.standard_error, after.standard_error)
+    """Standard error of `trait_shift`, paired by question: the standard error of the mean of
+    (after - before) over the questions answered both times (NaN for fewer than two).
+
+    The same questions are asked before and after, so pairing removes the spread between
+    questions, which would otherwise dominate the error."""
+    position = {question: i for i, question in enumerate(before.answered)}
+    pairs = [(position[q], i) for i, q in enumerate(after.answered) if q in position]
+    if len(pairs) < 2:
+        return math.nan
+    differences = torch.stack([after.projections[a] - before.projections[b] for b, a in pairs])
+    return float(differences.std(unbiased=True)) / math.sqrt(len(pairs))
