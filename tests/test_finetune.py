@@ -94,19 +94,27 @@ def test_steering_changes_training_and_leaves_no_hook(
         FinetuneSettings(**{**SETTINGS.as_dict(), "epochs": 2}),
         steer=Steer(2, vector, 4.0),
     )
+    assert_steering_changed_training_and_left_no_trace(plain, steered)
+
+
+def assert_steering_changed_training_and_left_no_trace(
+    plain: torch.nn.Module, steered: torch.nn.Module
+) -> None:
+    """`steered` (a tiny llama trained with steering) learned other weights than `plain`, and
+    now runs exactly like a fresh model given its weights: no hook is left."""
     assert any(
         not torch.allclose(a, b)
         for a, b in zip(plain.state_dict().values(), steered.state_dict().values(), strict=True)
     ), "steering during training must change what is learned"
-    fresh = tiny_model("llama")
-    fresh.load_state_dict(steered.state_dict())
     for module in steered.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+    fresh = tiny_model("llama")
+    fresh.load_state_dict(steered.state_dict())
     ids = torch.tensor([[5, 17, 42, 99, 7]])
-    steered.eval()
-    fresh.eval()
     with torch.no_grad():
-        torch.testing.assert_close(steered(ids).logits, fresh(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            steered.eval()(ids).logits, fresh.eval()(ids).logits, rtol=0, atol=0
+        )
 
 
 def test_settings_are_checked() -> None:

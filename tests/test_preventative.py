@@ -14,6 +14,7 @@ from screener.layers import find_layout, tap
 from screener.validate.preventative import PreventativeSteeringCallback, preventative_steering
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded, tiny_model
+from tests.test_finetune import assert_steering_changed_training_and_left_no_trace
 from tests.test_screen import tiny_vectors
 from tests.test_steer import received
 
@@ -68,15 +69,7 @@ def test_trainer_callback_steers_during_training_only(
     with PreventativeSteeringCallback(vectors, "evil", 8.0) as steer:
         steered = train(tmp_path, [steer, spy])
     assert spy.seen == [True, True, True]
-    assert no_hooks(steered)
-    assert any(
-        not torch.allclose(a, b)
-        for a, b in zip(plain.state_dict().values(), steered.state_dict().values(), strict=True)
-    ), "steering during training must change what is learned"
-    fresh = tiny_model("llama")
-    fresh.load_state_dict(steered.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(steered(IDS).logits, fresh.eval()(IDS).logits, rtol=0, atol=0)
+    assert_steering_changed_training_and_left_no_trace(plain, steered)
 
 
 def test_context_manager_adds_the_unit_vector_and_removes_it_on_error(
