@@ -56,7 +56,7 @@ def register(commands: Any) -> None:
         type=comma_separated,
         default=None,
         help="traits to rank subsets by and to measure (default: the run's first trait); "
-        "each adds one set of subsets",
+        "each adds its top and bottom subsets (the random one is shared)",
     )
     validate.add_argument(
         "--subsets",
