@@ -58,6 +58,15 @@ class LoadedModel:
     device: torch.device
     fingerprint: str
 
+    def identity(self) -> dict[str, str]:
+        """What the outputs of a run record about the model: spec, name, fingerprint, dtype."""
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bfloat16 matrix instructions (AMX or AVX512-BF16)."""

@@ -51,6 +51,11 @@ FULL = ValidateSettings(
     method="full",
     generation=GenerationSettings(max_new_tokens=3),
 )
+GENTLE = ValidateSettings(  # a learning rate the tiny model keeps answering after
+    finetune=FinetuneSettings(learning_rate=1e-3, batch_size=3, autocast_bf16=False),
+    method="full",
+    generation=FULL.generation,
+)
 
 
 @pytest.fixture
@@ -246,12 +251,7 @@ def test_validate_run_writes_json_plot_and_report_section(
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])
     run_dir = tmp_path / "run"
-    gentle = ValidateSettings(
-        finetune=FinetuneSettings(learning_rate=1e-3, batch_size=3, autocast_bf16=False),
-        method="full",
-        generation=FULL.generation,
-    )
-    result = validate_run(run_dir, model=loaded, size=3, settings=gentle, command="test")
+    result = validate_run(run_dir, model=loaded, size=3, settings=GENTLE, command="test")
 
     document = json.loads((run_dir / "validate.json").read_text())
     assert document["traits"] == ["evil"]  # the run's first trait by default
@@ -307,12 +307,7 @@ def test_user_datasets_are_screened_for_their_delta_and_trained_on(
     run(loaded, write_jsonl(tmp_path / "data.jsonl", rows()), tmp_path, "run")
     first = write_jsonl(tmp_path / "first.jsonl", rows()[:4])
     second = write_jsonl(tmp_path / "second.jsonl", [*rows()[4:], {"id": "bad", "messages": 3}])
-    gentle = ValidateSettings(
-        finetune=FinetuneSettings(learning_rate=1e-3, batch_size=3, autocast_bf16=False),
-        method="full",
-        generation=FULL.generation,
-    )
-    result = validate_run(tmp_path / "run", model=loaded, datasets=[first, second], settings=gentle)
+    result = validate_run(tmp_path / "run", model=loaded, datasets=[first, second], settings=GENTLE)
     sets = {ts.name: ts for ts in result.training_sets}
     assert list(sets) == ["first", "second"]
     assert [s.id for s in sets["first"].samples] == ["r0", "r1", "r2", "r3"]

@@ -46,7 +46,7 @@ class RunFiles:
     validation: dict[str, Any] | None = None  # validate.json, after `screener validate`
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, remedy: str = "rerun `screener screen`") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -54,7 +54,7 @@ def _read_json(path: Path) -> Any:
             f"{path}: missing; is {path.parent} the --out directory of a `screener screen` run?"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); rerun `screener screen`") from None
+        raise ConfigError(f"{path}: not valid JSON ({exc}); {remedy}") from None
 
 
 def load_run(directory: Path) -> RunFiles:
@@ -65,15 +65,11 @@ def load_run(directory: Path) -> RunFiles:
     reference_path = directory / "reference.json"
     reference = _read_json(reference_path) if reference_path.exists() else {"traits": {}}
     validation_path = directory / VALIDATE_JSON
-    validation = None
-    if validation_path.exists():
-        try:
-            validation = json.loads(validation_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"{validation_path}: not valid JSON ({exc}); run `screener validate` again "
-                "or delete the file"
-            ) from None
+    validation = (
+        _read_json(validation_path, "run `screener validate` again or delete the file")
+        if validation_path.exists()
+        else None
+    )
     return RunFiles(directory, summary, read_scores(directory), reference, validation)
 
 
@@ -176,7 +172,7 @@ def _validation_view(document: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "traits": traits,
-        "score_label": "ΔP" if score == "delta" else "last-prompt projection",
+        "score_label": plots.SHORT_SCORE_NAMES.get(score, score),
         "method": settings.get("method"),
         "finetune": settings.get("finetune", {}),
         "ordering": document.get("ordering") or {},

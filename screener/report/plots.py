@@ -16,6 +16,7 @@ DATASET_COLOUR = "#c0392b"
 REFERENCE_COLOUR = "#7f8c8d"
 FLAGGED_COLOUR = "#c0392b"
 KEPT_COLOUR = "#95a5a6"
+SHORT_SCORE_NAMES = {"delta": "ΔP", "prompt_last": "last-prompt projection"}
 MAX_SCATTER_POINTS = 20_000  # kept samples drawn at most; every flagged sample is drawn
 
 
@@ -114,11 +115,9 @@ def validation_plot(document: dict[str, Any]) -> bytes:
     with Pearson r; beside it, when steering was swept, the shift against the coefficient. One
     row of panels per trait."""
     traits = list(document["traits"])
-    score_name = "ΔP" if document.get("score", "delta") == "delta" else "last-prompt projection"
-    scores = {
-        ts["name"]: ts[f"dataset_{document.get('score', 'delta')}"]
-        for ts in document["training_sets"]
-    }
+    score = document.get("score", "delta")
+    score_name = SHORT_SCORE_NAMES.get(score, score)
+    scores = {ts["name"]: ts[f"dataset_{score}"] for ts in document["training_sets"]}
     runs = document["runs"]
     coefs = sorted({run["steer_coef"] for run in runs})
     columns = 2 if len(coefs) > 1 else 1

@@ -222,12 +222,7 @@ class ScreenResult:
             "clusters": [
                 {"id": c.id, "size": c.size, "words": list(c.words)} for c in self.cluster_info
             ],
-            "model": {
-                "spec": self.model.spec,
-                "name": self.model.name,
-                "fingerprint": self.model.fingerprint,
-                "dtype": str(self.model.dtype).replace("torch.", ""),
-            },
+            "model": self.model.identity(),
             "vectors": {
                 "path": self.vectors.path,
                 "model": self.vectors.model_id,

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -429,7 +430,7 @@ def validate(
             )
             started = time.perf_counter()
             say(f"{label}: finetuning on {len(training_set.samples)} samples")
-            report = None if step_progress is None else _bind(step_progress, label)
+            report = None if step_progress is None else partial(step_progress, label)
             with trained_model(
                 loaded, training_set.samples, settings, steer=steer, progress=report
             ) as (trained, log):
@@ -486,12 +487,6 @@ def _judge_shift(
         return None
     before, now = baseline.get(trait), judge_mean(judge, pack, after)
     return None if before is None or now is None else now - before
-
-
-def _bind(
-    step_progress: Callable[[str, int, int, float], None], label: str
-) -> Callable[[int, int, float], None]:
-    return lambda step, steps, loss: step_progress(label, step, steps, loss)
 
 
 def _vectors_for_run(
@@ -588,15 +583,14 @@ def validate_run(
     chosen = list(dict.fromkeys(traits or run_traits[:1]))
     if not chosen:
         raise ConfigError(f"{run_dir}/summary.json lists no trait; pass --traits")
-    if not datasets:
+    score = str(summary.get("score", "delta"))
+    if not datasets:  # chosen and read before the model loads: mistakes show at once
         for trait in chosen:
             if trait not in run_traits:
                 raise ConfigError(
                     f"trait {trait!r} was not screened in {run_dir} (it has "
                     f"{', '.join(run_traits)}): screen with it, or validate another trait"
                 )
-    score = str(summary.get("score", "delta"))
-    if not datasets:  # chosen and read before the model loads: mistakes show at once
         fmt, fields = reader_options(summary)
         choices = [
             choice
@@ -649,12 +643,7 @@ def validate_run(
         step_progress=step_progress,
         judge=scorer,
     )
-    result.model = {
-        "spec": loaded.spec,
-        "name": loaded.name,
-        "fingerprint": loaded.fingerprint,
-        "dtype": str(loaded.dtype).replace("torch.", ""),
-    }
+    result.model = loaded.identity()
     result.command = command
     write_validation(result, run_dir)
     write_report(run_dir)
