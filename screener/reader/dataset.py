@@ -26,6 +26,7 @@ from screener.reader.formats import (
     format_fields,
     to_messages,
 )
+from screener.reader.seen import SeenIds
 from screener.reader.sources import RawRow, iter_path, json_kind, skipped_files
 from screener.records import Message, RejectedRow, Sample
 
@@ -89,11 +90,11 @@ class DatasetReader:
         self.fields = fields or FieldNames()
         self.on_bad_row = on_bad_row
         self.counts = ReadCounts()
-        self._seen: dict[str, str] = {}
+        self._seen = SeenIds()
 
     def __iter__(self) -> Iterator[Sample | RejectedRow]:
         self.counts = ReadCounts(skipped_files=[str(p) for p in skipped_files(self.path)])
-        self._seen = {}
+        self._seen = SeenIds()
         for row in iter_path(self.path):
             self.counts.rows += 1
             record = self._convert(row)
@@ -163,7 +164,7 @@ class DatasetReader:
             return RejectedRow(row.source, row.line, exc.reason, exc.field, _id_text(own_id))
         has_own_id = own_id is not None and str(own_id).strip() != ""
         sample_id = str(own_id).strip() if has_own_id else content_id(messages)
-        first = self._seen.get(sample_id)
+        first = self._seen.first_seen(sample_id)
         if first is not None:
             reason = (
                 f"duplicate id {sample_id!r} (first seen at {first})"
@@ -173,7 +174,7 @@ class DatasetReader:
             return RejectedRow(
                 row.source, row.line, reason, self.fields.id if has_own_id else None, sample_id
             )
-        self._seen[sample_id] = f"{row.source}:{row.line}"
+        self._seen.add(sample_id, row.source, row.line)
         return Sample(sample_id, row.source, row.line, messages, record, fmt, tuple(warnings))
 
 
