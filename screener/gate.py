@@ -184,7 +184,7 @@ def judge(
     added = [i for i, s in enumerate(candidate.samples) if s.content_hash not in known]
     flagged_rows = []
     for index in added:
-        reasons = candidate.reasons[index]
+        reasons = candidate.reasons.get(index)
         if not reasons:
             continue
         sample = candidate.samples[index]

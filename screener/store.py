@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS activations (
 """
 
 TABLES = ("base_responses", "activations")
+# DuckDB's memory for a store or output file. Without a limit the primary-key index of a store
+# stays in memory and grows with every row (about 0.8 KB each); with one, DuckDB pages it to
+# disk and screening memory stays flat at a million rows (benchmarks/bench_scale.py).
+DUCKDB_MEMORY_LIMIT = "64MB"
 
 
 def default_store_path() -> Path:
@@ -99,7 +103,10 @@ class RunStore:
         if where != ":memory:":
             Path(where).parent.mkdir(parents=True, exist_ok=True)
         try:
-            connection = duckdb.connect(where)
+            config: dict[str, str | bool | int | float | list[str]] = (
+                {} if where == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT}
+            )
+            connection = duckdb.connect(where, config=config)
         except duckdb.IOException as exc:
             raise ConfigError(
                 f"cannot open the run store {where}: {str(exc).splitlines()[0]} (another screener "

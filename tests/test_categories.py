@@ -14,7 +14,9 @@ from screener.screen.categories import (
     OTHER,
     CategoryProbe,
     cluster_samples,
+    fit_clusters,
     load_categories,
+    number_clusters,
     training_labels,
 )
 
@@ -117,3 +119,22 @@ def test_few_flagged_samples_make_one_cluster() -> None:
     ids, clusters = cluster_samples(np.ones((2, 4)), ["alpha beta", "alpha gamma"])
     assert ids == [0, 0] and len(clusters) == 1 and clusters[0].size == 2
     assert cluster_samples(np.zeros((0, 4)), []) == ([], [])
+
+
+def test_clusters_fitted_on_a_sample_place_every_sample_by_its_planted_group() -> None:
+    """Fitted on 4 + 2 of 30 samples (a large run's spread sample), the other 24 join the
+    nearest centre; ids are numbered by the size over all 30, not over the fitted few."""
+    rng = np.random.default_rng(0)
+    centres = 4.0 * rng.standard_normal((2, 8))
+    features = planted(centres, 15, seed=5)  # rows 0-14 group A, 15-29 group B
+    texts = ["darling kiss romance"] * 15 + ["weapon revenge rival"] * 15
+    fit = [0, 3, 6, 9, 15, 20]
+    model = fit_clusters(features[fit], [texts[i] for i in fit], max_clusters=2)
+    raw = model.assign(features)
+    assert len(set(raw[:15])) == len(set(raw[15:])) == 1 and raw[0] != raw[15]
+    ids, clusters = number_clusters(model, raw)
+    assert [c.size for c in clusters] == [15, 15]
+    assert set(clusters[ids[0]].words) == {"darling", "kiss", "romance"}
+    assert set(clusters[ids[15]].words) == {"weapon", "revenge", "rival"}
+    uneven, _ = number_clusters(model, np.concatenate([raw[:10], raw[15:]]))  # 10 A, 15 B
+    assert uneven[0] == 1 and uneven[-1] == 0  # the larger group is cluster 0

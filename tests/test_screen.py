@@ -4,6 +4,7 @@ invariant, outputs round-trip, and the run store's reuse of earlier work."""
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from polars.testing import assert_frame_equal
 from transformers import PreTrainedTokenizerFast
 
 from screener.activations import TokenizedInput
@@ -19,6 +21,7 @@ from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen
+from screener.screen import run as screen_run
 from screener.screen.calibration import default_calibration_path
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import tiny_loaded
@@ -302,3 +305,45 @@ def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_pa
     assert any("made with other evil vectors" in note for note in result.notes)
     summary = result.summary()
     assert summary["traits"]["evil"]["cut_rule"].startswith("95th percentile of this dataset")
+
+
+def test_outputs_do_not_depend_on_chunking_and_the_spill_goes_away(
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs are assembled from the samples spilled chunk by chunk: one sample per chunk
+    gives the same files as one chunk (the same store, so the same numbers), also when k-means
+    is fitted on a spread sample of the flagged rows; no spill directory outlives its result."""
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    rule = FlagRule(top_k=3)
+    whole = run(loaded, data, tmp_path, "whole", rule=rule)
+    monkeypatch.setattr(screen_run, "MAX_CLUSTER_FIT", 3)
+    single = run(loaded, data, tmp_path, "single", rule=rule, chunk_size=1)
+    assert single.stats["collected"] == 0 and single.samples.groups == len(rows())
+    assert whole.samples.groups == 1 and 4 <= len(whole.flagged) == len(single.flagged) <= 6
+    for name in ("filtered.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+    without_clusters = pl.col("cluster").is_null()
+    scores = {
+        name: pl.read_parquet(tmp_path / name / "scores.parquet") for name in ("whole", "single")
+    }
+    assert_frame_equal(scores["whole"].drop("cluster"), scores["single"].drop("cluster"))
+    assert scores["single"].filter(pl.col("flagged") & without_clusters).is_empty()
+    flagged = {
+        name: [
+            json.loads(line)
+            for line in (tmp_path / name / "flagged.jsonl").read_text().splitlines()
+        ]
+        for name in ("whole", "single")
+    }
+    assert [{**f, "cluster": 0} for f in flagged["whole"]] == [
+        {**f, "cluster": 0} for f in flagged["single"]
+    ]
+    summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert sum(c["size"] for c in summary["clusters"]) == len(single.flagged)
+    assert single.scores.equals(scores["single"])
+    spilled = [whole.samples.directory, single.samples.directory]
+    assert all(d.exists() for d in spilled)
+    del whole, single
+    gc.collect()
+    assert not any(d.exists() for d in spilled)

@@ -32,6 +32,9 @@ from screener.errors import ConfigError
 OTHER = "other"
 MIN_EXAMPLES = 5
 MAX_CLUSTERS = 6
+# k-means and the silhouette (quadratic in samples) are fitted on at most this many flagged
+# samples; the others join the nearest centre.
+MAX_CLUSTER_FIT = 2000
 
 
 @dataclass(frozen=True)
@@ -158,31 +161,67 @@ class Cluster:
     words: tuple[str, ...]
 
 
-def cluster_samples(
+@dataclass(frozen=True)
+class ClusterModel:
+    """k-means fitted on (a sample of) the flagged samples' response activations, with the
+    distinctive words of each raw cluster's texts; `assign` places any sample in a cluster."""
+
+    scaler: StandardScaler | None
+    kmeans: KMeans | None  # None: everything is one cluster
+    words: list[tuple[str, ...]]  # per raw cluster label
+
+    @property
+    def size(self) -> int:
+        return len(self.words)
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """Raw cluster labels of `features` (the nearest centre)."""
+        if self.kmeans is None or len(features) == 0:
+            return np.zeros(len(features), dtype=int)
+        scaled = self.scaler.transform(features) if self.scaler is not None else features
+        return np.asarray(self.kmeans.predict(scaled), dtype=int)
+
+
+def fit_clusters(
     features: np.ndarray, texts: list[str], *, max_clusters: int = MAX_CLUSTERS
-) -> tuple[list[int], list[Cluster]]:
-    """Cluster ids per sample and a description per cluster (deterministic)."""
+) -> ClusterModel:
+    """k-means with k chosen by silhouette (deterministic); one cluster for fewer than six."""
     n = len(texts)
-    if n == 0:
-        return [], []
     labels = np.zeros(n, dtype=int)
-    scaled = StandardScaler().fit_transform(features) if n > 1 else features
+    scaler = StandardScaler().fit(features) if n > 1 else None
+    scaled = scaler.transform(features) if scaler is not None else features
+    best: KMeans | None = None
     best_score = -1.0
     for k in range(2, min(max_clusters, n // 3) + 1):
-        candidate = KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(scaled)
+        model = KMeans(n_clusters=k, n_init=10, random_state=0).fit(scaled)
+        candidate = model.labels_
         if len(set(candidate.tolist())) < 2:
             continue
         score = float(silhouette_score(scaled, candidate))
         if score > best_score:
-            best_score, labels = score, candidate
-    # number clusters by size, largest first, for stable reading
-    sizes = np.bincount(labels)
-    order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], c))
+            best, best_score, labels = model, score, candidate
+    k = 1 if best is None else int(best.n_clusters)
+    return ClusterModel(scaler, best, _distinctive_words(texts, labels.tolist(), k))
+
+
+def number_clusters(model: ClusterModel, raw_labels: np.ndarray) -> tuple[list[int], list[Cluster]]:
+    """Cluster ids numbered by size over `raw_labels` (largest first), and the clusters."""
+    sizes = np.bincount(raw_labels, minlength=model.size)
+    order = sorted(range(model.size), key=lambda c: (-sizes[c], c))
     renumber = {old: new for new, old in enumerate(order)}
-    ids = [renumber[int(c)] for c in labels]
-    words = _distinctive_words(texts, ids, len(order))
-    clusters = [Cluster(c, int(sizes[order[c]]), words[c]) for c in range(len(order))]
+    ids = [renumber[int(c)] for c in raw_labels]
+    clusters = [Cluster(new, int(sizes[old]), model.words[old]) for new, old in enumerate(order)]
     return ids, clusters
+
+
+def cluster_samples(
+    features: np.ndarray, texts: list[str], *, max_clusters: int = MAX_CLUSTERS
+) -> tuple[list[int], list[Cluster]]:
+    """Cluster ids per sample and a description per cluster (deterministic)."""
+    if not texts:
+        return [], []
+    model = fit_clusters(features, texts, max_clusters=max_clusters)
+    return number_clusters(model, model.assign(features))
 
 
 def _distinctive_words(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import torch
 
 from screener.activations import DEFAULT_BATCH_TOKENS, TokenizedInput
@@ -55,12 +57,14 @@ from screener.screen.calibration import (
     vector_digest,
 )
 from screener.screen.categories import (
+    MAX_CLUSTER_FIT,
     OTHER,
     CategoryProbe,
     CategorySet,
     Cluster,
-    cluster_samples,
+    fit_clusters,
     load_categories,
+    number_clusters,
     training_labels,
 )
 from screener.screen.filtered import FilteredWriter
@@ -87,13 +91,15 @@ from screener.screen.scoring import (
     ScoringSettings,
     content_hash,
 )
-from screener.store import RunStore
+from screener.screen.spill import ScoredSamples
+from screener.store import DUCKDB_MEMORY_LIMIT, RunStore
 from screener.vectors.store import VectorFile, load_vectors
 
 DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
 # The category probe reads the last prompt token two thirds of the way up the network, where
 # the model has read the request but not yet committed to an answer.
 CATEGORY_LAYER_FRACTION = 2 / 3
+FEATURE_BATCH = 4096  # flagged samples whose activations are read from the store at once
 
 
 def score_kind(method: Method) -> str:
@@ -101,24 +107,27 @@ def score_kind(method: Method) -> str:
     return "delta" if method == "delta" else "prompt_last"
 
 
-def _score_of(sample: ScoredSample, trait: str, kind: str) -> float:
-    value = sample.delta(trait) if kind == "delta" else sample.prompt_last[trait]
-    return math.nan if value is None else value
+def score_column(samples: ScoredSamples, trait: str, kind: str) -> np.ndarray:
+    """Every sample's score of one kind for `trait` (NaN where there is none)."""
+    if kind == "delta":
+        return samples.column(f"proj_{trait}") - samples.column(f"base_proj_{trait}")
+    return samples.column(f"prompt_last_{trait}")
 
 
 @dataclass
 class ScreenResult:
-    """A finished screening run. Sample-level lists are in input order."""
+    """A finished screening run. Samples are in input order, kept on disk (`ScoredSamples`);
+    per-sample dicts are keyed by sample index and hold flagged samples only."""
 
     data: str
     model: LoadedModel
     vectors: VectorFile
     settings: ScoringSettings
     rows_read: int
-    samples: list[ScoredSample]
+    samples: ScoredSamples
     rejected: list[RejectedRow]
     cuts: dict[str, Cut]
-    reasons: list[list[Reason]]  # per sample; empty when not flagged
+    reasons: dict[int, list[Reason]]  # flagged sample index -> why it is flagged
     risk: np.ndarray
     dataset_scores: dict[str, MeanInterval]
     categories: dict[int, tuple[str, float]] = field(default_factory=dict)  # sample index ->
@@ -134,11 +143,12 @@ class ScreenResult:
 
     @property
     def flagged(self) -> list[int]:
-        return [i for i, reasons in enumerate(self.reasons) if reasons]
+        """Indexes of the flagged samples, in input order."""
+        return sorted(self.reasons)
 
     @property
     def kept(self) -> int:
-        return len(self.samples) - len(self.flagged)
+        return len(self.samples) - len(self.reasons)
 
     @property
     def score_kind(self) -> str:
@@ -146,36 +156,47 @@ class ScreenResult:
 
     @property
     def scores(self) -> pl.DataFrame:
-        """One row per scored sample, with every score (see `scores_schema`)."""
+        """One row per scored sample, with every score (see `scores_schema`); this loads the
+        whole table: `score_frames` gives it one chunk at a time."""
+        frames = list(self.score_frames())
+        if not frames:
+            return pl.DataFrame(schema=scores_schema(self.settings.traits))
+        return pl.concat(frames)
+
+    def score_frames(self) -> Iterator[pl.DataFrame]:
+        """The scores table, one chunk of samples at a time."""
         traits = self.settings.traits
-        columns: dict[str, list[Any]] = {
-            "id": [s.id for s in self.samples],
-            "source": [s.source for s in self.samples],
-            "source_line": [s.line for s in self.samples],
-            "format": [s.format for s in self.samples],
-            "prompt_tokens": [s.prompt_tokens for s in self.samples],
-            "response_tokens": [s.response_tokens for s in self.samples],
-            "base_response_tokens": [s.base_response_tokens for s in self.samples],
-        }
-        for trait in traits:
-            columns[f"delta_{trait}"] = [s.delta(trait) for s in self.samples]
-            columns[f"proj_{trait}"] = [s.projection[trait] for s in self.samples]
-            columns[f"base_proj_{trait}"] = [
-                None if s.base_projection is None else s.base_projection[trait]
-                for s in self.samples
-            ]
-            columns[f"prompt_last_{trait}"] = [s.prompt_last[trait] for s in self.samples]
-        columns["risk"] = [None if math.isnan(r) else float(r) for r in self.risk]
-        columns["flagged"] = [bool(r) for r in self.reasons]
-        columns["flag_traits"] = [[r.trait for r in reasons] for reasons in self.reasons]
-        columns["category"] = [self.categories.get(i, (None, None))[0] for i in range(len(self))]
-        columns["category_probability"] = [
-            self.categories.get(i, (None, None))[1] for i in range(len(self))
-        ]
-        columns["cluster"] = [self.clusters.get(i) for i in range(len(self))]
-        columns["base_response"] = [s.base_response for s in self.samples]
-        columns["warnings"] = [list(s.warnings) for s in self.samples]
-        return pl.DataFrame(columns, schema=scores_schema(traits))
+        schema = scores_schema(traits)
+        for group in range(self.samples.groups):
+            start = self.samples.group_start(group)
+            table = pl.DataFrame(self.samples.group_table(group))
+            indices = range(start, start + table.height)
+            reasons = [self.reasons.get(i) for i in indices]
+            categories = [self.categories.get(i, (None, None)) for i in indices]
+            columns: dict[str, Any] = {
+                "id": table["id"],
+                "source": table["source"],
+                "source_line": table["line"],
+                "format": table["format"],
+                "prompt_tokens": table["prompt_tokens"],
+                "response_tokens": table["response_tokens"],
+                "base_response_tokens": table["base_response_tokens"],
+            }
+            for trait in traits:
+                columns[f"delta_{trait}"] = table[f"proj_{trait}"] - table[f"base_proj_{trait}"]
+                columns[f"proj_{trait}"] = table[f"proj_{trait}"]
+                columns[f"base_proj_{trait}"] = table[f"base_proj_{trait}"]
+                columns[f"prompt_last_{trait}"] = table[f"prompt_last_{trait}"]
+            risk = pl.Series(self.risk[start : start + table.height], dtype=pl.Float64)
+            columns["risk"] = risk.fill_nan(None)
+            columns["flagged"] = [r is not None for r in reasons]
+            columns["flag_traits"] = [[r.trait for r in found or ()] for found in reasons]
+            columns["category"] = [name for name, _ in categories]
+            columns["category_probability"] = [probability for _, probability in categories]
+            columns["cluster"] = [self.clusters.get(i) for i in indices]
+            columns["base_response"] = table["base_response"]
+            columns["warnings"] = table["warnings"]
+            yield pl.DataFrame(columns, schema=schema)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -213,7 +234,9 @@ class ScreenResult:
                     "cut": self.cuts[trait].value,
                     "cut_rule": self.cuts[trait].rule,
                     "flagged": sum(
-                        1 for reasons in self.reasons if any(r.trait == trait for r in reasons)
+                        1
+                        for reasons in self.reasons.values()
+                        if any(r.trait == trait for r in reasons)
                     ),
                 }
                 for trait in self.settings.traits
@@ -430,15 +453,20 @@ def screen(
             )
             sent_to_ray = compute_with_ray(pending, config, ray_options, run_store, say)
         reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
-        samples: list[ScoredSample] = []
+        samples = ScoredSamples(chosen)
         rejected: list[RejectedRow] = []
-        stream = renderer.render_stream(reader, on_bad_row)
-        while chunk := list(islice(stream, chunk_size)):
-            rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
-            ready = [r for r in chunk if isinstance(r, RenderedSample)]
-            if ready:
-                samples.extend(scorer.score(ready))
-            say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
+        try:
+            stream = renderer.render_stream(reader, on_bad_row)
+            while chunk := list(islice(stream, chunk_size)):
+                rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
+                ready = [r for r in chunk if isinstance(r, RenderedSample)]
+                if ready:
+                    samples.append(scorer.score(ready))
+                say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
+            samples.finish()
+        except BaseException:
+            samples.close()
+            raise
         rows_read = reader.counts.rows
         if skipped := reader.counts.skipped_note():
             notes.append(skipped)
@@ -462,15 +490,18 @@ def screen(
         result.command = command
         result.reader = {"format": fmt, "fields": asdict(fields or FieldNames())}
         scoring_stats = dict(scorer.counters)
-        response_features = _categorize(result, scorer, category_set, probe_layer)
+        _categorize(result, scorer, category_set, probe_layer)
+        fit_indices = _cluster_fit_indices(result.flagged)
+        flagged_records = (
+            FlaggedRecords(samples.directory / "flagged-unordered.jsonl")
+            if out is not None
+            else None
+        )
+        texts = _second_pass(result, data, fmt, fields, out, flagged_records, set(fit_indices))
+        _cluster(result, scorer, probe_layer, fit_indices, texts)
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]
         )
-    originals = _second_pass(result, data, fmt, fields, out)
-    if response_features is not None:
-        texts = ["\n".join(m.content for m in originals[i].messages) for i in result.flagged]
-        ids, result.cluster_info = cluster_samples(response_features, texts)
-        result.clusters = dict(zip(result.flagged, ids, strict=True))
     result.stats = {
         **scoring_stats,
         "engine": engine,
@@ -479,8 +510,10 @@ def screen(
         "store": str(store) if store is not None else "default",
     }
     if out is not None:
+        assert flagged_records is not None
         result.out_dir = out
-        result.outputs += write_outputs(result, out, originals)
+        with flagged_records:
+            result.outputs += write_outputs(result, out, flagged_records)
         result.outputs.append(write_report(out))
     return result
 
@@ -501,19 +534,19 @@ def _decide(
     vectors: VectorFile,
     settings: ScoringSettings,
     rows_read: int,
-    samples: list[ScoredSample],
+    samples: ScoredSamples,
     rejected: list[RejectedRow],
     rule: FlagRule,
     calibration: Calibration | None,
 ) -> ScreenResult:
     """Cuts, flags with reasons, risk and dataset-level means."""
     kind = score_kind(settings.method)
-    reasons: list[list[Reason]] = [[] for _ in samples]
+    reasons: dict[int, list[Reason]] = {}
     cuts: dict[str, Cut] = {}
     dataset_scores: dict[str, MeanInterval] = {}
     z_by_trait = []
     for trait in settings.traits:
-        scores = np.array([_score_of(s, trait, kind) for s in samples], dtype=np.float64)
+        scores = score_column(samples, trait, kind)
         reference = None if calibration is None else calibration.distribution(trait, kind)
         cut = decide_cut(trait, scores, rule, reference)
         cuts[trait] = cut
@@ -521,12 +554,12 @@ def _decide(
         percentiles = dataset_percentiles(scores)
         for index in np.flatnonzero(mask):
             assert cut.value is not None
-            reasons[index].append(
+            reasons.setdefault(int(index), []).append(
                 Reason(trait, float(scores[index]), cut.value, float(percentiles[index]))
             )
         dataset_scores[trait] = bootstrap_mean(scores)
         z_by_trait.append(z_scores(scores, reference))
-    risk = risk_scores(z_by_trait) if samples else np.zeros(0)
+    risk = risk_scores(z_by_trait) if len(samples) else np.zeros(0)
     return ScreenResult(
         str(data),
         loaded,
@@ -543,31 +576,71 @@ def _decide(
     )
 
 
-def _categorize(
-    result: ScreenResult, scorer: Scorer, categories: CategorySet, layer: int
-) -> np.ndarray | None:
-    """Give each flagged sample its category (probe on prompt activations); return the flagged
-    samples' response activations for clustering. Activations come from the run store."""
+def _batches(indices: Sequence[int], size: int = FEATURE_BATCH) -> Iterator[Sequence[int]]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def _stored_features(
+    result: ScreenResult, scorer: Scorer, indices: Sequence[int], layer: int, kind: str
+) -> np.ndarray:
+    """The `response_mean` or `last_prompt` activations at `layer` of the samples at sorted
+    `indices`, from the run store (screening put them there)."""
+    hashes = result.samples.take("content_hash", indices)
+    values = scorer.store.get_activations(scorer.model_key, list(dict.fromkeys(hashes)), [layer])
+    return np.stack([getattr(values[(h, layer)], kind).numpy() for h in hashes])
+
+
+def _categorize(result: ScreenResult, scorer: Scorer, categories: CategorySet, layer: int) -> None:
+    """Give each flagged sample its category (probe on prompt activations)."""
     flagged = result.flagged
     if not flagged:
-        return None
+        return
     prompts, labels = training_labels(categories)
     probe = CategoryProbe(_probe_features(scorer, prompts, layer), labels)
-    hashes = [result.samples[i].content_hash for i in flagged]
-    values = scorer.store.get_activations(scorer.model_key, hashes, [layer])
-    prompt_features = np.stack([values[(h, layer)].last_prompt.numpy() for h in hashes])
-    response_features = np.stack([values[(h, layer)].response_mean.numpy() for h in hashes])
-    for index, prediction in zip(flagged, probe.predict(prompt_features), strict=True):
-        result.categories[index] = prediction
-    return response_features
+    for batch in _batches(flagged):
+        predictions = probe.predict(_stored_features(result, scorer, batch, layer, "last_prompt"))
+        result.categories.update(zip(batch, predictions, strict=True))
+
+
+def _cluster_fit_indices(flagged: list[int]) -> list[int]:
+    """The flagged samples k-means is fitted on: all, or MAX_CLUSTER_FIT spread evenly in input
+    order (k-means and the silhouette grow quadratically; the rest join the nearest centre)."""
+    if len(flagged) <= MAX_CLUSTER_FIT:
+        return flagged
+    positions = np.linspace(0, len(flagged) - 1, MAX_CLUSTER_FIT).round().astype(int)
+    return [flagged[p] for p in sorted(set(positions.tolist()))]
+
+
+def _cluster(
+    result: ScreenResult,
+    scorer: Scorer,
+    layer: int,
+    fit_indices: list[int],
+    texts: dict[int, str],
+) -> None:
+    """Cluster the flagged samples on their response activations; describe each cluster."""
+    if not fit_indices:
+        return
+    features = _stored_features(result, scorer, fit_indices, layer, "response_mean")
+    model = fit_clusters(features, [texts[i] for i in fit_indices])
+    flagged = result.flagged
+    raw = [
+        model.assign(_stored_features(result, scorer, batch, layer, "response_mean"))
+        for batch in _batches(flagged)
+    ]
+    ids, result.cluster_info = number_clusters(model, np.concatenate(raw))
+    result.clusters = dict(zip(flagged, ids, strict=True))
 
 
 def _json_number(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _flagged_record(result: ScreenResult, index: int, parsed: Sample) -> dict[str, Any]:
-    sample = result.samples[index]
+def _flagged_record(
+    result: ScreenResult, index: int, sample: ScoredSample, parsed: Sample
+) -> dict[str, Any]:
+    """A flagged.jsonl record; its cluster is filled in when the flagged file is ordered."""
     category = result.categories.get(index, (OTHER, 0.0))
     return {
         "id": sample.id,
@@ -576,7 +649,7 @@ def _flagged_record(result: ScreenResult, index: int, parsed: Sample) -> dict[st
         "risk": _json_number(float(result.risk[index])),
         "category": category[0],
         "category_probability": category[1],
-        "cluster": result.clusters.get(index),
+        "cluster": None,
         "reasons": [r.as_dict() for r in result.reasons[index]],
         "scores": {
             trait: {
@@ -596,53 +669,90 @@ def _flagged_record(result: ScreenResult, index: int, parsed: Sample) -> dict[st
     }
 
 
+class FlaggedRecords:
+    """flagged.jsonl records, written in input order to a scratch file during the second read
+    and copied to the final file in risk order (with their clusters) at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = path.open("w+b")
+        self._where: dict[int, tuple[int, int]] = {}  # sample index -> (offset, length)
+
+    def __enter__(self) -> FlaggedRecords:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+    def add(self, index: int, record: dict[str, Any]) -> None:
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        self._where[index] = (self._handle.tell(), len(data))
+        self._handle.write(data)
+
+    def write(self, final: Path, order: Sequence[int], clusters: dict[int, int]) -> None:
+        """Write the records of `order` to `final` (atomically), with their clusters."""
+        with atomic_path(final) as tmp, tmp.open("wb") as output:
+            for index in order:
+                offset, length = self._where[index]
+                self._handle.seek(offset)
+                record = json.loads(self._handle.read(length))
+                record["cluster"] = clusters.get(index)
+                output.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._handle.seek(0, os.SEEK_END)
+
+
 def _second_pass(
     result: ScreenResult,
     data: str | Path,
     fmt: str,
     fields: FieldNames | None,
     out: Path | None,
-) -> dict[int, Sample]:
-    """Read the rows again, write kept rows to the filtered file(s) (with `out`), and return
-    the flagged samples by index."""
-    index_of = {(s.source, s.line): i for i, s in enumerate(result.samples)}
-    flagged = set(result.flagged)
-    originals: dict[int, Sample] = {}
-    kept = 0
+    flagged_records: FlaggedRecords | None,
+    text_wanted: set[int],
+) -> dict[int, str]:
+    """Read the rows again, in step with the scored samples: write kept rows to the filtered
+    file(s) and flagged ones to `flagged_records` (with `out`); return the conversation text
+    of the flagged samples in `text_wanted`, for clustering."""
+    scored = enumerate(result.samples)
+    current = next(scored, None)
+    texts: dict[int, str] = {}
+    kept = flagged = 0
     writer = FilteredWriter(data, out) if out is not None else None
     with writer if writer is not None else nullcontext():
         for record in read_dataset(data, fmt=fmt, fields=fields, on_bad_row="reject"):
-            index = index_of.get((record.source, record.line))
-            if not isinstance(record, Sample) or index is None:  # rejected (reading/rendering)
+            if not isinstance(record, Sample) or current is None:
                 continue
-            if index in flagged:
-                originals[index] = record
+            index, sample = current
+            if (record.source, record.line) != (sample.source, sample.line):
+                continue  # rejected when rendered
+            current = next(scored, None)
+            if index in result.reasons:
+                flagged += 1
+                if index in text_wanted:
+                    texts[index] = "\n".join(m.content for m in record.messages)
+                if flagged_records is not None:
+                    flagged_records.add(index, _flagged_record(result, index, sample, record))
             else:
                 kept += 1
                 if writer is not None:
                     writer.write(record.source, record.original)
     if writer is not None:
         result.outputs += writer.paths
-    if kept != result.kept or len(originals) != len(flagged):
+    if current is not None or kept != result.kept or flagged != len(result.reasons):
         raise ScreenerError(
-            f"the data changed while it was screened ({kept} kept and {len(originals)} flagged "
-            f"on the second read, {result.kept} and {len(flagged)} expected): rerun screener on "
-            "a file that is not being written to"
+            f"the data changed while it was screened ({kept} kept and {flagged} flagged "
+            f"on the second read, {result.kept} and {len(result.reasons)} expected): rerun "
+            "screener on a file that is not being written to"
         )
-    return originals
+    return texts
 
 
-def write_outputs(
-    result: ScreenResult, out: Path, flagged_samples: dict[int, Sample]
-) -> list[Path]:
+def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecords) -> list[Path]:
     """flagged.jsonl (highest risk first), rejected.jsonl, scores.parquet, screen.duckdb,
     summary.json, reference.json (the calibration distributions the cuts came from, for the
     report) and run_stats.json, each written atomically."""
     order = sorted(result.flagged, key=lambda i: (-(np.nan_to_num(result.risk[i], nan=-1e300)), i))
-    flagged_text = "".join(
-        json.dumps(_flagged_record(result, i, flagged_samples[i]), ensure_ascii=False) + "\n"
-        for i in order
-    )
     rejected_text = "".join(
         json.dumps(
             {
@@ -672,18 +782,25 @@ def write_outputs(
     }
     for stale in (VALIDATE_JSON, VALIDATE_PLOT):  # a validation of an earlier run's rows
         (out / stale).unlink(missing_ok=True)
-    write_text_atomic(paths["flagged.jsonl"], flagged_text)
+    flagged_records.write(paths["flagged.jsonl"], order, result.clusters)
     write_text_atomic(paths["rejected.jsonl"], rejected_text)
-    scores = result.scores
     with atomic_path(paths["scores.parquet"]) as tmp:
-        scores.write_parquet(tmp)
+        _write_scores(result, tmp)
     summary = result.summary()
     with atomic_path(paths["screen.duckdb"]) as tmp:
-        _write_duckdb(tmp, paths["screen.duckdb"], result, scores, summary)
+        _write_duckdb(tmp, paths["screen.duckdb"], result, paths["scores.parquet"], summary)
     write_text_atomic(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
     write_text_atomic(paths["reference.json"], json.dumps(_reference(result), indent=1) + "\n")
     write_text_atomic(paths["run_stats.json"], json.dumps(result.stats, indent=2) + "\n")
     return list(paths.values())
+
+
+def _write_scores(result: ScreenResult, path: Path) -> None:
+    """scores.parquet, one row group per chunk of samples."""
+    schema = pl.DataFrame(schema=scores_schema(result.settings.traits)).to_arrow().schema
+    with pq.ParquetWriter(path, schema) as writer:
+        for frame in result.score_frames():
+            writer.write_table(frame.to_arrow())
 
 
 def _reference(result: ScreenResult) -> dict[str, Any]:
@@ -701,19 +818,22 @@ def _reference(result: ScreenResult) -> dict[str, Any]:
 
 
 def _write_duckdb(
-    path: Path, final: Path, result: ScreenResult, scores: pl.DataFrame, summary: dict[str, Any]
+    path: Path, final: Path, result: ScreenResult, scores: Path, summary: dict[str, Any]
 ) -> None:
-    """Write the run's tables into a new DuckDB file at `path` (a temporary beside `final`)."""
+    """Write the run's tables into a new DuckDB file at `path` (a temporary beside `final`);
+    the scores table is read from the `scores` parquet file."""
     import duckdb
 
     path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
+    flagged = result.flagged
+    ids = dict(zip(flagged, result.samples.take("id", flagged), strict=True))
     reasons = pl.DataFrame(
         {
-            "id": [result.samples[i].id for i in result.flagged for _ in result.reasons[i]],
-            "trait": [r.trait for i in result.flagged for r in result.reasons[i]],
-            "score": [r.score for i in result.flagged for r in result.reasons[i]],
-            "cut": [r.cut for i in result.flagged for r in result.reasons[i]],
-            "percentile": [r.percentile for i in result.flagged for r in result.reasons[i]],
+            "id": [ids[i] for i in flagged for _ in result.reasons[i]],
+            "trait": [r.trait for i in flagged for r in result.reasons[i]],
+            "score": [r.score for i in flagged for r in result.reasons[i]],
+            "cut": [r.cut for i in flagged for r in result.reasons[i]],
+            "percentile": [r.percentile for i in flagged for r in result.reasons[i]],
         },
         schema={
             "id": pl.String,
@@ -736,10 +856,10 @@ def _write_duckdb(
         {"key": list(summary), "value": [json.dumps(v) for v in summary.values()]},
         schema={"key": pl.String, "value": pl.String},
     )
-    connection = duckdb.connect(str(path))
+    connection = duckdb.connect(str(path), config={"memory_limit": DUCKDB_MEMORY_LIMIT})
     try:
+        connection.execute("CREATE TABLE scores AS SELECT * FROM read_parquet(?)", [str(scores)])
         for name, frame in (
-            ("scores", scores),
             ("reasons", reasons),
             ("rejected", rejected),
             ("run", run),
@@ -805,15 +925,12 @@ def calibrate(
     if not result.samples:
         raise ConfigError(f"{reference}: no usable rows to calibrate on")
     chosen = result.settings.traits
-    distributions = {
-        trait: {
-            kind: Distribution.of(
-                [v for s in result.samples if not math.isnan(v := _score_of(s, trait, kind))]
-            )
-            for kind in SCORE_KINDS
-        }
-        for trait in chosen
-    }
+    distributions: dict[str, dict[str, Distribution]] = {}
+    for trait in chosen:
+        distributions[trait] = {}
+        for kind in SCORE_KINDS:
+            values = score_column(result.samples, trait, kind)
+            distributions[trait][kind] = Distribution.of(values[~np.isnan(values)].tolist())
     data_path = Path(reference)
     return Calibration(
         result.model.fingerprint,
