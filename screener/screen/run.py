@@ -7,13 +7,18 @@
 Stages, each over the `ScoredSample` records of the previous one:
 
 1. read and render the rows, score them chunk by chunk (`Scorer`: base responses, activations,
-   projections; everything computed is committed to the run store before the next chunk);
+   projections; everything computed is committed to the run store before the next chunk) and
+   spill each chunk's scores to disk (`ScoredSamples`);
 2. decide cuts per trait (`flags`), flag, rank by risk, and take dataset-level means with
-   bootstrap intervals;
-3. give each flagged sample a category (probe on prompt activations) and a cluster;
-4. read the rows again and write each one to exactly one of the filtered file, flagged.jsonl or
-   rejected.jsonl, then scores.parquet, screen.duckdb, summary.json and report.html.
+   bootstrap intervals, from the score columns alone;
+3. give each flagged sample a category (probe on prompt activations);
+4. read the rows again, in step with the spilled scores, and write each one to exactly one of
+   the filtered file, flagged.jsonl or rejected.jsonl;
+5. cluster the flagged samples, then write scores.parquet, screen.duckdb, summary.json and
+   report.html, chunk by chunk where they hold a row per sample.
 
+Memory does not grow with the dataset beyond a few numbers per sample (scores, risk) and a
+record per flagged or rejected row: rows, base answers and scores stream through.
 Every input row ends up kept, flagged or rejected; the counts are checked at the end.
 """
 
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -699,7 +703,6 @@ class FlaggedRecords:
                 record = json.loads(self._handle.read(length))
                 record["cluster"] = clusters.get(index)
                 output.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._handle.seek(0, os.SEEK_END)
 
 
 def _second_pass(
