@@ -143,10 +143,12 @@ def test_killed_runs_resume_to_identical_outputs(setup: tuple[list[str], Path]) 
     kill_when(command, f"scored {ROWS} samples", 1)
     # the store holds whole results only: every cached sample has all its layers, full vectors
     with duckdb.connect(str(tmp / "store.duckdb"), read_only=True) as db:
-        layer_counts = db.sql("SELECT count(*) FROM activations GROUP BY content_hash").fetchall()
+        layer_counts = db.sql(
+            "SELECT count(*) FROM activations_v2 GROUP BY content_hash"
+        ).fetchall()
         sizes = db.sql(
             "SELECT DISTINCT octet_length(response_mean), octet_length(last_prompt) "
-            "FROM activations"
+            "FROM activations_v2"
         ).fetchall()
     assert layer_counts and {count for (count,) in layer_counts} == {3}  # trait layers + probe
     assert sizes == [(64 * 4, 64 * 4)]
