@@ -107,6 +107,7 @@ class DatasetReader:
             else:
                 self.counts.samples += 1
             yield record
+        self._seen = SeenIds()  # a finished reader holds no per-row state
         if self.counts.rows == 0:
             raise InputError(
                 "no rows to read: the data is empty, or holds only blank lines or a header",

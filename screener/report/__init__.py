@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -70,18 +71,23 @@ def load_run(directory: Path) -> RunFiles:
         if validation_path.exists()
         else None
     )
-    return RunFiles(directory, summary, read_scores(directory), reference, validation)
+    kind = summary.get("score", "delta")
+    wanted = ["flagged", *(f"{kind}_{trait}" for trait in summary.get("traits", {}))]
+    return RunFiles(directory, summary, read_scores(directory, wanted), reference, validation)
 
 
-def read_scores(directory: Path) -> pl.DataFrame:
-    """A run's scores.parquet, with errors that name the file."""
+def read_scores(directory: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """A run's scores.parquet (all columns, or those of `columns` it has), with errors that
+    name the file."""
     path = directory / "scores.parquet"
     if not path.exists():
         raise ConfigError(
             f"{path}: missing; is {directory} the --out directory of a `screener screen` run?"
         )
     try:
-        scores = pl.read_parquet(path)
+        present = pl.read_parquet_schema(path)
+        chosen = None if columns is None else [name for name in columns if name in present]
+        scores = pl.read_parquet(path, columns=chosen)
     except Exception as exc:  # polars raises several unrelated types for a damaged file
         raise ConfigError(f"{path}: cannot be read ({exc}); rerun the screen") from None
     if "flagged" not in scores.columns:
