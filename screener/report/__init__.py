@@ -58,8 +58,11 @@ def _read_json(path: Path, remedy: str = "rerun `screener screen`") -> Any:
         raise ConfigError(f"{path}: not valid JSON ({exc}); {remedy}") from None
 
 
-def load_run(directory: Path) -> RunFiles:
-    """The run's summary, scores and calibration reference, with errors that name the file."""
+def load_run(directory: Path, *, for_report: bool = False) -> RunFiles:
+    """The run's summary, scores and calibration reference, with errors that name the file.
+
+    for_report: read only the scores columns the report draws, not a large run's whole table.
+    """
     if not directory.is_dir():
         raise ConfigError(f"{directory}: not a directory; pass the --out directory of a run")
     summary = _read_json(directory / "summary.json")
@@ -72,8 +75,9 @@ def load_run(directory: Path) -> RunFiles:
         else None
     )
     kind = summary.get("score", "delta")
-    wanted = ["flagged", *(f"{kind}_{trait}" for trait in summary.get("traits", {}))]
-    return RunFiles(directory, summary, read_scores(directory, wanted), reference, validation)
+    drawn = ["flagged", *(f"{kind}_{trait}" for trait in summary.get("traits", {}))]
+    scores = read_scores(directory, drawn if for_report else None)
+    return RunFiles(directory, summary, scores, reference, validation)
 
 
 def read_scores(directory: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
@@ -288,7 +292,7 @@ def write_report(
 ) -> Path:
     """Render the run in `directory` to `out` (default: report.html inside it)."""
     target = out if out is not None else directory / REPORT_NAME
-    html = render_report(load_run(directory), max_samples=max_samples)
+    html = render_report(load_run(directory, for_report=True), max_samples=max_samples)
     try:
         write_text_atomic(target, html)
     except OSError as exc:
