@@ -9,6 +9,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -56,6 +57,14 @@ GENTLE = ValidateSettings(  # a learning rate the tiny model keeps answering aft
     method="full",
     generation=FULL.generation,
 )
+
+
+def screen_rows(loaded: LoadedModel, tmp_path: Path, **options: Any) -> Path:
+    """Screen `rows()` with the tiny vectors into tmp_path/run; return the data file."""
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    run(loaded, data, tmp_path, "run", **options)
+    return data
 
 
 @pytest.fixture
@@ -247,9 +256,7 @@ def test_shifts_equal_a_naive_finetune_and_measure(loaded: LoadedModel, tmp_path
 def test_validate_run_writes_json_plot_and_report_section(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:
-    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
-    data = write_jsonl(tmp_path / "data.jsonl", rows())
-    run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])
+    screen_rows(loaded, tmp_path, traits=["evil", "sycophancy"])
     run_dir = tmp_path / "run"
     result = validate_run(run_dir, model=loaded, size=3, settings=GENTLE, command="test")
 
@@ -289,8 +296,7 @@ def test_validate_run_writes_json_plot_and_report_section(
 def test_cli_refuses_bad_options_with_one_line(
     loaded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
-    run(loaded, write_jsonl(tmp_path / "data.jsonl", rows()), tmp_path, "run")
+    screen_rows(loaded, tmp_path)
     assert main(["validate", str(tmp_path / "run"), "--size", "0"]) == 2
     assert "--size must be at least 1" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nowhere")]) == 2
@@ -303,8 +309,7 @@ def test_cli_refuses_bad_options_with_one_line(
 def test_user_datasets_are_screened_for_their_delta_and_trained_on(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:
-    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
-    run(loaded, write_jsonl(tmp_path / "data.jsonl", rows()), tmp_path, "run")
+    screen_rows(loaded, tmp_path)
     first = write_jsonl(tmp_path / "first.jsonl", rows()[:4])
     second = write_jsonl(tmp_path / "second.jsonl", [*rows()[4:], {"id": "bad", "messages": 3}])
     result = validate_run(tmp_path / "run", model=loaded, datasets=[first, second], settings=GENTLE)
@@ -422,9 +427,7 @@ def test_moved_data_is_found_with_data_and_read_with_the_run_s_fields(tmp_path: 
 def test_several_traits_share_one_random_subset_and_a_new_screen_drops_the_validation(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:
-    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
-    data = write_jsonl(tmp_path / "data.jsonl", rows())
-    run(loaded, data, tmp_path, "run", traits=["evil", "sycophancy"])
+    data = screen_rows(loaded, tmp_path, traits=["evil", "sycophancy"])
     gentle = ValidateSettings(
         finetune=FinetuneSettings(learning_rate=1e-4, batch_size=4, autocast_bf16=False),
         method="full",
