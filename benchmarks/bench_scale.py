@@ -9,7 +9,8 @@ own overheads show. Each measurement runs `screener screen` in a fresh process o
 store and reports rows/s and that process's peak RSS (for ray: the driver's; the actors are
 separate processes). Targets (issue 7): peak RSS flat within 20% from the smallest to the
 largest size, time linear in rows. `--ray-sizes` limits the ray engines to some sizes (a
-million rows through ray on two cores takes most of an hour). Prints a table and writes
+million rows through ray on two cores takes most of an hour); the results of engines not run
+are carried over from the existing results file. Prints a table and writes
 benchmarks/results/scale.json.
 """
 
@@ -111,6 +112,17 @@ def measure(
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak / 1024, 1)}
 
 
+def carried_over(engines: list[str]) -> list[dict[str, object]]:
+    """The earlier results file's rows of engines not measured now, marked as such."""
+    if not RESULTS.exists():
+        return []
+    earlier = json.loads(RESULTS.read_text(encoding="utf-8"))["results"]
+    kept = [dict(r) for r in earlier if r["engine"] not in engines]
+    for record in kept:
+        record.setdefault("note", "carried over from an earlier run of this benchmark")
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -141,6 +153,7 @@ def main() -> None:
                 results.append(record)
                 print(record, flush=True)
 
+    results += carried_over(engines)
     print()
     print(f"{'engine':<8}{'rows':>10}{'seconds':>10}{'rows/s':>10}{'peak RSS MiB':>14}")
     for r in results:
@@ -149,7 +162,7 @@ def main() -> None:
             f"{r['peak_rss_mib']:>14}"
         )
     growth = {}
-    for engine in engines:
+    for engine in dict.fromkeys(str(r["engine"]) for r in results):
         runs = [r for r in results if r["engine"] == engine]
         if len(runs) > 1:
             ratio = float(runs[-1]["peak_rss_mib"]) / float(runs[0]["peak_rss_mib"])  # type: ignore[arg-type]

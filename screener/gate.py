@@ -184,11 +184,12 @@ def judge(
     added = [i for i, s in enumerate(candidate.samples) if s.content_hash not in known]
     flagged_rows = []
     for index in added:
-        reasons = candidate.reasons.get(index)
-        if not reasons:
+        position = candidate.flags.position(index)
+        if position is None:
             continue
+        reasons = candidate.flags.reasons_at(position)
         sample = candidate.samples[index]
-        category = candidate.categories.get(index, ("other", 0.0))[0]
+        category = candidate.category_at(position)[0]
         flagged_rows.append(
             AddedRow(
                 display(sample.source),

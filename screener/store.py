@@ -62,7 +62,7 @@ _OLD_TABLES = {
     "base_responses": ("base_responses_v2", ("model", "prompt_hash", "settings")),
     "activations": ("activations_v2", ("model", "content_hash", "layer")),
 }
-# DuckDB's memory for a store or output file: its buffer pool stays this size however large the
+# DuckDB's memory for a run store: its buffer pool stays this size however large the
 # store grows (benchmarks/bench_scale.py measures screening memory up to a million rows).
 DUCKDB_MEMORY_LIMIT = "64MB"
 

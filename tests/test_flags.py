@@ -10,7 +10,10 @@ import pytest
 from screener.errors import ConfigError
 from screener.screen.calibration import Distribution
 from screener.screen.flags import (
+    Cut,
     FlagRule,
+    Flags,
+    Reason,
     bootstrap_mean,
     dataset_percentiles,
     decide_cut,
@@ -90,6 +93,36 @@ def test_dataset_percentile_is_the_share_at_or_below() -> None:
     # finite scores sorted: -2, 1, 3, 5, 5
     expected = [40.0, 100.0, math.nan, 60.0, 100.0, 20.0]
     np.testing.assert_allclose(got, expected)
+
+
+def test_dataset_percentiles_of_given_values() -> None:
+    got = dataset_percentiles(SCORES, np.array([5.0, -2.0, 4.0, math.nan]))
+    np.testing.assert_allclose(got, [100.0, 20.0, 60.0, math.nan])
+
+
+def test_flags_hold_each_flagged_samples_reasons() -> None:
+    evil = np.array([1.0, 5.0, math.nan, 3.0, 5.0, -2.0])
+    sycophancy = np.array([9.0, 0.0, 7.0, 1.0, math.nan, 8.0])
+    cuts = [Cut("evil", 4.0, "hand"), Cut("sycophancy", 7.5, "hand")]
+    flags = Flags.decide(("evil", "sycophancy"), cuts, [evil, sycophancy])
+    # evil > 4: samples 1 and 4; sycophancy > 7.5: samples 0 and 5
+    assert flags.indices.tolist() == [0, 1, 4, 5] and len(flags) == 4
+    assert flags.count("evil") == 2 and flags.count("sycophancy") == 2
+    assert [flags.position(i) for i in range(6)] == [0, 1, None, None, 2, 3]
+    assert flags.positions(1, 5) == (1, 3)
+    # sycophancy's finite scores sorted: 0, 1, 7, 8, 9
+    assert flags.reasons_at(0) == [Reason("sycophancy", 9.0, 7.5, 100.0)]
+    assert flags.reasons_at(1) == [Reason("evil", 5.0, 4.0, 100.0)]
+    assert flags.reasons_at(3) == [Reason("sycophancy", 8.0, 7.5, 80.0)]
+    both = Flags.decide(
+        ("evil", "sycophancy"), [cuts[0], Cut("sycophancy", -1.0, "hand")], [evil, sycophancy]
+    )
+    assert both.reasons_at(both.position(1) or 0) == [
+        Reason("evil", 5.0, 4.0, 100.0),
+        Reason("sycophancy", 0.0, -1.0, 20.0),
+    ]
+    nothing = Flags.decide(("evil",), [Cut("evil", None, "no scores")], [evil])
+    assert len(nothing) == 0 and nothing.position(1) is None
 
 
 def test_risk_is_the_largest_z_over_traits() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn import config_context
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -35,6 +36,9 @@ MAX_CLUSTERS = 6
 # k-means and the silhouette (quadratic in samples) are fitted on at most this many flagged
 # samples; the others join the nearest centre.
 MAX_CLUSTER_FIT = 2000
+# The silhouette's pairwise distances are taken this many MiB at a time (sklearn's default of
+# 1 GiB would hold all of them: 32 MB at MAX_CLUSTER_FIT samples).
+SILHOUETTE_MEMORY_MIB = 4
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def fit_clusters(
         candidate = model.labels_
         if len(set(candidate.tolist())) < 2:
             continue
-        score = float(silhouette_score(scaled, candidate))
+        with config_context(working_memory=SILHOUETTE_MEMORY_MIB):
+            score = float(silhouette_score(scaled, candidate))
         if score > best_score:
             best, best_score, labels = model, score, candidate
     k = 1 if best is None else int(best.n_clusters)

@@ -12,6 +12,7 @@ reference (or, without one, the dataset's own mean and standard deviation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,13 +115,78 @@ def flag_mask(scores: np.ndarray, cut: Cut) -> np.ndarray:
         return np.isfinite(scores) & (scores > cut.value)
 
 
-def dataset_percentiles(scores: np.ndarray) -> np.ndarray:
-    """Each score's percentile within the dataset: the share of scores at or below it."""
+def dataset_percentiles(scores: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+    """The percentile of each of `values` (default: the scores themselves) within the
+    dataset's `scores`: the share of scores at or below it."""
+    values = scores if values is None else values
     present = np.sort(_finite(scores))
     if present.size == 0:
-        return np.full(scores.shape, np.nan)
-    ranks = np.searchsorted(present, scores, side="right")
-    return np.where(np.isfinite(scores), 100.0 * ranks / present.size, np.nan)
+        return np.full(values.shape, np.nan)
+    ranks = np.searchsorted(present, values, side="right")
+    return np.where(np.isfinite(values), 100.0 * ranks / present.size, np.nan)
+
+
+class Flags:
+    """The flagged samples of a run and why, in arrays rather than objects per sample (a
+    million-row run may flag 10^5 samples, and a list of `Reason`s costs about 0.4 KB each).
+
+    Row `p` of every array belongs to the flagged sample `indices[p]`, in input order.
+    """
+
+    def __init__(self, traits: Sequence[str], cuts: Sequence[float | None]) -> None:
+        self.traits = tuple(traits)
+        self.cuts = np.array([np.nan if c is None else c for c in cuts], dtype=np.float64)
+        self.indices = np.zeros(0, dtype=np.int64)
+        self.flagged_for = np.zeros((0, len(self.traits)), dtype=bool)
+        self.scores = np.zeros((0, len(self.traits)))
+        self.percentiles = np.zeros((0, len(self.traits)))
+
+    @classmethod
+    def decide(
+        cls, traits: Sequence[str], cuts: Sequence[Cut], scores_by_trait: Sequence[np.ndarray]
+    ) -> Flags:
+        """Flag every sample that some trait's cut flags (`flag_mask`)."""
+        flags = cls(traits, [cut.value for cut in cuts])
+        masks = [flag_mask(s, cut) for s, cut in zip(scores_by_trait, cuts, strict=True)]
+        if not masks:
+            return flags
+        flags.indices = np.flatnonzero(np.logical_or.reduce(masks)).astype(np.int64)
+        flags.flagged_for = np.stack([m[flags.indices] for m in masks], axis=1)
+        flags.scores = np.stack([s[flags.indices] for s in scores_by_trait], axis=1)
+        flags.percentiles = np.stack(
+            [dataset_percentiles(s, s[flags.indices]) for s in scores_by_trait], axis=1
+        )
+        return flags
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def position(self, index: int) -> int | None:
+        """The row of sample `index` in the arrays, or None when it is not flagged."""
+        p = int(np.searchsorted(self.indices, index))
+        return p if p < len(self.indices) and self.indices[p] == index else None
+
+    def positions(self, start: int, stop: int) -> tuple[int, int]:
+        """The rows of the flagged samples with index in [start, stop)."""
+        first, last = np.searchsorted(self.indices, [start, stop])
+        return int(first), int(last)
+
+    def reasons_at(self, position: int) -> list[Reason]:
+        """Why the flagged sample at row `position` is flagged, one reason per trait."""
+        return [
+            Reason(
+                trait,
+                float(self.scores[position, t]),
+                float(self.cuts[t]),
+                float(self.percentiles[position, t]),
+            )
+            for t, trait in enumerate(self.traits)
+            if self.flagged_for[position, t]
+        ]
+
+    def count(self, trait: str) -> int:
+        """How many samples are flagged for `trait`."""
+        return int(self.flagged_for[:, self.traits.index(trait)].sum())
 
 
 def z_scores(scores: np.ndarray, reference: Distribution | None) -> np.ndarray:

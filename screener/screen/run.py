@@ -28,6 +28,7 @@ import json
 import math
 import platform
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -75,12 +76,10 @@ from screener.screen.filtered import FilteredWriter
 from screener.screen.flags import (
     Cut,
     FlagRule,
+    Flags,
     MeanInterval,
-    Reason,
     bootstrap_mean,
-    dataset_percentiles,
     decide_cut,
-    flag_mask,
     risk_scores,
     z_scores,
 )
@@ -96,7 +95,7 @@ from screener.screen.scoring import (
     content_hash,
 )
 from screener.screen.spill import ScoredSamples
-from screener.store import DUCKDB_MEMORY_LIMIT, RunStore
+from screener.store import RunStore
 from screener.vectors.store import VectorFile, load_vectors
 
 DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
@@ -104,6 +103,12 @@ DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
 # the model has read the request but not yet committed to an answer.
 CATEGORY_LAYER_FRACTION = 2 / 3
 FEATURE_BATCH = 4096  # flagged samples whose activations are read from the store at once
+# screen.duckdb is written by one thread under a small memory limit: copying a million-row
+# scores.parquet in, DuckDB then holds about 90 MiB, against 115 MiB with two threads and 64MB.
+OUTPUT_DUCKDB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "memory_limit": "32MB",
+    "threads": 1,
+}
 
 
 def score_kind(method: Method) -> str:
@@ -121,7 +126,8 @@ def score_column(samples: ScoredSamples, trait: str, kind: str) -> np.ndarray:
 @dataclass
 class ScreenResult:
     """A finished screening run. Samples are in input order, kept on disk (`ScoredSamples`);
-    per-sample dicts are keyed by sample index and hold flagged samples only."""
+    what is known of flagged samples only (reasons, category, cluster) is kept in arrays by
+    their row in `flags`."""
 
     data: str
     model: LoadedModel
@@ -131,11 +137,13 @@ class ScreenResult:
     samples: ScoredSamples
     rejected: list[RejectedRow]
     cuts: dict[str, Cut]
-    reasons: dict[int, list[Reason]]  # flagged sample index -> why it is flagged
+    flags: Flags  # which samples are flagged and why
     risk: np.ndarray
     dataset_scores: dict[str, MeanInterval]
-    categories: dict[int, tuple[str, float]] = field(default_factory=dict)  # sample index ->
-    clusters: dict[int, int] = field(default_factory=dict)  # sample index -> cluster id
+    category_names: list[str] = field(default_factory=list)  # what category_codes point at
+    category_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    category_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cluster_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     cluster_info: list[Cluster] = field(default_factory=list)
     calibration: Calibration | None = None
     notes: list[str] = field(default_factory=list)
@@ -148,11 +156,25 @@ class ScreenResult:
     @property
     def flagged(self) -> list[int]:
         """Indexes of the flagged samples, in input order."""
-        return sorted(self.reasons)
+        return self.flags.indices.tolist()
 
     @property
     def kept(self) -> int:
-        return len(self.samples) - len(self.reasons)
+        return len(self.samples) - len(self.flags)
+
+    def category_at(self, position: int) -> tuple[str, float]:
+        """The category and its probability of the flagged sample at row `position` of
+        `flags` (`other` before categories are given)."""
+        if position >= len(self.category_codes):
+            return OTHER, 0.0
+        code = int(self.category_codes[position])
+        return self.category_names[code], float(self.category_probability[position])
+
+    def cluster_at(self, position: int) -> int | None:
+        """The cluster id of the flagged sample at row `position` of `flags`, if clustered."""
+        if position >= len(self.cluster_ids):
+            return None
+        return int(self.cluster_ids[position])
 
     @property
     def score_kind(self) -> str:
@@ -174,9 +196,10 @@ class ScreenResult:
         for group in range(self.samples.groups):
             start = self.samples.group_start(group)
             table = pl.DataFrame(self.samples.group_table(group))
-            indices = range(start, start + table.height)
-            reasons = [self.reasons.get(i) for i in indices]
-            categories = [self.categories.get(i, (None, None)) for i in indices]
+            first, last = self.flags.positions(start, start + table.height)
+            row_of = {int(self.flags.indices[p]) - start: p for p in range(first, last)}
+            rows = [row_of.get(i) for i in range(table.height)]
+            categories = [(None, None) if p is None else self.category_at(p) for p in rows]
             columns: dict[str, Any] = {
                 "id": table["id"],
                 "source": table["source"],
@@ -193,11 +216,13 @@ class ScreenResult:
                 columns[f"prompt_last_{trait}"] = table[f"prompt_last_{trait}"]
             risk = pl.Series(self.risk[start : start + table.height], dtype=pl.Float64)
             columns["risk"] = risk.fill_nan(None)
-            columns["flagged"] = [r is not None for r in reasons]
-            columns["flag_traits"] = [[r.trait for r in found or ()] for found in reasons]
+            columns["flagged"] = [p is not None for p in rows]
+            columns["flag_traits"] = [
+                [] if p is None else [r.trait for r in self.flags.reasons_at(p)] for p in rows
+            ]
             columns["category"] = [name for name, _ in categories]
             columns["category_probability"] = [probability for _, probability in categories]
-            columns["cluster"] = [self.clusters.get(i) for i in indices]
+            columns["cluster"] = [None if p is None else self.cluster_at(p) for p in rows]
             columns["base_response"] = table["base_response"]
             columns["warnings"] = table["warnings"]
             yield pl.DataFrame(columns, schema=schema)
@@ -211,10 +236,10 @@ class ScreenResult:
 
         from screener import __version__
 
-        flagged = self.flagged
+        flagged = len(self.flags)
         category_counts: dict[str, int] = {}
-        for index in flagged:
-            name = self.categories.get(index, (OTHER, 0.0))[0]
+        for position in range(flagged):
+            name = self.category_at(position)[0]
             category_counts[name] = category_counts.get(name, 0) + 1
         method = self.settings.method
         return {
@@ -223,9 +248,9 @@ class ScreenResult:
             "counts": {
                 "rows_read": self.rows_read,
                 "kept": self.kept,
-                "flagged": len(flagged),
+                "flagged": flagged,
                 "rejected": len(self.rejected),
-                "invariant": f"{self.kept} kept + {len(flagged)} flagged + "
+                "invariant": f"{self.kept} kept + {flagged} flagged + "
                 f"{len(self.rejected)} rejected = {self.rows_read} rows read",
             },
             "method": method,
@@ -237,11 +262,7 @@ class ScreenResult:
                     "dataset_" + self.score_kind: self.dataset_scores[trait].as_dict(),
                     "cut": self.cuts[trait].value,
                     "cut_rule": self.cuts[trait].rule,
-                    "flagged": sum(
-                        1
-                        for reasons in self.reasons.values()
-                        if any(r.trait == trait for r in reasons)
-                    ),
+                    "flagged": self.flags.count(trait),
                 }
                 for trait in self.settings.traits
             },
@@ -545,24 +566,19 @@ def _decide(
 ) -> ScreenResult:
     """Cuts, flags with reasons, risk and dataset-level means."""
     kind = score_kind(settings.method)
-    reasons: dict[int, list[Reason]] = {}
     cuts: dict[str, Cut] = {}
     dataset_scores: dict[str, MeanInterval] = {}
     z_by_trait = []
+    scores_by_trait = []
     for trait in settings.traits:
         scores = score_column(samples, trait, kind)
         reference = None if calibration is None else calibration.distribution(trait, kind)
-        cut = decide_cut(trait, scores, rule, reference)
-        cuts[trait] = cut
-        mask = flag_mask(scores, cut)
-        percentiles = dataset_percentiles(scores)
-        for index in np.flatnonzero(mask):
-            assert cut.value is not None
-            reasons.setdefault(int(index), []).append(
-                Reason(trait, float(scores[index]), cut.value, float(percentiles[index]))
-            )
+        cuts[trait] = decide_cut(trait, scores, rule, reference)
         dataset_scores[trait] = bootstrap_mean(scores)
         z_by_trait.append(z_scores(scores, reference))
+        scores_by_trait.append(scores)
+    flags = Flags.decide(settings.traits, list(cuts.values()), scores_by_trait)
+    del scores_by_trait
     risk = risk_scores(z_by_trait) if len(samples) else np.zeros(0)
     return ScreenResult(
         str(data),
@@ -573,7 +589,7 @@ def _decide(
         samples,
         rejected,
         cuts,
-        reasons,
+        flags,
         risk,
         dataset_scores,
         calibration=calibration,
@@ -602,9 +618,17 @@ def _categorize(result: ScreenResult, scorer: Scorer, categories: CategorySet, l
         return
     prompts, labels = training_labels(categories)
     probe = CategoryProbe(_probe_features(scorer, prompts, layer), labels)
+    codes: dict[str, int] = {}
+    result.category_codes = np.zeros(len(flagged), dtype=np.int32)
+    result.category_probability = np.zeros(len(flagged))
+    position = 0
     for batch in _batches(flagged):
-        predictions = probe.predict(_stored_features(result, scorer, batch, layer, "last_prompt"))
-        result.categories.update(zip(batch, predictions, strict=True))
+        features = _stored_features(result, scorer, batch, layer, "last_prompt")
+        for name, probability in probe.predict(features):
+            result.category_codes[position] = codes.setdefault(name, len(codes))
+            result.category_probability[position] = probability
+            position += 1
+    result.category_names = list(codes)
 
 
 def _cluster_fit_indices(flagged: list[int]) -> list[int]:
@@ -634,7 +658,7 @@ def _cluster(
         for batch in _batches(flagged)
     ]
     ids, result.cluster_info = number_clusters(model, np.concatenate(raw))
-    result.clusters = dict(zip(flagged, ids, strict=True))
+    result.cluster_ids = np.asarray(ids, dtype=np.int64)
 
 
 def _json_number(value: float | None) -> float | None:
@@ -642,19 +666,20 @@ def _json_number(value: float | None) -> float | None:
 
 
 def _flagged_record(
-    result: ScreenResult, index: int, sample: ScoredSample, parsed: Sample
+    result: ScreenResult, position: int, sample: ScoredSample, parsed: Sample
 ) -> dict[str, Any]:
-    """A flagged.jsonl record; its cluster is filled in when the flagged file is ordered."""
-    category = result.categories.get(index, (OTHER, 0.0))
+    """The flagged.jsonl record of the flagged sample at row `position` of `result.flags`;
+    its cluster is filled in when the flagged file is ordered."""
+    category = result.category_at(position)
     return {
         "id": sample.id,
         "source": sample.source,
         "line": sample.line,
-        "risk": _json_number(float(result.risk[index])),
+        "risk": _json_number(float(result.risk[result.flags.indices[position]])),
         "category": category[0],
         "category_probability": category[1],
         "cluster": None,
-        "reasons": [r.as_dict() for r in result.reasons[index]],
+        "reasons": [r.as_dict() for r in result.flags.reasons_at(position)],
         "scores": {
             trait: {
                 "delta": _json_number(sample.delta(trait)),
@@ -675,12 +700,13 @@ def _flagged_record(
 
 class FlaggedRecords:
     """flagged.jsonl records, written in input order to a scratch file during the second read
-    and copied to the final file in risk order (with their clusters) at the end."""
+    and copied to the final file in risk order (with their clusters) at the end. Records are
+    added in the order of `Flags` rows, so a record is found by its row."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle = path.open("w+b")
-        self._where: dict[int, tuple[int, int]] = {}  # sample index -> (offset, length)
+        self._offsets = array("q")  # where each row's record starts in the scratch file
 
     def __enter__(self) -> FlaggedRecords:
         return self
@@ -689,19 +715,23 @@ class FlaggedRecords:
         self._handle.close()
         self.path.unlink(missing_ok=True)
 
-    def add(self, index: int, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        self._where[index] = (self._handle.tell(), len(data))
-        self._handle.write(data)
+    def add(self, record: dict[str, Any]) -> None:
+        """Keep the record of the next flagged row."""
+        self._offsets.append(self._handle.tell())
+        self._handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
-    def write(self, final: Path, order: Sequence[int], clusters: dict[int, int]) -> None:
-        """Write the records of `order` to `final` (atomically), with their clusters."""
+    def write(
+        self, final: Path, order: Sequence[int], cluster_at: Callable[[int], int | None]
+    ) -> None:
+        """Write the records of the rows in `order` to `final` (atomically), each with its
+        cluster (`cluster_at(row)`)."""
+        ends = array("q", self._offsets[1:])
+        ends.append(self._handle.seek(0, 2))
         with atomic_path(final) as tmp, tmp.open("wb") as output:
-            for index in order:
-                offset, length = self._where[index]
-                self._handle.seek(offset)
-                record = json.loads(self._handle.read(length))
-                record["cluster"] = clusters.get(index)
+            for position in order:
+                self._handle.seek(self._offsets[position])
+                record = json.loads(self._handle.read(ends[position] - self._offsets[position]))
+                record["cluster"] = cluster_at(position)
                 output.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
@@ -719,6 +749,7 @@ def _second_pass(
     of the flagged samples in `text_wanted`, for clustering."""
     scored = enumerate(result.samples)
     current = next(scored, None)
+    flag_indices = result.flags.indices
     texts: dict[int, str] = {}
     kept = flagged = 0
     writer = FilteredWriter(data, out) if out is not None else None
@@ -730,22 +761,22 @@ def _second_pass(
             if (record.source, record.line) != (sample.source, sample.line):
                 continue  # rejected when rendered
             current = next(scored, None)
-            if index in result.reasons:
-                flagged += 1
+            if flagged < len(flag_indices) and flag_indices[flagged] == index:
                 if index in text_wanted:
                     texts[index] = "\n".join(m.content for m in record.messages)
                 if flagged_records is not None:
-                    flagged_records.add(index, _flagged_record(result, index, sample, record))
+                    flagged_records.add(_flagged_record(result, flagged, sample, record))
+                flagged += 1
             else:
                 kept += 1
                 if writer is not None:
                     writer.write(record.source, record.original)
     if writer is not None:
         result.outputs += writer.paths
-    if current is not None or kept != result.kept or flagged != len(result.reasons):
+    if current is not None or kept != result.kept or flagged != len(result.flags):
         raise ScreenerError(
             f"the data changed while it was screened ({kept} kept and {flagged} flagged "
-            f"on the second read, {result.kept} and {len(result.reasons)} expected): rerun "
+            f"on the second read, {result.kept} and {len(result.flags)} expected): rerun "
             "screener on a file that is not being written to"
         )
     return texts
@@ -755,7 +786,9 @@ def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecor
     """flagged.jsonl (highest risk first), rejected.jsonl, scores.parquet, screen.duckdb,
     summary.json, reference.json (the calibration distributions the cuts came from, for the
     report) and run_stats.json, each written atomically."""
-    order = sorted(result.flagged, key=lambda i: (-(np.nan_to_num(result.risk[i], nan=-1e300)), i))
+    # flagged rows by risk, highest first (no risk last), then in input order
+    flagged_risk = np.nan_to_num(result.risk[result.flags.indices], nan=-np.inf)
+    order = np.lexsort((result.flags.indices, -flagged_risk)).tolist()
     rejected_text = "".join(
         json.dumps(
             {
@@ -785,7 +818,7 @@ def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecor
     }
     for stale in (VALIDATE_JSON, VALIDATE_PLOT):  # a validation of an earlier run's rows
         (out / stale).unlink(missing_ok=True)
-    flagged_records.write(paths["flagged.jsonl"], order, result.clusters)
+    flagged_records.write(paths["flagged.jsonl"], order, result.cluster_at)
     write_text_atomic(paths["rejected.jsonl"], rejected_text)
     with atomic_path(paths["scores.parquet"]) as tmp:
         _write_scores(result, tmp)
@@ -828,15 +861,17 @@ def _write_duckdb(
     import duckdb
 
     path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
-    flagged = result.flagged
-    ids = dict(zip(flagged, result.samples.take("id", flagged), strict=True))
+    flags = result.flags
+    # one row per (flagged sample, trait it is flagged for), samples in input order
+    rows, traits = np.nonzero(flags.flagged_for)
+    ids = pl.Series(result.samples.take("id", result.flagged), dtype=pl.String)
     reasons = pl.DataFrame(
         {
-            "id": [ids[i] for i in flagged for _ in result.reasons[i]],
-            "trait": [r.trait for i in flagged for r in result.reasons[i]],
-            "score": [r.score for i in flagged for r in result.reasons[i]],
-            "cut": [r.cut for i in flagged for r in result.reasons[i]],
-            "percentile": [r.percentile for i in flagged for r in result.reasons[i]],
+            "id": ids.gather(rows),
+            "trait": pl.Series(flags.traits, dtype=pl.String).gather(traits),
+            "score": flags.scores[rows, traits],
+            "cut": flags.cuts[traits],
+            "percentile": flags.percentiles[rows, traits],
         },
         schema={
             "id": pl.String,
@@ -859,7 +894,7 @@ def _write_duckdb(
         {"key": list(summary), "value": [json.dumps(v) for v in summary.values()]},
         schema={"key": pl.String, "value": pl.String},
     )
-    connection = duckdb.connect(str(path), config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+    connection = duckdb.connect(str(path), config=OUTPUT_DUCKDB_CONFIG)
     try:
         connection.execute("CREATE TABLE scores AS SELECT * FROM read_parquet(?)", [str(scores)])
         for name, frame in (
