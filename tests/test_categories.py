@@ -14,6 +14,7 @@ from screener.screen.categories import (
     OTHER,
     CategoryProbe,
     cluster_samples,
+    describe_clusters,
     fit_clusters,
     load_categories,
     number_clusters,
@@ -129,12 +130,13 @@ def test_clusters_fitted_on_a_sample_place_every_sample_by_its_planted_group() -
     features = planted(centres, 15, seed=5)  # rows 0-14 group A, 15-29 group B
     texts = ["darling kiss romance"] * 15 + ["weapon revenge rival"] * 15
     fit = [0, 3, 6, 9, 15, 20]
-    model = fit_clusters(features[fit], [texts[i] for i in fit], max_clusters=2)
+    model = fit_clusters(features[fit], max_clusters=2)
     raw = model.assign(features)
     assert len(set(raw[:15])) == len(set(raw[15:])) == 1 and raw[0] != raw[15]
-    ids, clusters = number_clusters(model, raw)
+    words = describe_clusters(model, [texts[i] for i in fit])
+    ids, clusters = number_clusters(model, raw, words)
     assert [c.size for c in clusters] == [15, 15]
     assert set(clusters[ids[0]].words) == {"darling", "kiss", "romance"}
     assert set(clusters[ids[15]].words) == {"weapon", "revenge", "rival"}
-    uneven, _ = number_clusters(model, np.concatenate([raw[:10], raw[15:]]))  # 10 A, 15 B
+    uneven, _ = number_clusters(model, np.concatenate([raw[:10], raw[15:]]), words)  # 10 A, 15 B
     assert uneven[0] == 1 and uneven[-1] == 0  # the larger group is cluster 0

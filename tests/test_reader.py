@@ -276,6 +276,9 @@ def test_duplicate_ids_and_duplicate_content(tmp_path: Path) -> None:
     assert [(r.line, r.field) for r in rejected] == [(2, "id"), (4, None)]
     assert rejected[0].reason == f"duplicate id 'a' (first seen at {path}:1)"
     assert rejected[1].reason == f"duplicate conversation (same text as {path}:3)"
+    # reading rows again that were judged before: every row is a sample
+    samples, rejected = read_all(path, check_duplicates=False)
+    assert [s.line for s in samples] == [1, 2, 3, 4] and not rejected
 
 
 def test_on_bad_row_fail_raises_with_file_line_and_field(tmp_path: Path) -> None:

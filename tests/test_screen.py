@@ -143,6 +143,7 @@ def test_flags_reasons_and_outputs_add_up(loaded: LoadedModel, tmp_path: Path) -
     records = rows()
     lines = [json.dumps(r) for r in records]
     lines.insert(3, '{"id": "broken", "messages": [')  # a bad row at line 4
+    lines.insert(6, lines[0])  # line 7 repeats row r0's id: rejected, and not written again
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tiny_vectors(loaded, tmp_path / "vectors.safetensors")
@@ -154,9 +155,9 @@ def test_flags_reasons_and_outputs_add_up(loaded: LoadedModel, tmp_path: Path) -
     )
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"]["rows_read"] == 9
+    assert summary["counts"]["rows_read"] == 10
     assert (summary["counts"]["kept"], summary["counts"]["flagged"]) == (6, 2)
-    assert summary["counts"]["rejected"] == 1
+    assert summary["counts"]["rejected"] == 2
     assert summary["traits"]["evil"]["cut"] == cut
     expected_flagged = {records[i]["id"] for i in sorted(range(8), key=lambda i: -deltas[i])[:2]}
 
@@ -172,8 +173,11 @@ def test_flags_reasons_and_outputs_add_up(loaded: LoadedModel, tmp_path: Path) -
         assert entry["category"] and entry["cluster"] is not None
     kept = [json.loads(line) for line in (out / "filtered.jsonl").read_text().splitlines()]
     assert kept == [r for r in records if r["id"] not in expected_flagged]
-    (rejected,) = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert rejected["line"] == 4 and "malformed JSON" in rejected["reason"]
+    broken, repeated = [
+        json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert broken["line"] == 4 and "malformed JSON" in broken["reason"]
+    assert repeated["line"] == 7 and repeated["reason"].startswith("duplicate id 'r0'")
     scores = pl.read_parquet(out / "scores.parquet")
     assert set(scores.filter(pl.col("flagged"))["id"]) == expected_flagged
     assert scores.filter(pl.col("flagged"))["category"].null_count() == 0

@@ -71,6 +71,8 @@ class DatasetReader:
     fmt: `auto` (detected per file from its first readable row) or one of FORMATS.
     fields: column names for ids and the prompt/response format.
     on_bad_row: `reject` keeps going and yields a RejectedRow; `fail` raises InputError.
+    check_duplicates: reject a row whose id an earlier row has. Off only to read rows again
+        that were judged on a first read, which needs no per-row memory (16 bytes a row).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class DatasetReader:
         fmt: str = "auto",
         fields: FieldNames | None = None,
         on_bad_row: BadRowPolicy = "reject",
+        check_duplicates: bool = True,
     ) -> None:
         if fmt != "auto" and fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
@@ -89,6 +92,7 @@ class DatasetReader:
         self.fmt = fmt
         self.fields = fields or FieldNames()
         self.on_bad_row = on_bad_row
+        self.check_duplicates = check_duplicates
         self.counts = ReadCounts()
         self._seen = SeenIds()
 
@@ -165,7 +169,7 @@ class DatasetReader:
             return RejectedRow(row.source, row.line, exc.reason, exc.field, _id_text(own_id))
         has_own_id = own_id is not None and str(own_id).strip() != ""
         sample_id = str(own_id).strip() if has_own_id else content_id(messages)
-        first = self._seen.first_seen(sample_id)
+        first = self._seen.first_seen(sample_id) if self.check_duplicates else None
         if first is not None:
             reason = (
                 f"duplicate id {sample_id!r} (first seen at {first})"
@@ -175,7 +179,8 @@ class DatasetReader:
             return RejectedRow(
                 row.source, row.line, reason, self.fields.id if has_own_id else None, sample_id
             )
-        self._seen.add(sample_id, row.source, row.line)
+        if self.check_duplicates:
+            self._seen.add(sample_id, row.source, row.line)
         return Sample(sample_id, row.source, row.line, messages, record, fmt, tuple(warnings))
 
 
@@ -189,6 +194,9 @@ def read_dataset(
     fmt: str = "auto",
     fields: FieldNames | None = None,
     on_bad_row: BadRowPolicy = "reject",
+    check_duplicates: bool = True,
 ) -> DatasetReader:
     """Open a dataset for streaming; see `DatasetReader`."""
-    return DatasetReader(path, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
+    return DatasetReader(
+        path, fmt=fmt, fields=fields, on_bad_row=on_bad_row, check_duplicates=check_duplicates
+    )

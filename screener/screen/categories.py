@@ -167,16 +167,17 @@ class Cluster:
 
 @dataclass(frozen=True)
 class ClusterModel:
-    """k-means fitted on (a sample of) the flagged samples' response activations, with the
-    distinctive words of each raw cluster's texts; `assign` places any sample in a cluster."""
+    """k-means fitted on (a sample of) the flagged samples' response activations; `assign`
+    places any sample in a cluster. Needs no text: a large run fits and assigns it while the
+    run store is open, and reads the fitted samples' texts for `describe_clusters` later."""
 
     scaler: StandardScaler | None
     kmeans: KMeans | None  # None: everything is one cluster
-    words: list[tuple[str, ...]]  # per raw cluster label
+    fit_labels: np.ndarray  # raw cluster label of each sample it was fitted on
 
     @property
     def size(self) -> int:
-        return len(self.words)
+        return 1 if self.kmeans is None else int(self.kmeans.n_clusters)
 
     def assign(self, features: np.ndarray) -> np.ndarray:
         """Raw cluster labels of `features` (the nearest centre)."""
@@ -186,11 +187,9 @@ class ClusterModel:
         return np.asarray(self.kmeans.predict(scaled), dtype=int)
 
 
-def fit_clusters(
-    features: np.ndarray, texts: list[str], *, max_clusters: int = MAX_CLUSTERS
-) -> ClusterModel:
+def fit_clusters(features: np.ndarray, *, max_clusters: int = MAX_CLUSTERS) -> ClusterModel:
     """k-means with k chosen by silhouette (deterministic); one cluster for fewer than six."""
-    n = len(texts)
+    n = len(features)
     labels = np.zeros(n, dtype=int)
     scaler = StandardScaler().fit(features) if n > 1 else None
     scaled = scaler.transform(features) if scaler is not None else features
@@ -205,17 +204,25 @@ def fit_clusters(
             score = float(silhouette_score(scaled, candidate))
         if score > best_score:
             best, best_score, labels = model, score, candidate
-    k = 1 if best is None else int(best.n_clusters)
-    return ClusterModel(scaler, best, _distinctive_words(texts, labels.tolist(), k))
+    return ClusterModel(scaler, best, labels)
 
 
-def number_clusters(model: ClusterModel, raw_labels: np.ndarray) -> tuple[list[int], list[Cluster]]:
-    """Cluster ids numbered by size over `raw_labels` (largest first), and the clusters."""
+def describe_clusters(model: ClusterModel, texts: list[str]) -> list[tuple[str, ...]]:
+    """The distinctive words of each raw cluster, from the texts of the samples `model` was
+    fitted on (in the order it was fitted on them)."""
+    return _distinctive_words(texts, model.fit_labels.tolist(), model.size)
+
+
+def number_clusters(
+    model: ClusterModel, raw_labels: np.ndarray, words: list[tuple[str, ...]]
+) -> tuple[list[int], list[Cluster]]:
+    """Cluster ids numbered by size over `raw_labels` (largest first), and the clusters with
+    their `words` (per raw cluster, from `describe_clusters`)."""
     sizes = np.bincount(raw_labels, minlength=model.size)
     order = sorted(range(model.size), key=lambda c: (-sizes[c], c))
     renumber = {old: new for new, old in enumerate(order)}
     ids = [renumber[int(c)] for c in raw_labels]
-    clusters = [Cluster(new, int(sizes[old]), model.words[old]) for new, old in enumerate(order)]
+    clusters = [Cluster(new, int(sizes[old]), words[old]) for new, old in enumerate(order)]
     return ids, clusters
 
 
@@ -225,8 +232,8 @@ def cluster_samples(
     """Cluster ids per sample and a description per cluster (deterministic)."""
     if not texts:
         return [], []
-    model = fit_clusters(features, texts, max_clusters=max_clusters)
-    return number_clusters(model, model.assign(features))
+    model = fit_clusters(features, max_clusters=max_clusters)
+    return number_clusters(model, model.assign(features), describe_clusters(model, texts))
 
 
 def _distinctive_words(

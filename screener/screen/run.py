@@ -11,14 +11,17 @@ Stages, each over the `ScoredSample` records of the previous one:
    spill each chunk's scores to disk (`ScoredSamples`);
 2. decide cuts per trait (`flags`), flag, rank by risk, and take dataset-level means with
    bootstrap intervals, from the score columns alone;
-3. give each flagged sample a category (probe on prompt activations);
+3. give each flagged sample a category (probe on prompt activations) and a cluster (k-means
+   on response activations), then close the run store;
 4. read the rows again, in step with the spilled scores, and write each one to exactly one of
-   the filtered file, flagged.jsonl or rejected.jsonl;
-5. cluster the flagged samples, then write scores.parquet, screen.duckdb, summary.json and
-   report.html, chunk by chunk where they hold a row per sample.
+   the filtered file, flagged.jsonl or rejected.jsonl; describe each cluster by the words of
+   the samples it was fitted on;
+5. write scores.parquet, screen.duckdb, summary.json and report.html, chunk by chunk where
+   they hold a row per sample.
 
-Memory does not grow with the dataset beyond a few numbers per sample (scores, risk) and a
-record per flagged or rejected row: rows, base answers and scores stream through.
+Memory does not grow with the dataset beyond a few numbers per sample (scores, risk), a few
+per flagged sample (`Flags`: reasons, category, cluster, in arrays) and a record per rejected
+row: rows, base answers and scores stream through.
 Every input row ends up kept, flagged or rejected; the counts are checked at the end.
 """
 
@@ -67,6 +70,8 @@ from screener.screen.categories import (
     CategoryProbe,
     CategorySet,
     Cluster,
+    ClusterModel,
+    describe_clusters,
     fit_clusters,
     load_categories,
     number_clusters,
@@ -517,16 +522,20 @@ def screen(
         scoring_stats = dict(scorer.counters)
         _categorize(result, scorer, category_set, probe_layer)
         fit_indices = _cluster_fit_indices(result.flagged)
-        flagged_records = (
-            FlaggedRecords(samples.directory / "flagged-unordered.jsonl")
-            if out is not None
-            else None
-        )
-        texts = _second_pass(result, data, fmt, fields, out, flagged_records, set(fit_indices))
-        _cluster(result, scorer, probe_layer, fit_indices, texts)
+        clustering = _cluster(result, scorer, probe_layer, fit_indices)
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]
         )
+    # the store is closed (its memory given back) before the data is read a second time
+    flagged_records = (
+        FlaggedRecords(samples.directory / "flagged-unordered.jsonl") if out is not None else None
+    )
+    texts = _second_pass(result, data, fmt, fields, out, flagged_records, set(fit_indices))
+    if clustering is not None:
+        cluster_model, raw_labels = clustering
+        words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])
+        ids, result.cluster_info = number_clusters(cluster_model, raw_labels, words)
+        result.cluster_ids = np.asarray(ids, dtype=np.int64)
     result.stats = {
         **scoring_stats,
         "engine": engine,
@@ -641,24 +650,19 @@ def _cluster_fit_indices(flagged: list[int]) -> list[int]:
 
 
 def _cluster(
-    result: ScreenResult,
-    scorer: Scorer,
-    layer: int,
-    fit_indices: list[int],
-    texts: dict[int, str],
-) -> None:
-    """Cluster the flagged samples on their response activations; describe each cluster."""
+    result: ScreenResult, scorer: Scorer, layer: int, fit_indices: list[int]
+) -> tuple[ClusterModel, np.ndarray] | None:
+    """k-means on the response activations of the samples at `fit_indices`, and the raw
+    cluster label of every flagged sample (None when nothing is flagged). The clusters are
+    described once the second read has found the fitted samples' texts."""
     if not fit_indices:
-        return
-    features = _stored_features(result, scorer, fit_indices, layer, "response_mean")
-    model = fit_clusters(features, [texts[i] for i in fit_indices])
-    flagged = result.flagged
+        return None
+    model = fit_clusters(_stored_features(result, scorer, fit_indices, layer, "response_mean"))
     raw = [
         model.assign(_stored_features(result, scorer, batch, layer, "response_mean"))
-        for batch in _batches(flagged)
+        for batch in _batches(result.flagged)
     ]
-    ids, result.cluster_info = number_clusters(model, np.concatenate(raw))
-    result.cluster_ids = np.asarray(ids, dtype=np.int64)
+    return model, np.concatenate(raw)
 
 
 def _json_number(value: float | None) -> float | None:
@@ -754,12 +758,15 @@ def _second_pass(
     kept = flagged = 0
     writer = FilteredWriter(data, out) if out is not None else None
     with writer if writer is not None else nullcontext():
-        for record in read_dataset(data, fmt=fmt, fields=fields, on_bad_row="reject"):
+        # Rows rejected on the first read (duplicate ids among them) are skipped below: they
+        # are not the next scored sample. So the second read need not track ids.
+        reread = read_dataset(data, fmt=fmt, fields=fields, check_duplicates=False)
+        for record in reread:
             if not isinstance(record, Sample) or current is None:
                 continue
             index, sample = current
             if (record.source, record.line) != (sample.source, sample.line):
-                continue  # rejected when rendered
+                continue  # rejected on the first read, or when rendered
             current = next(scored, None)
             if flagged < len(flag_indices) and flag_indices[flagged] == index:
                 if index in text_wanted:
