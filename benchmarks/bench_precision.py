@@ -3,17 +3,24 @@
     .venv/bin/python benchmarks/bench_precision.py [--rows 200] [--max-new-tokens 128]
 
 Screens the first --rows rows of sample_datasets/chat_mixed.jsonl with the embedded model and
-the shipped vectors twice, once loaded in fp32 and once in bf16, each on a fresh in-memory run
-store (nothing shared, so each precision generates its own base responses). For each trait it
-reports the Spearman rank correlation between the two runs of:
+the shipped vectors three times, each on a fresh in-memory run store (nothing shared):
+
+- `fp32`: loaded in fp32, base responses written in fp32 (the reference);
+- `bf16`: loaded in bf16, base responses written in bf16 (`--dtype bf16`);
+- `bf16_fp32_base`: loaded in bf16, base responses written by a second, fp32 copy of the
+  weights (`--dtype bf16 --generation-dtype fp32`).
+
+For each bf16 configuration and trait it reports the Spearman rank correlation with the fp32
+run of:
 
 - ΔP (`delta_<trait>`), the score flags are cut on (target >= 0.99);
 - the projection of the training response alone (`proj_<trait>`), which involves no
   generation, so it isolates the forward pass's precision from greedy decoding diverging;
 - the projection of the base response (`base_proj_<trait>`).
 
-Also: how many base responses are word-for-word the same, the overlap of the flagged sets
-(Jaccard), and seconds per run. Prints a table and writes benchmarks/results/precision.json.
+Also: how many base responses are word-for-word the fp32 run's, the overlap of the flagged sets
+with the fp32 run's (Jaccard), and seconds per run. Prints a table and writes
+benchmarks/results/precision.json.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -35,12 +43,26 @@ DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "precision.json"
 TRAITS = ("evil", "sycophancy", "hallucination")
 TARGET = 0.99
+# name: (--dtype, --generation-dtype)
+CONFIGURATIONS = {
+    "fp32": ("fp32", "same"),
+    "bf16": ("bf16", "same"),
+    "bf16_fp32_base": ("bf16", "fp32"),
+}
 
 
-def run(dtype: str, data: Path, max_new_tokens: int) -> tuple[pl.DataFrame, float]:
+def run(
+    dtype: str, generation_dtype: str, data: Path, max_new_tokens: int
+) -> tuple[pl.DataFrame, float]:
     loaded = load_model("embedded", dtype=dtype, device="cpu")
     started = time.perf_counter()
-    result = screen(data, model=loaded, store=":memory:", max_new_tokens=max_new_tokens)
+    result = screen(
+        data,
+        model=loaded,
+        store=":memory:",
+        max_new_tokens=max_new_tokens,
+        generation_dtype=generation_dtype,
+    )
     return result.scores, round(time.perf_counter() - started, 1)
 
 
@@ -55,45 +77,64 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
 
+    runs: dict[str, tuple[pl.DataFrame, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "rows.jsonl"
         lines = DATA.read_text(encoding="utf-8").splitlines()[: args.rows]
         data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        fp32, fp32_seconds = run("fp32", data, args.max_new_tokens)
-        print(f"fp32: {fp32_seconds} s")
-        bf16, bf16_seconds = run("bf16", data, args.max_new_tokens)
-        print(f"bf16: {bf16_seconds} s")
-    assert fp32["id"].to_list() == bf16["id"].to_list()
-
-    traits = {}
-    for trait in TRAITS:
-        traits[trait] = {
-            kind: spearman(fp32[f"{kind}_{trait}"], bf16[f"{kind}_{trait}"])
-            for kind in ("delta", "proj", "base_proj")
+        for name, (dtype, generation_dtype) in CONFIGURATIONS.items():
+            runs[name] = run(dtype, generation_dtype, data, args.max_new_tokens)
+            print(f"{name}: {runs[name][1]} s", flush=True)
+    fp32 = runs["fp32"][0]
+    flagged_fp32 = set(fp32.filter(pl.col("flagged"))["id"])
+    compared: dict[str, dict[str, Any]] = {}
+    for name, (frame, _) in runs.items():
+        if name == "fp32":
+            continue
+        assert frame["id"].to_list() == fp32["id"].to_list()
+        flagged = set(frame.filter(pl.col("flagged"))["id"])
+        union = flagged | flagged_fp32
+        compared[name] = {
+            "spearman": {
+                trait: {
+                    kind: spearman(fp32[f"{kind}_{trait}"], frame[f"{kind}_{trait}"])
+                    for kind in ("delta", "proj", "base_proj")
+                }
+                for trait in TRAITS
+            },
+            "identical_base_responses": int(
+                (fp32["base_response"] == frame["base_response"]).sum()
+            ),
+            "flagged": len(flagged),
+            "flagged_jaccard": round(len(flagged & flagged_fp32) / len(union), 3) if union else 1.0,
         }
-    same_base = int((fp32["base_response"] == bf16["base_response"]).sum())
-    flagged = [set(frame.filter(pl.col("flagged"))["id"]) for frame in (fp32, bf16)]
-    union = flagged[0] | flagged[1]
-    jaccard = round(len(flagged[0] & flagged[1]) / len(union), 3) if union else 1.0
 
     print()
-    print(f"Spearman, fp32 vs bf16, {len(fp32)} rows (target for ΔP >= {TARGET})")
-    print(f"{'trait':<15}{'ΔP':>8}{'proj':>8}{'base proj':>11}")
-    for trait, values in traits.items():
+    print(f"Spearman with the fp32 run, {len(fp32)} rows (target for ΔP >= {TARGET})")
+    print(f"{'run':<16}{'trait':<15}{'ΔP':>8}{'proj':>8}{'base proj':>11}")
+    for name, found in compared.items():
+        for trait, values in found["spearman"].items():
+            print(
+                f"{name:<16}{trait:<15}{values['delta']:>8.4f}{values['proj']:>8.4f}"
+                f"{values['base_proj']:>11.4f}"
+            )
         print(
-            f"{trait:<15}{values['delta']:>8.4f}{values['proj']:>8.4f}{values['base_proj']:>11.4f}"
+            f"{name:<16}identical base responses {found['identical_base_responses']}/{len(fp32)}; "
+            f"flagged {found['flagged']} (fp32 {len(flagged_fp32)}), "
+            f"Jaccard {found['flagged_jaccard']}"
         )
-    print(f"identical base responses: {same_base}/{len(fp32)}")
-    print(f"flagged sets: fp32 {len(flagged[0])}, bf16 {len(flagged[1])}, Jaccard {jaccard}")
     record = {
         "model": "embedded",
         "rows": len(fp32),
         "max_new_tokens": args.max_new_tokens,
-        "spearman": traits,
         "target_delta": TARGET,
-        "identical_base_responses": same_base,
-        "flagged": {"fp32": len(flagged[0]), "bf16": len(flagged[1]), "jaccard": jaccard},
-        "seconds": {"fp32": fp32_seconds, "bf16": bf16_seconds},
+        "configurations": {
+            name: {"dtype": dtype, "generation_dtype": generation_dtype}
+            for name, (dtype, generation_dtype) in CONFIGURATIONS.items()
+        },
+        "flagged_fp32": len(flagged_fp32),
+        "against_fp32": compared,
+        "seconds": {name: seconds for name, (_, seconds) in runs.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -263,6 +263,33 @@ def load_model(
     )
 
 
+GENERATION_DTYPES = ("same", "fp32", "bf16")
+
+
+def generation_model(
+    loaded: LoadedModel, dtype: str, *, trust_remote_code: bool = False
+) -> LoadedModel | None:
+    """The model that writes base responses when they should come from another precision than
+    `loaded`'s (`dtype`: `same`, `fp32` or `bf16`): the same weights loaded again from the
+    same spec at that precision, or None when `loaded` itself writes them.
+
+    Greedy decoding parts ways between bf16 and fp32 at near-ties, so base responses written in
+    fp32 keep ΔP's ranking the same whether the scores are taken in bf16 or fp32."""
+    if dtype not in GENERATION_DTYPES:
+        raise ConfigError(f"unknown generation dtype {dtype!r}: use {', '.join(GENERATION_DTYPES)}")
+    if dtype == "same" or DTYPES[dtype] == loaded.dtype:
+        return None
+    other = load_model(
+        loaded.spec, dtype=dtype, device=str(loaded.device), trust_remote_code=trust_remote_code
+    )
+    if other.fingerprint != loaded.fingerprint:
+        raise ModelLoadError(
+            f"{loaded.spec} loaded again in {dtype} has fingerprint {other.fingerprint}, not "
+            f"{loaded.fingerprint}: its weights changed on disk meanwhile"
+        )
+    return other
+
+
 def _config_identity(model: PreTrainedModel) -> str:
     config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     return json.dumps(config, sort_keys=True, default=str)

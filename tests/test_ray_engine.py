@@ -101,6 +101,33 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
     assert_same_scores(rerun.scores, local_bigger.scores, 1e-5)
 
 
+def test_ray_workers_write_base_responses_at_the_generation_dtype(
+    local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    loaded = load_model(str(model_dir), dtype="bf16", device="cpu")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    options = {
+        "vectors": tiny_vectors(loaded, tmp_path / "vectors.safetensors"),
+        "max_new_tokens": 5,
+        "calibration": "none",
+        "generation_dtype": "fp32",
+    }
+    local = screen(data, model=loaded, store=":memory:", **options)
+    distributed = screen(
+        data,
+        model=loaded,
+        store=tmp_path / "ray.duckdb",
+        engine="ray",
+        ray_options=RayOptions(workers=1, batch_rows=4),
+        **options,
+    )
+    # the driver found the workers' fp32 base responses under the key it looks them up by
+    assert distributed.stats["generated"] == distributed.stats["collected"] == 0
+    assert distributed.scores["base_response"].to_list() == local.scores["base_response"].to_list()
+    assert_same_scores(distributed.scores, local.scores, 1e-5)
+
+
 def test_a_worker_with_other_weights_stops_the_run_with_one_message(
     local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:

@@ -16,15 +16,15 @@ from polars.testing import assert_frame_equal
 from transformers import PreTrainedTokenizerFast
 
 from screener.activations import TokenizedInput
-from screener.errors import VectorFileError
-from screener.model import LoadedModel
+from screener.errors import ConfigError, VectorFileError
+from screener.model import LoadedModel, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen
 from screener.screen import run as screen_run
 from screener.screen.calibration import default_calibration_path
 from screener.vectors import TraitVector, VectorFile, save_vectors
-from tests.conftest import tiny_loaded
+from tests.conftest import save_tiny_model, tiny_loaded
 from tests.reference import naive_collect
 from tests.test_generate import naive_greedy
 
@@ -237,6 +237,39 @@ def test_a_rerun_computes_nothing_and_new_rows_only_what_is_new(
     # other generation settings need new base responses
     longer = run(loaded, data, tmp_path, "five", traits=["evil"], max_new_tokens=STEPS + 1)
     assert longer.stats["generated"] == 6
+
+
+def test_base_responses_written_in_fp32_for_bf16_scores(
+    tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    folder = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
+    bf16 = load_model(str(folder), dtype="bf16", device="cpu")
+    fp32 = load_model(str(folder), dtype="fp32", device="cpu")
+    tiny_vectors(fp32, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    mixed = run(bf16, data, tmp_path, "mixed", generation_dtype="fp32")
+    # the fp32 run finds the mixed run's base responses in the store: they are its own
+    exact = run(fp32, data, tmp_path, "exact")
+    assert mixed.stats["generated"] == len(QUESTIONS) and exact.stats["generated"] == 0
+    expected = [
+        naive_greedy(fp32.model, fp32.tokenizer, (Message("user", q),), STEPS) for q in QUESTIONS
+    ]
+    assert mixed.scores["base_response"].to_list() == expected
+    # the training responses are scored by the bf16 model, as without the option
+    plain = run(bf16, data, tmp_path, "plain", store=":memory:")
+    assert_frame_equal(
+        mixed.scores.select(pl.selectors.starts_with("proj_", "prompt_last_")),
+        plain.scores.select(pl.selectors.starts_with("proj_", "prompt_last_")),
+    )
+    summary = json.loads((tmp_path / "mixed" / "summary.json").read_text())
+    assert summary["model"]["dtype"] == "bfloat16"
+    assert summary["generation"]["dtype"] == "float32"
+    assert (
+        json.loads((tmp_path / "plain" / "summary.json").read_text())["generation"]["dtype"]
+        == "bfloat16"
+    )
+    with pytest.raises(ConfigError, match="generation dtype 'fp16'"):
+        run(bf16, data, tmp_path, "bad", generation_dtype="fp16")
 
 
 def test_prompt_last_skips_generation_and_says_it_is_approximate(

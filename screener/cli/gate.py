@@ -76,6 +76,7 @@ def _run_gate(args: argparse.Namespace) -> int:
         "vectors": args.vectors,
         "store": args.store,
         "max_new_tokens": args.max_new_tokens,
+        "generation_dtype": args.generation_dtype,
         "max_tokens": args.max_tokens,
         "max_batch_tokens": args.batch_tokens,
         "out": args.out,

@@ -19,6 +19,7 @@ from screener.cli.common import (
     progress_printer,
 )
 from screener.errors import ConfigError
+from screener.model import GENERATION_DTYPES
 from screener.reader import FORMATS
 from screener.screen.scoring import DEFAULT_BASE_TOKENS, ENGINES, METHODS
 
@@ -54,6 +55,13 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_BASE_TOKENS,
         help=f"length of the model's own base responses (default {DEFAULT_BASE_TOKENS})",
+    )
+    parser.add_argument(
+        "--generation-dtype",
+        default="same",
+        choices=GENERATION_DTYPES,
+        help="precision the base responses are written in (default: same as --dtype); fp32 "
+        "keeps ΔP rankings of bf16 and fp32 runs alike, at a second copy of the weights",
     )
     parser.add_argument(
         "--store",
@@ -193,6 +201,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         traits=args.traits,
         method=args.method,
         max_new_tokens=args.max_new_tokens,
+        generation_dtype=args.generation_dtype,
         rule=rule,
         calibration=args.calibration,
         categories=args.categories,
@@ -241,6 +250,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         vectors=args.vectors,
         traits=args.traits,
         max_new_tokens=args.max_new_tokens,
+        generation_dtype=args.generation_dtype,
         store=args.store,
         fmt=args.format,
         max_tokens=args.max_tokens,

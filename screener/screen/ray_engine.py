@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
-from screener.model import DTYPES, LoadedModel, load_model
+from screener.model import DTYPES, LoadedModel, generation_model, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen.scoring import Scorer, ScoringSettings, store_key
@@ -71,6 +71,7 @@ class WorkerConfig:
     extra_layers: tuple[int, ...]
     max_tokens: int | None
     model_key: str
+    base_key: str  # the store key of base responses (their precision may differ)
     trust_remote_code: bool = False
 
 
@@ -112,6 +113,11 @@ def worker_config(
         extra_layers=tuple(extra_layers),
         max_tokens=max_tokens,
         model_key=store_key(loaded, device),
+        base_key=store_key(
+            loaded,
+            device,
+            None if settings.generation_dtype == "same" else DTYPES[settings.generation_dtype],
+        ),
         trust_remote_code=trust_remote_code,
     )
 
@@ -170,6 +176,14 @@ class ScoreWorker:
             self.renderer,
             extra_layers=config.extra_layers,
             model_key=config.model_key,
+            generator=generation_model(
+                self.loaded,
+                config.settings.generation_dtype,
+                trust_remote_code=config.trust_remote_code,
+            )
+            if config.settings.method == "delta"
+            else None,
+            base_key=config.base_key,
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -50,7 +50,7 @@ from screener.collect import prepare_out_dir
 from screener.errors import ConfigError, ScreenerError, StoreError
 from screener.generate import GenerationSettings
 from screener.layers import LAYER_CONVENTION
-from screener.model import LoadedModel, load_model
+from screener.model import DTYPES, LoadedModel, generation_model, load_model
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
@@ -186,6 +186,11 @@ class ScreenResult:
         return score_kind(self.settings.method)
 
     @property
+    def generation_dtype(self) -> str:
+        """The precision the base responses were written in (`float32`, `bfloat16`, ...)."""
+        return generation_dtype_name(self.model, self.settings.generation_dtype)
+
+    @property
     def scores(self) -> pl.DataFrame:
         """One row per scored sample, with every score (see `scores_schema`); this loads the
         whole table: `score_frames` gives it one chunk at a time."""
@@ -288,7 +293,9 @@ class ScreenResult:
                 "reference": self.calibration.reference,
                 "traits": sorted(self.calibration.traits),
             },
-            "generation": self.settings.generation.as_dict() if method == "delta" else None,
+            "generation": {**self.settings.generation.as_dict(), "dtype": self.generation_dtype}
+            if method == "delta"
+            else None,
             "notes": self.notes,
             "versions": {
                 "screener": __version__,
@@ -298,6 +305,13 @@ class ScreenResult:
             },
             "command": self.command,
         }
+
+
+def generation_dtype_name(loaded: LoadedModel, generation_dtype: str) -> str:
+    """The precision base responses are written in (`float32`, `bfloat16`, ...) when `loaded`
+    scores and `generation_dtype` is asked for."""
+    dtype = loaded.dtype if generation_dtype == "same" else DTYPES[generation_dtype]
+    return str(dtype).removeprefix("torch.")
 
 
 def scores_schema(traits: Sequence[str]) -> dict[str, pl.DataType | type[pl.DataType]]:
@@ -388,6 +402,7 @@ def screen(
     traits: Sequence[str] | None = None,
     method: Method = "delta",
     max_new_tokens: int = DEFAULT_BASE_TOKENS,
+    generation_dtype: str = "same",
     rule: FlagRule | None = None,
     calibration: str | Path | None = "auto",
     categories: Path | None = None,
@@ -410,6 +425,9 @@ def screen(
 ) -> ScreenResult:
     """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
 
+    generation_dtype: the precision base responses are written in: `same` as the model's, or
+        `fp32`/`bf16` (the same weights loaded a second time; fp32 base responses keep ΔP's
+        ranking the same for bf16 and fp32 scores, see the README's "Determinism").
     calibration: `auto` (beside the vectors), a calibration file, or `none`.
     store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
     trust_remote_code: let the model (and ray workers' copies) run code shipped with it.
@@ -440,6 +458,12 @@ def screen(
         GenerationSettings(max_new_tokens=max_new_tokens),
         generation_batch_size=generation_batch_size,
         max_batch_tokens=max_batch_tokens,
+        generation_dtype=generation_dtype,
+    )
+    generator = (
+        generation_model(loaded, generation_dtype, trust_remote_code=trust_remote_code)
+        if method == "delta"
+        else None
     )
     calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
     if calibrated is not None and method == "delta":
@@ -448,6 +472,13 @@ def screen(
             notes.append(
                 f"the calibration's base responses had max_new_tokens={made_with}, this run "
                 f"{max_new_tokens}: cuts may be off (recalibrate with the same setting)"
+            )
+        calibrated_in = calibrated.generation.get("dtype")  # absent in older calibrations
+        written_in = generation_dtype_name(loaded, generation_dtype)
+        if calibrated_in is not None and calibrated_in != written_in:
+            notes.append(
+                f"the calibration's base responses were written in {calibrated_in}, this run's "
+                f"in {written_in}: cuts may be off (recalibrate with the same --generation-dtype)"
             )
     category_set = load_categories(categories)
     probe_layer = category_layer(loaded)
@@ -464,6 +495,7 @@ def screen(
             renderer,
             extra_layers=[probe_layer],
             progress=say,
+            generator=generator,
         )
         if engine == "ray":
             config = worker_config(
@@ -475,7 +507,8 @@ def screen(
                 ray_options,
                 trust_remote_code,
             )
-            scorer.model_key = config.model_key  # the workers' device decides the key
+            # the workers' device decides the keys
+            scorer.model_key, scorer.base_key = config.model_key, config.base_key
             pending = _pending_samples(
                 scorer,
                 renderer.render_stream(read_dataset(data, fmt=fmt, fields=fields), "reject"),
@@ -936,6 +969,7 @@ def calibrate(
     vectors: str | Path = "builtin",
     traits: Sequence[str] | None = None,
     max_new_tokens: int = DEFAULT_BASE_TOKENS,
+    generation_dtype: str = "same",
     store: str | Path | None = None,
     fmt: str = "auto",
     fields: FieldNames | None = None,
@@ -957,6 +991,7 @@ def calibrate(
         traits=traits,
         method="delta",
         max_new_tokens=max_new_tokens,
+        generation_dtype=generation_dtype,
         calibration="none",
         store=store,
         fmt=fmt,
@@ -986,7 +1021,7 @@ def calibrate(
             "scored": len(result.samples),
             "rejected": len(result.rejected),
         },
-        result.settings.generation.as_dict(),
+        {**result.settings.generation.as_dict(), "dtype": result.generation_dtype},
         distributions,
         {trait: vector_digest(result.vectors, trait) for trait in chosen},
         command,

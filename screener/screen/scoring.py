@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
 from screener.errors import ConfigError
 from screener.generate import GenerationSettings, generate_responses
-from screener.model import LoadedModel
+from screener.model import GENERATION_DTYPES, LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.store import LayerActivations, RunStore, token_hash
@@ -48,10 +50,17 @@ class ScoringSettings:
     )
     generation_batch_size: int = 32
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
+    # the precision base responses are written in: `same` as the scores', or fp32 / bf16
+    generation_dtype: str = "same"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}: use {' or '.join(METHODS)}")
+        if self.generation_dtype not in GENERATION_DTYPES:
+            raise ConfigError(
+                f"unknown generation dtype {self.generation_dtype!r}: use "
+                f"{', '.join(GENERATION_DTYPES)}"
+            )
         if not self.traits:
             raise ConfigError("no traits to screen for")
         if self.generation.temperature != 0:
@@ -83,15 +92,18 @@ class ScoredSample:
         return self.projection[trait] - self.base_projection[trait]
 
 
-def store_key(loaded: LoadedModel, device_type: str | None = None) -> str:
+def store_key(
+    loaded: LoadedModel, device_type: str | None = None, dtype: torch.dtype | None = None
+) -> str:
     """The run store's model key: the weights' fingerprint, the dtype and the device type the
-    model runs in (`device_type` overrides the loaded model's, for ray workers on GPUs).
+    model runs in (`device_type` and `dtype` override the loaded model's, for ray workers on
+    GPUs and for base responses written at another precision).
 
     Precision and device are part of the key because they change results: greedy base
     responses in bf16 and fp32 part ways at near-ties (see the README, "Determinism"), so a
     store shared by runs at two precisions must not hand one the other's answers."""
-    dtype = str(loaded.dtype).removeprefix("torch.")
-    return f"{loaded.fingerprint}:{dtype}:{device_type or loaded.device.type}"
+    dtype_name = str(dtype or loaded.dtype).removeprefix("torch.")
+    return f"{loaded.fingerprint}:{dtype_name}:{device_type or loaded.device.type}"
 
 
 def content_hash(item: TokenizedInput) -> str:
@@ -104,6 +116,9 @@ class Scorer:
 
     extra_layers: layers to collect and cache besides the traits' (the category probe's).
     model_key: the key of this model's results in the store (default `store_key(loaded)`).
+    generator: the model that writes base responses, when not `loaded` itself (the same
+        weights at the precision `settings.generation_dtype` asks for: `generation_model`).
+    base_key: the store key of the base responses (default: the generator's `store_key`).
     """
 
     def __init__(
@@ -117,9 +132,13 @@ class Scorer:
         extra_layers: Sequence[int] = (),
         progress: Callable[[str], None] | None = None,
         model_key: str | None = None,
+        generator: LoadedModel | None = None,
+        base_key: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.model_key = model_key or store_key(loaded)
+        self.generator = generator or loaded
+        self.base_key = base_key or (self.model_key if generator is None else store_key(generator))
         self.settings = settings
         self.store = store
         self.renderer = renderer
@@ -162,7 +181,7 @@ class Scorer:
     def base_responses(self, prompts: Sequence[tuple[Message, ...]]) -> list[str]:
         """The model's greedy answers to `prompts`, from the store where it has them."""
         keys = [token_hash(self.renderer.prompt_ids(p)) for p in prompts]
-        cached = self.store.get_base_responses(self.model_key, keys, self.generation_key)
+        cached = self.store.get_base_responses(self.base_key, keys, self.generation_key)
         todo: dict[str, tuple[Message, ...]] = {}
         for key, prompt in zip(keys, prompts, strict=True):
             if key not in cached:
@@ -171,14 +190,14 @@ class Scorer:
         self.counters["generated"] += len(todo)
         if todo:
             texts = generate_responses(
-                self.loaded,
+                self.generator,
                 list(todo.values()),
                 self.settings.generation,
                 batch_size=self.settings.generation_batch_size,
                 progress=lambda done: self.say(f"  base responses {done}/{len(todo)}"),
             )
             fresh = dict(zip(todo, texts, strict=True))
-            self.store.put_base_responses(self.model_key, self.generation_key, fresh)
+            self.store.put_base_responses(self.base_key, self.generation_key, fresh)
             cached.update(fresh)
         return [cached[key] for key in keys]
 
@@ -221,7 +240,7 @@ class Scorer:
         to_check = dict(enumerate(keys))
         if self.settings.method == "delta":
             prompt_keys = [token_hash(self.renderer.prompt_ids(r.sample.prompt)) for r in chunk]
-            cached = self.store.get_base_responses(self.model_key, prompt_keys, self.generation_key)
+            cached = self.store.get_base_responses(self.base_key, prompt_keys, self.generation_key)
             for i, (rendered, prompt_key) in enumerate(zip(chunk, prompt_keys, strict=True)):
                 if prompt_key not in cached:
                     needed.add(i)
