@@ -266,6 +266,14 @@ def load_model(
 GENERATION_DTYPES = ("same", "fp32", "bf16")
 
 
+def generation_torch_dtype(loaded: LoadedModel, dtype: str) -> torch.dtype:
+    """The precision base responses are written in when `loaded` scores and `dtype` (`same`,
+    `fp32` or `bf16`) is asked for."""
+    if dtype not in GENERATION_DTYPES:
+        raise ConfigError(f"unknown generation dtype {dtype!r}: use {', '.join(GENERATION_DTYPES)}")
+    return loaded.dtype if dtype == "same" else DTYPES[dtype]
+
+
 def generation_model(
     loaded: LoadedModel, dtype: str, *, trust_remote_code: bool = False
 ) -> LoadedModel | None:
@@ -275,9 +283,7 @@ def generation_model(
 
     Greedy decoding parts ways between bf16 and fp32 at near-ties, so base responses written in
     fp32 keep ΔP's ranking the same whether the scores are taken in bf16 or fp32."""
-    if dtype not in GENERATION_DTYPES:
-        raise ConfigError(f"unknown generation dtype {dtype!r}: use {', '.join(GENERATION_DTYPES)}")
-    if dtype == "same" or DTYPES[dtype] == loaded.dtype:
+    if generation_torch_dtype(loaded, dtype) == loaded.dtype:
         return None
     other = load_model(
         loaded.spec, dtype=dtype, device=str(loaded.device), trust_remote_code=trust_remote_code

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
-from screener.model import DTYPES, LoadedModel, generation_model, load_model
+from screener.model import DTYPES, LoadedModel, generation_model, generation_torch_dtype, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen.scoring import Scorer, ScoringSettings, store_key
@@ -114,9 +114,7 @@ def worker_config(
         max_tokens=max_tokens,
         model_key=store_key(loaded, device),
         base_key=store_key(
-            loaded,
-            device,
-            None if settings.generation_dtype == "same" else DTYPES[settings.generation_dtype],
+            loaded, device, generation_torch_dtype(loaded, settings.generation_dtype)
         ),
         trust_remote_code=trust_remote_code,
     )

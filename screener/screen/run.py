@@ -50,7 +50,7 @@ from screener.collect import prepare_out_dir
 from screener.errors import ConfigError, ScreenerError, StoreError
 from screener.generate import GenerationSettings
 from screener.layers import LAYER_CONVENTION
-from screener.model import DTYPES, LoadedModel, generation_model, load_model
+from screener.model import LoadedModel, generation_model, generation_torch_dtype, load_model
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
@@ -310,8 +310,7 @@ class ScreenResult:
 def generation_dtype_name(loaded: LoadedModel, generation_dtype: str) -> str:
     """The precision base responses are written in (`float32`, `bfloat16`, ...) when `loaded`
     scores and `generation_dtype` is asked for."""
-    dtype = loaded.dtype if generation_dtype == "same" else DTYPES[generation_dtype]
-    return str(dtype).removeprefix("torch.")
+    return str(generation_torch_dtype(loaded, generation_dtype)).removeprefix("torch.")
 
 
 def scores_schema(traits: Sequence[str]) -> dict[str, pl.DataType | type[pl.DataType]]:
