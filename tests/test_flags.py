@@ -137,6 +137,19 @@ def test_risk_is_the_largest_z_over_traits() -> None:
     assert math.isnan(risk_scores([np.array([math.nan]), np.array([math.nan])])[0])
 
 
+def test_risk_folded_from_a_generator_equals_a_per_sample_loop() -> None:
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(3, 200))
+    z[rng.random(z.shape) < 0.3] = math.nan
+    z[:, :5] = math.nan  # samples no trait scores
+    expected = []
+    for sample in range(z.shape[1]):
+        finite = [float(v) for v in z[:, sample] if math.isfinite(v)]
+        expected.append(max(finite) if finite else math.nan)
+    got = risk_scores(row for row in z)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
     scores = np.array([1.0, 2.0, 3.0, 4.0, math.nan])
     first = bootstrap_mean(scores)

@@ -12,7 +12,7 @@ reference (or, without one, the dataset's own mean and standard deviation).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,17 +145,30 @@ class Flags:
     def decide(
         cls, traits: Sequence[str], cuts: Sequence[Cut], scores_by_trait: Sequence[np.ndarray]
     ) -> Flags:
-        """Flag every sample that some trait's cut flags (`flag_mask`)."""
+        """Flag every sample that some trait's cut flags (`flag_mask`).
+
+        Each trait's scores are taken from `scores_by_trait` twice and one trait at a time,
+        so a sequence that reads its columns on demand keeps one column in memory.
+        """
         flags = cls(traits, [cut.value for cut in cuts])
-        masks = [flag_mask(s, cut) for s, cut in zip(scores_by_trait, cuts, strict=True)]
-        if not masks:
+        if not flags.traits:
             return flags
-        flags.indices = np.flatnonzero(np.logical_or.reduce(masks)).astype(np.int64)
-        flags.flagged_for = np.stack([m[flags.indices] for m in masks], axis=1)
-        flags.scores = np.stack([s[flags.indices] for s in scores_by_trait], axis=1)
-        flags.percentiles = np.stack(
-            [dataset_percentiles(s, s[flags.indices]) for s in scores_by_trait], axis=1
-        )
+        union: np.ndarray | None = None
+        for trait, cut in enumerate(cuts):
+            mask = flag_mask(scores_by_trait[trait], cut)
+            union = mask if union is None else np.logical_or(union, mask, out=union)
+        assert union is not None
+        flags.indices = np.flatnonzero(union).astype(np.int64)
+        del union
+        size, width = len(flags.indices), len(flags.traits)
+        flags.flagged_for = np.zeros((size, width), dtype=bool)
+        flags.scores = np.zeros((size, width))
+        flags.percentiles = np.zeros((size, width))
+        for trait, cut in enumerate(cuts):
+            scores = scores_by_trait[trait]
+            flags.flagged_for[:, trait] = flag_mask(scores, cut)[flags.indices]
+            flags.scores[:, trait] = scores[flags.indices]
+            flags.percentiles[:, trait] = dataset_percentiles(scores, flags.scores[:, trait])
         return flags
 
     def __len__(self) -> int:
@@ -200,13 +213,20 @@ def z_scores(scores: np.ndarray, reference: Distribution | None) -> np.ndarray:
     return (scores - mean) / (std if std > 0 else 1.0)
 
 
-def risk_scores(z_by_trait: list[np.ndarray]) -> np.ndarray:
-    """The largest z-value over traits per sample (NaN only where every trait is NaN)."""
-    stacked = np.vstack(z_by_trait)
-    with np.errstate(invalid="ignore"):
-        filled = np.where(np.isfinite(stacked), stacked, -np.inf)
-        risk = filled.max(axis=0)
-    return np.where(np.isfinite(risk), risk, np.nan)
+def risk_scores(z_by_trait: Iterable[np.ndarray]) -> np.ndarray:
+    """The largest z-value over traits per sample (NaN only where every trait is NaN).
+
+    Folded one trait at a time, so a generator of z-values holds one trait's in memory.
+    """
+    risk: np.ndarray | None = None
+    for z in z_by_trait:
+        if risk is None:
+            risk = np.full(z.shape, -np.inf)
+        np.fmax(risk, z, out=risk)  # fmax takes the number where one side is NaN
+    if risk is None:
+        raise ValueError("risk_scores needs the z-values of at least one trait")
+    risk[~np.isfinite(risk)] = np.nan
+    return risk
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import polars as pl
@@ -126,6 +126,25 @@ def score_column(samples: ScoredSamples, trait: str, kind: str) -> np.ndarray:
     if kind == "delta":
         return samples.column(f"proj_{trait}") - samples.column(f"base_proj_{trait}")
     return samples.column(f"prompt_last_{trait}")
+
+
+class ScoreColumns(Sequence[np.ndarray]):
+    """Each trait's scores of one kind, read from the spill file when indexed (not kept)."""
+
+    def __init__(self, samples: ScoredSamples, traits: Sequence[str], kind: str) -> None:
+        self.samples, self.traits, self.kind = samples, tuple(traits), kind
+
+    def __len__(self) -> int:
+        return len(self.traits)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return score_column(self.samples, self.traits[index], self.kind)
 
 
 @dataclass
@@ -605,22 +624,24 @@ def _decide(
     rule: FlagRule,
     calibration: Calibration | None,
 ) -> ScreenResult:
-    """Cuts, flags with reasons, risk and dataset-level means."""
-    kind = score_kind(settings.method)
+    """Cuts, flags with reasons, risk and dataset-level means. The score columns are read
+    from the spill file one trait at a time (at a million rows each costs 8 MB)."""
+    columns = ScoreColumns(samples, settings.traits, score_kind(settings.method))
+    references = [
+        None if calibration is None else calibration.distribution(trait, columns.kind)
+        for trait in settings.traits
+    ]
     cuts: dict[str, Cut] = {}
     dataset_scores: dict[str, MeanInterval] = {}
-    z_by_trait = []
-    scores_by_trait = []
-    for trait in settings.traits:
-        scores = score_column(samples, trait, kind)
-        reference = None if calibration is None else calibration.distribution(trait, kind)
+    for trait, scores, reference in zip(settings.traits, columns, references, strict=True):
         cuts[trait] = decide_cut(trait, scores, rule, reference)
         dataset_scores[trait] = bootstrap_mean(scores)
-        z_by_trait.append(z_scores(scores, reference))
-        scores_by_trait.append(scores)
-    flags = Flags.decide(settings.traits, list(cuts.values()), scores_by_trait)
-    del scores_by_trait
-    risk = risk_scores(z_by_trait) if len(samples) else np.zeros(0)
+    flags = Flags.decide(settings.traits, list(cuts.values()), columns)
+    risk = (
+        risk_scores(z_scores(s, r) for s, r in zip(columns, references, strict=True))
+        if len(samples)
+        else np.zeros(0)
+    )
     return ScreenResult(
         str(data),
         loaded,
