@@ -20,7 +20,7 @@ from screener.errors import ConfigError, VectorFileError
 from screener.model import LoadedModel, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen
+from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen, spill
 from screener.screen import run as screen_run
 from screener.screen.calibration import default_calibration_path
 from screener.vectors import TraitVector, VectorFile, save_vectors
@@ -348,13 +348,15 @@ def test_outputs_do_not_depend_on_chunking_and_the_spill_goes_away(
     loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The outputs are assembled from the samples spilled chunk by chunk: one sample per chunk
-    gives the same files as one chunk (the same store, so the same numbers), also when k-means
-    is fitted on a spread sample of the flagged rows; no spill directory outlives its result."""
+    and per row group gives the same files as one chunk (the same store, so the same numbers),
+    also when k-means is fitted on a spread sample of the flagged rows; no spill directory
+    outlives its result."""
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     rule = FlagRule(top_k=3)
     whole = run(loaded, data, tmp_path, "whole", rule=rule)
     monkeypatch.setattr(screen_run, "MAX_CLUSTER_FIT", 3)
+    monkeypatch.setattr(spill, "ROW_GROUP_ROWS", 1)
     single = run(loaded, data, tmp_path, "single", rule=rule, chunk_size=1)
     assert single.stats["collected"] == 0 and single.samples.groups == len(rows())
     assert whole.samples.groups == 1 and 4 <= len(whole.flagged) == len(single.flagged) <= 6

@@ -24,6 +24,8 @@ def test_seen_ids_matches_a_plain_dict_across_merges(monkeypatch) -> None:
             reference[sample_id] = f"{source}:{line}"
     assert len(ids) == len(reference)
     assert len(ids._runs) <= 1 + len(reference).bit_length()
+    for keys, locations in ids._runs:  # each run strictly sorted, a location per key
+        assert (keys[1:] > keys[:-1]).all() and len(locations) == len(keys)
     for sample_id, where in reference.items():
         assert ids.first_seen(sample_id) == where
     assert ids.first_seen("never added") is None

@@ -39,8 +39,10 @@ def sample(i: int, *, base: bool) -> ScoredSample:
     )
 
 
-def written(tmp_path: Path, chunks: list[list[ScoredSample]]) -> ScoredSamples:
-    samples = ScoredSamples(TRAITS, tmp_path)
+def written(
+    tmp_path: Path, chunks: list[list[ScoredSample]], row_group_rows: int = 1
+) -> ScoredSamples:
+    samples = ScoredSamples(TRAITS, tmp_path, row_group_rows)
     for chunk in chunks:
         samples.append(chunk)
     samples.finish()
@@ -64,6 +66,23 @@ def test_samples_read_back_equal_what_was_written_across_chunks(tmp_path: Path) 
     np.testing.assert_array_equal(
         samples.column("prompt_last_sycophancy"), [float(i) for i in range(11)]
     )
+
+
+def test_chunks_are_gathered_into_row_groups(tmp_path: Path) -> None:
+    """Chunks are written once `row_group_rows` samples are gathered (the rest at finish); the
+    row groups in the file are the ones indexing and `take` walk."""
+    originals = [sample(i, base=True) for i in range(11)]
+    chunks = [originals[:2], originals[2:3], originals[3:7], originals[7:8], originals[8:]]
+    samples = ScoredSamples(TRAITS, tmp_path, row_group_rows=4)
+    for chunk in chunks:
+        samples.append(chunk)
+    assert len(samples) == 11  # counted while rows wait for their row group
+    samples.finish()
+    groups = [samples.group_table(g).num_rows for g in range(samples.groups)]
+    assert groups == [7, 4] and samples.path.stat().st_size > 0
+    assert list(samples) == originals and samples[8] == originals[8]
+    assert samples.take("line", [0, 6, 7, 10]) == [1, 7, 8, 11]
+    assert samples.group_start(1) == 7
 
 
 def test_an_empty_run_reads_as_empty(tmp_path: Path) -> None:

@@ -68,8 +68,26 @@ class SeenIds:
         order = np.argsort(keys)
         self._runs.append((keys[order], locations[order]))
         while len(self._runs) > 1 and len(self._runs[-2][0]) <= len(self._runs[-1][0]):
-            (older_keys, older_locations), (newer_keys, newer_locations) = self._runs[-2:]
-            merged_keys = np.concatenate([older_keys, newer_keys])
-            merged_locations = np.concatenate([older_locations, newer_locations])
-            order = np.argsort(merged_keys, kind="stable")
-            self._runs[-2:] = [(merged_keys[order], merged_locations[order])]
+            newer = self._runs.pop()
+            self._runs[-1] = _merge(self._runs[-1], newer)
+
+
+def _merge(
+    older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs with no key in common as one sorted run, without sorting again: each
+    newer key goes where `searchsorted` puts it. At its peak the merge holds about 41 bytes per
+    id (both runs, the merged run, the destinations), a concatenate-and-argsort 56."""
+    (older_keys, older_locations), (newer_keys, newer_locations) = older, newer
+    size = len(older_keys) + len(newer_keys)
+    destinations = np.searchsorted(older_keys, newer_keys)
+    destinations += np.arange(len(newer_keys))  # the newer keys before each one shift it on
+    from_older = np.ones(size, dtype=bool)
+    from_older[destinations] = False
+    merged = []
+    for old_values, new_values in ((older_keys, newer_keys), (older_locations, newer_locations)):
+        values = np.empty(size, dtype=old_values.dtype)
+        values[destinations] = new_values
+        values[from_older] = old_values
+        merged.append(values)
+    return merged[0], merged[1]

@@ -1,8 +1,11 @@
 """A run's scored samples on disk, so that screening memory does not grow with the dataset.
 
-`ScoredSamples` is written chunk by chunk as samples are scored (one parquet row group per
-chunk) and read back lazily: iterating decodes one row group at a time, indexing keeps the last
-decoded row group, and `column` reads a single score column as a numpy array (8 bytes per row).
+`ScoredSamples` is written chunk by chunk as samples are scored and read back lazily:
+iterating decodes one row group at a time, indexing keeps the last decoded row group, and
+`column` reads a single score column as a numpy array (8 bytes per row). Chunks are gathered
+into row groups of `ROW_GROUP_ROWS` samples: the parquet writer and reader keep every row
+group's metadata in memory (about 14 MB for a thousand groups), so row groups of a scoring
+chunk each (often 1,024 samples) would make that grow with the dataset.
 
 The file lives in a private directory under `$SCREENER_HOME/spill/` (beside the run store, on
 disk rather than in a RAM-backed /tmp) that is removed when the `ScoredSamples` is closed or
@@ -27,6 +30,7 @@ from screener.paths import state_root
 from screener.screen.scoring import ScoredSample
 
 _PREFIX = "run-"
+ROW_GROUP_ROWS = 8192  # samples per row group of the spill file
 
 
 def spill_root() -> Path:
@@ -123,9 +127,15 @@ class ScoredSamples(Sequence[ScoredSample]):
 
     Write with `append` (one call per chunk), then `finish`; read afterwards.
     directory: where to make the private spill directory (default `spill_root()`).
+    row_group_rows: samples gathered before a row group is written (default ROW_GROUP_ROWS).
     """
 
-    def __init__(self, traits: Sequence[str], directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        traits: Sequence[str],
+        directory: Path | None = None,
+        row_group_rows: int | None = None,
+    ) -> None:
         root = directory or spill_root()
         root.mkdir(parents=True, exist_ok=True)
         remove_orphans(root)
@@ -136,6 +146,9 @@ class ScoredSamples(Sequence[ScoredSample]):
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, _schema(self.traits))
         self._reader: pq.ParquetFile | None = None
         self._starts = [0]  # the first sample index of each row group, then the total
+        self.row_group_rows = row_group_rows or ROW_GROUP_ROWS
+        self._unwritten: list[pa.Table] = []  # appended chunks not yet in a row group
+        self._unwritten_rows = 0
         self._cached: tuple[int, list[ScoredSample]] | None = None
 
     def append(self, samples: Sequence[ScoredSample]) -> None:
@@ -146,12 +159,23 @@ class ScoredSamples(Sequence[ScoredSample]):
         table = pa.Table.from_pylist(
             [_row(s, self.traits) for s in samples], schema=self._writer.schema
         )
-        self._writer.write_table(table, row_group_size=len(samples))
-        self._starts.append(self._starts[-1] + len(samples))
+        self._unwritten.append(table)
+        self._unwritten_rows += len(samples)
+        if self._unwritten_rows >= self.row_group_rows:
+            self._write_row_group()
+
+    def _write_row_group(self) -> None:
+        assert self._writer is not None
+        if self._unwritten_rows:
+            table = pa.concat_tables(self._unwritten)
+            self._writer.write_table(table, row_group_size=self._unwritten_rows)
+            self._starts.append(self._starts[-1] + self._unwritten_rows)
+            self._unwritten, self._unwritten_rows = [], 0
 
     def finish(self) -> None:
         """Close the file for writing and open it for reading."""
         if self._writer is not None:
+            self._write_row_group()
             self._writer.close()
             self._writer = None
             self._reader = pq.ParquetFile(self.path)
@@ -161,6 +185,7 @@ class ScoredSamples(Sequence[ScoredSample]):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._unwritten, self._unwritten_rows = [], 0
         self._reader = None
         self._cleanup()
 
@@ -170,7 +195,7 @@ class ScoredSamples(Sequence[ScoredSample]):
         return self._reader
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return self._starts[-1] + self._unwritten_rows
 
     @property
     def groups(self) -> int:
@@ -180,7 +205,7 @@ class ScoredSamples(Sequence[ScoredSample]):
         return self._starts[group]
 
     def group(self, group: int) -> list[ScoredSample]:
-        """The samples of one row group (chunk)."""
+        """The samples of one row group (`row_group_rows` of them, fewer in the last)."""
         if self._cached is None or self._cached[0] != group:
             rows = self._file().read_row_group(group).to_pylist()
             self._cached = (group, [_sample(row, self.traits) for row in rows])
