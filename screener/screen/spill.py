@@ -237,10 +237,14 @@ class ScoredSamples(Sequence[ScoredSample]):
 
     def column(self, name: str) -> np.ndarray:
         """A numeric column for every sample (nulls as NaN)."""
-        if not len(self):
-            return np.zeros(0)
-        values = self._file().read(columns=[name]).column(0)
-        return np.asarray(values.to_numpy(), dtype=np.float64)
+        values = np.empty(len(self), dtype=np.float64)
+        # row group by row group into one array: reading the whole column through arrow would
+        # hold it twice, and arrow's allocator keeps what it freed for a while
+        for group in range(self.groups):
+            column = self.group_table(group, [name]).column(0)
+            start, end = self._starts[group], self._starts[group + 1]
+            values[start:end] = column.to_numpy(zero_copy_only=False)
+        return values
 
     def take(self, name: str, indices: Sequence[int]) -> list[Any]:
         """The values of one column at sorted sample `indices`, reading only their row groups."""
