@@ -62,9 +62,16 @@ _OLD_TABLES = {
     "base_responses": ("base_responses_v2", ("model", "prompt_hash", "settings")),
     "activations": ("activations_v2", ("model", "content_hash", "layer")),
 }
-# DuckDB's memory for a run store: its buffer pool stays this size however large the
-# store grows (benchmarks/bench_scale.py measures screening memory up to a million rows).
-DUCKDB_MEMORY_LIMIT = "64MB"
+# DuckDB's memory for a run store: its buffer pool stays this size however large the store
+# grows (benchmarks/bench_scale.py measures screening memory up to a million rows; from 10k to
+# 1M rows RSS grew 17 MiB under 32MB against 47 MiB under 64MB, at the same speed).
+DUCKDB_MEMORY_LIMIT_MIB = 32
+# ...raised for large vectors (`make_room_for_vectors`): DuckDB moves rows 2,048 at a time and
+# an activation row holds two float32 vectors. Reading them back needed 4 such batches' worth
+# (measured at hidden sizes 576, 4096 and 8192); the limit allows 6.
+VECTOR_BATCHES_IN_MEMORY = 6
+INSERT_BATCH_BYTES = 8 << 20  # the most rows one INSERT statement takes in, in bytes
+FETCH_BATCH_ROWS = 256  # activation rows read from the store at a time
 
 
 def row_key(*parts: str | int) -> int:
@@ -146,7 +153,7 @@ class RunStore:
             Path(where).parent.mkdir(parents=True, exist_ok=True)
         try:
             config: dict[str, str | bool | int | float | list[str]] = (
-                {} if where == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT}
+                {} if where == ":memory:" else {"memory_limit": f"{DUCKDB_MEMORY_LIMIT_MIB}MiB"}
             )
             connection = duckdb.connect(where, config=config)
         except duckdb.IOException as exc:
@@ -165,6 +172,16 @@ class RunStore:
             yield cls(connection, where)
         finally:
             connection.close()
+
+    def make_room_for_vectors(self, hidden_size: int) -> None:
+        """Raise DuckDB's memory limit to what activations of `hidden_size` floats need (a
+        7B model's, 4,096, need 384 MiB; the embedded model's fit in the default)."""
+        if self.path == ":memory:":
+            return
+        batch_bytes = 2048 * 2 * 4 * hidden_size
+        needed = -(-VECTOR_BATCHES_IN_MEMORY * batch_bytes // 2**20)
+        limit = max(DUCKDB_MEMORY_LIMIT_MIB, needed)
+        self.connection.execute(f"SET memory_limit = '{limit}MiB'")
 
     def _wanted(self, name: str, keys: list[int], **columns: Sequence[Any]) -> None:
         table = {"key": pa.array(keys, type=pa.uint64())}
@@ -212,25 +229,28 @@ class RunStore:
         if not content_hashes:
             return {}
         pairs = [(h, layer) for h in dict.fromkeys(content_hashes) for layer in sorted(set(layers))]
-        self._wanted(
-            "wanted_contents",
-            [row_key(model, h, layer) for h, layer in pairs],
-            content_hash=[h for h, _ in pairs],
-            layer=pa.array([layer for _, layer in pairs], type=pa.int32()),
-        )
+        self._wanted("wanted_contents", [row_key(model, h, layer) for h, layer in pairs])
+        found: dict[tuple[str, int], LayerActivations] = {}
+        wanted = set(pairs)
         try:
-            rows = self.connection.execute(
-                "SELECT a.content_hash, a.layer, a.response_mean, a.last_prompt "
-                "FROM activations_v2 a JOIN wanted_contents w ON a.key = w.key "
-                "AND a.content_hash = w.content_hash AND a.layer = w.layer WHERE a.model = ?",
-                [model],
-            ).fetchall()
+            # A semi-join on the key streamed in batches: a join would hash the stored side,
+            # vectors included, and a chunk of a large model's vectors would not fit in
+            # DuckDB's memory limit at once. A row under a colliding key is skipped here.
+            batches = self.connection.sql(
+                "SELECT content_hash, layer, response_mean, last_prompt FROM activations_v2 "
+                "WHERE key IN (SELECT key FROM wanted_contents) AND model = ?",
+                params=[model],
+            ).to_arrow_reader(FETCH_BATCH_ROWS)
+            for batch in batches:
+                columns = [batch.column(i).to_pylist() for i in range(4)]
+                for content_hash, layer, mean, last in zip(*columns, strict=True):
+                    if (content_hash, layer) in wanted:
+                        found[(content_hash, layer)] = LayerActivations(
+                            _vector(mean), _vector(last)
+                        )
         finally:
             self.connection.unregister("wanted_contents")
-        return {
-            (content_hash, layer): LayerActivations(_vector(mean), _vector(last))
-            for content_hash, layer, mean, last in rows
-        }
+        return found
 
     def put_activations(self, model: str, values: dict[tuple[str, int], LayerActivations]) -> None:
         if not values:
@@ -271,22 +291,41 @@ class RunStore:
             self.connection.execute(f"DELETE FROM {name}")
 
 
+def _first_of_each_key(table: pa.Table) -> pa.Table:
+    """The rows of `table` whose key no earlier row has, in their order."""
+    keys = table.column("key").to_numpy()
+    _, first = np.unique(keys, return_index=True)
+    if len(first) == len(keys):
+        return table
+    return table.take(pa.array(np.sort(first)))
+
+
 def _insert_rows(connection: Any, path: str, name: str, table: pa.Table) -> None:
-    """One transaction; rows already present (same key) are kept as they were, and of
-    several incoming rows with one key only one is added."""
+    """Rows already present (same key) are kept as they were, and of several incoming rows
+    with one key only the first is added.
+
+    The rows go in as transactions of at most INSERT_BATCH_BYTES each: DuckDB holds a
+    transaction's rows under the store's memory limit until it commits, and one chunk of a 7B
+    model's activations (1,024 samples x 3 layers x 2 x 16 KB) is 100 MB. A run stopped
+    between two of them keeps the first: each row is complete on its own, so a rerun only
+    computes fewer rows.
+    """
     import duckdb
 
-    connection.register("incoming", table)
+    table = _first_of_each_key(table)
+    rows_per_statement = max(1, INSERT_BATCH_BYTES * table.num_rows // max(1, table.nbytes))
     try:
-        connection.execute(
-            f"INSERT INTO {name} SELECT * FROM incoming i "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {name} t WHERE t.key = i.key) "
-            "QUALIFY row_number() OVER (PARTITION BY i.key ORDER BY i.key) = 1"
-        )
-    except duckdb.Error as exc:  # a full disk, a file size limit: the insert rolled back
+        for start in range(0, table.num_rows, rows_per_statement):
+            connection.register("incoming", table.slice(start, rows_per_statement))
+            try:
+                connection.execute(
+                    f"INSERT INTO {name} SELECT * FROM incoming i "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {name} t WHERE t.key = i.key)"
+                )
+            finally:
+                connection.unregister("incoming")
+    except duckdb.Error as exc:  # a full disk, a file size limit: that statement rolled back
         raise StoreError(
             f"cannot write to the run store {path}: {str(exc).splitlines()[0]} (the "
             "store keeps every chunk finished before this one: fix this and run again)"
         ) from exc
-    finally:
-        connection.unregister("incoming")

@@ -94,3 +94,41 @@ def test_row_keys_are_a_fixed_hash_of_the_columns() -> None:
     """Keys are stored, so they may not depend on the process (as Python's hash() does)."""
     assert row_key("m", "a", 3) == 5286913918874252288  # blake2b-64 of "m␟a␟3", little-endian
     assert row_key("m", "a", 3) != row_key("m", "a3", "") != row_key("ma", "", 3)
+
+
+def memory_limit(store: RunStore) -> str:
+    return store.connection.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+
+def test_a_chunk_of_large_model_activations_goes_in_and_comes_back(tmp_path: Path) -> None:
+    """256 samples x 4 layers of a 7B-sized model's vectors (hidden size 4,096: 32 MB) go into
+    a file store and come back exactly: DuckDB's default memory for a store would run out on
+    them (inserted in batches, read back streamed, the limit raised for the hidden size)."""
+    hidden = 4096
+    generator = torch.Generator().manual_seed(0)
+    layers = (10, 15, 20, 30)
+    values = {
+        (f"{i:064x}", layer): LayerActivations(
+            torch.randn(hidden, generator=generator), torch.randn(hidden, generator=generator)
+        )
+        for i in range(256)
+        for layer in layers
+    }
+    with RunStore.open(tmp_path / "store.duckdb") as store:
+        store.make_room_for_vectors(hidden)
+        limit = memory_limit(store)
+        assert limit == "384.0 MiB"
+        store.put_activations("m", values)
+        store.put_activations("m", values)  # all present: nothing added
+        assert store.export_table("activations_v2").num_rows == len(values)
+        assert_same(store.get_activations("m", [h for h, _ in values], layers), values)
+
+
+def test_small_vectors_keep_the_default_memory_limit(tmp_path: Path) -> None:
+    with RunStore.open(tmp_path / "store.duckdb") as store:
+        store.make_room_for_vectors(576)  # the embedded model: 6 x 9 MB batches = 54 MiB
+        limit = memory_limit(store)
+        assert limit == "54.0 MiB"
+        store.make_room_for_vectors(64)
+        limit = memory_limit(store)
+        assert limit == f"{store_module.DUCKDB_MEMORY_LIMIT_MIB}.0 MiB"

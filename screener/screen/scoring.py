@@ -149,6 +149,7 @@ class Scorer:
         self.collector = ActivationCollector(
             loaded.model, self.layers, max_batch_tokens=settings.max_batch_tokens
         )
+        store.make_room_for_vectors(self.collector.hidden_size)
         self.generation_key = json.dumps(settings.generation.as_dict(), sort_keys=True)
         self.counters = {"generated": 0, "generation_cached": 0, "collected": 0, "cached": 0}
 
