@@ -174,8 +174,9 @@ class RunStore:
             connection.close()
 
     def make_room_for_vectors(self, hidden_size: int) -> None:
-        """Raise DuckDB's memory limit to what activations of `hidden_size` floats need (a
-        7B model's, 4,096, need 384 MiB; the embedded model's fit in the default)."""
+        """Raise DuckDB's memory limit to what activations of `hidden_size` floats need: 384
+        MiB for a 7B model's 4,096, 54 MiB for the embedded model's 576; small test models
+        keep the default."""
         if self.path == ":memory:":
             return
         batch_bytes = 2048 * 2 * 4 * hidden_size
