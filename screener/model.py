@@ -64,7 +64,7 @@ class LoadedModel:
             "spec": self.spec,
             "name": self.name,
             "fingerprint": self.fingerprint,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": dtype_name(self.dtype),
         }
 
 
@@ -266,11 +266,21 @@ def load_model(
 GENERATION_DTYPES = ("same", "fp32", "bf16")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """How outputs and store keys name a torch dtype: `float32`, `bfloat16`, ..."""
+    return str(dtype).removeprefix("torch.")
+
+
+def check_generation_dtype(dtype: str) -> None:
+    """Refuse a base-response precision other than `same`, `fp32` or `bf16`."""
+    if dtype not in GENERATION_DTYPES:
+        raise ConfigError(f"unknown generation dtype {dtype!r}: use {', '.join(GENERATION_DTYPES)}")
+
+
 def generation_torch_dtype(loaded: LoadedModel, dtype: str) -> torch.dtype:
     """The precision base responses are written in when `loaded` scores and `dtype` (`same`,
     `fp32` or `bf16`) is asked for."""
-    if dtype not in GENERATION_DTYPES:
-        raise ConfigError(f"unknown generation dtype {dtype!r}: use {', '.join(GENERATION_DTYPES)}")
+    check_generation_dtype(dtype)
     return loaded.dtype if dtype == "same" else DTYPES[dtype]
 
 

@@ -50,7 +50,13 @@ from screener.collect import prepare_out_dir
 from screener.errors import ConfigError, ScreenerError, StoreError
 from screener.generate import GenerationSettings
 from screener.layers import LAYER_CONVENTION
-from screener.model import LoadedModel, generation_model, generation_torch_dtype, load_model
+from screener.model import (
+    LoadedModel,
+    dtype_name,
+    generation_model,
+    generation_torch_dtype,
+    load_model,
+)
 from screener.reader import BadRowPolicy, FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
@@ -329,7 +335,7 @@ class ScreenResult:
 def generation_dtype_name(loaded: LoadedModel, generation_dtype: str) -> str:
     """The precision base responses are written in (`float32`, `bfloat16`, ...) when `loaded`
     scores and `generation_dtype` is asked for."""
-    return str(generation_torch_dtype(loaded, generation_dtype)).removeprefix("torch.")
+    return dtype_name(generation_torch_dtype(loaded, generation_dtype))
 
 
 def scores_schema(traits: Sequence[str]) -> dict[str, pl.DataType | type[pl.DataType]]:

@@ -24,7 +24,7 @@ import torch
 from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
 from screener.errors import ConfigError
 from screener.generate import GenerationSettings, generate_responses
-from screener.model import GENERATION_DTYPES, LoadedModel
+from screener.model import LoadedModel, check_generation_dtype, dtype_name
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.store import LayerActivations, RunStore, token_hash
@@ -56,11 +56,7 @@ class ScoringSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}: use {' or '.join(METHODS)}")
-        if self.generation_dtype not in GENERATION_DTYPES:
-            raise ConfigError(
-                f"unknown generation dtype {self.generation_dtype!r}: use "
-                f"{', '.join(GENERATION_DTYPES)}"
-            )
+        check_generation_dtype(self.generation_dtype)
         if not self.traits:
             raise ConfigError("no traits to screen for")
         if self.generation.temperature != 0:
@@ -102,8 +98,8 @@ def store_key(
     Precision and device are part of the key because they change results: greedy base
     responses in bf16 and fp32 part ways at near-ties (see the README, "Determinism"), so a
     store shared by runs at two precisions must not hand one the other's answers."""
-    dtype_name = str(dtype or loaded.dtype).removeprefix("torch.")
-    return f"{loaded.fingerprint}:{dtype_name}:{device_type or loaded.device.type}"
+    precision = dtype_name(dtype or loaded.dtype)
+    return f"{loaded.fingerprint}:{precision}:{device_type or loaded.device.type}"
 
 
 def content_hash(item: TokenizedInput) -> str:
