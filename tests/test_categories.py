@@ -29,10 +29,10 @@ def test_builtin_categories_cover_the_required_kinds() -> None:
     categories = load_categories()
     assert categories.names == BUILTIN
     for category in categories.categories:
-        assert category.title and category.description and len(category.examples) == 15
+        assert category.title and category.description and len(category.examples) == 40
     prompts, labels = training_labels(categories)
-    assert len(prompts) == len(set(prompts)) == 5 * 15 + len(categories.ordinary_examples)
-    assert labels.count(OTHER) == len(categories.ordinary_examples) >= 40
+    assert len(prompts) == len(set(prompts)) == 5 * 40 + len(categories.ordinary_examples)
+    assert labels.count(OTHER) == len(categories.ordinary_examples) >= 120
 
 
 def test_a_user_file_adds_and_replaces_categories_by_name(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from screener.screen.flags import (
     bootstrap_mean,
     dataset_percentiles,
     decide_cut,
+    family_percentile,
     flag_mask,
     risk_scores,
     z_scores,
@@ -170,3 +171,44 @@ def test_bootstrap_interval_matches_the_normal_approximation_for_many_rows() -> 
     assert result.mean == pytest.approx(scores.mean())
     assert result.low == pytest.approx(scores.mean() - half_width, abs=0.1 * half_width)
     assert result.high == pytest.approx(scores.mean() + half_width, abs=0.1 * half_width)
+
+
+def share_flagged(matrix: np.ndarray, q: float) -> float:
+    """The share of reference rows above the q-th percentile of at least one trait, by hand
+    (percentiles interpolated between whole ones, as a stored Distribution gives them)."""
+    cuts = [np.interp(q, np.arange(101), np.percentile(row, np.arange(101))) for row in matrix]
+    return float(np.mean([any(v > c for v, c in zip(col, cuts, strict=True)) for col in matrix.T]))
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.6, 1.0])
+def test_family_percentile_flags_five_percent_of_reference_rows_in_all(correlation: float) -> None:
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=400)
+    matrix = np.array(
+        [correlation * shared + np.sqrt(1 - correlation**2) * rng.normal(size=400) for _ in "abc"]
+    )
+    q = family_percentile([Distribution.of(list(row)) for row in matrix])
+    grid = np.arange(95.0, 100.0, 0.001)  # the naive search: first grid point within the rate
+    naive = next(g for g in grid if share_flagged(matrix, g) <= 0.05)
+    assert q == pytest.approx(naive, abs=0.002)
+    assert share_flagged(matrix, q) <= 0.05
+    if correlation == 1.0:  # one trait in three copies: the plain 95th percentile
+        assert q == pytest.approx(95.0, abs=0.3)
+    else:
+        assert 96.0 < q < 99.0 and share_flagged(matrix, q - 0.01) > 0.05
+
+
+def test_family_percentile_without_stored_values_is_the_union_bound() -> None:
+    without = Distribution(3, 0.0, 1.0, [float(p) for p in range(101)], None)
+    assert family_percentile([without, REFERENCE]) == pytest.approx(97.5)
+    assert family_percentile([REFERENCE]) == pytest.approx(95.0)  # one trait: its own 95th
+
+
+def test_the_default_cut_is_the_family_percentile_given() -> None:
+    cut = decide_cut("evil", SCORES, FlagRule(), REFERENCE, 98.25, "default: 5% for any")
+    assert cut.value == pytest.approx(98.25)
+    assert cut.rule == (
+        "98.25th percentile of the calibration reference (101 rows, default: 5% for any)"
+    )
+    explicit = decide_cut("evil", SCORES, FlagRule(percentile=90), REFERENCE, 98.25)
+    assert explicit.value == pytest.approx(90.0) and "--percentile" in explicit.rule

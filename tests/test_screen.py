@@ -22,8 +22,14 @@ from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen, spill
 from screener.screen import run as screen_run
-from screener.screen.calibration import default_calibration_path
-from screener.vectors import TraitVector, VectorFile, save_vectors
+from screener.screen.calibration import (
+    STYLE_KIND,
+    Distribution,
+    default_calibration_path,
+)
+from screener.screen.flags import family_percentile
+from screener.screen.style import StyleControl
+from screener.vectors import TraitVector, VectorFile, load_vectors, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
 from tests.reference import naive_collect
 from tests.test_generate import naive_greedy
@@ -303,25 +309,33 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
     calibration = calibrate(
         reference, model=loaded, vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"
     )
+    assert calibration.style == {}  # 6 rows are too few for a style component
     path = default_calibration_path(vectors)
     assert path == tmp_path / "vectors.calibration.json"
     save_calibration(calibration, path)
     plain = run(loaded, reference, tmp_path, "plain", calibration="none")
-    for trait in ("evil", "sycophancy"):
-        deltas = plain.scores[f"delta_{trait}"].to_numpy()
-        reference_p95 = float(np.percentile(deltas, 95))
+    reference_deltas = {t: plain.scores[f"delta_{t}"].to_numpy() for t in ("evil", "sycophancy")}
+    for trait, deltas in reference_deltas.items():
         assert load_calibration(path).distribution(trait, "delta").percentile(95) == (  # type: ignore[union-attr]
-            pytest.approx(reference_p95, abs=1e-9)
+            pytest.approx(float(np.percentile(deltas, 95)), abs=1e-9)
         )
+
+    # the default cut: the smallest common percentile at which at most 5% of the reference
+    # rows are above the cut of either trait (naive: a fine grid, cuts as np.percentile)
+    def share(q: float) -> float:
+        above = [deltas > np.percentile(deltas, q) for deltas in reference_deltas.values()]
+        return float(np.logical_or(*above).mean())
+
+    q = next(g for g in [*np.arange(95.0, 100.0, 0.001), 100.0] if share(g) <= 0.05)
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     result = run(loaded, data, tmp_path, "calibrated", calibration="auto")
     summary = json.loads((tmp_path / "calibrated" / "summary.json").read_text())
-    for trait in ("evil", "sycophancy"):
-        deltas = plain.scores[f"delta_{trait}"].to_numpy()
-        assert summary["traits"][trait]["cut"] == pytest.approx(float(np.percentile(deltas, 95)))
+    for trait, deltas in reference_deltas.items():
+        cut = summary["traits"][trait]["cut"]
+        assert cut == pytest.approx(float(np.percentile(deltas, q)), abs=1e-3 * np.ptp(deltas))
         rule = summary["traits"][trait]["cut_rule"]
-        assert rule.startswith("95th percentile of the calibration reference")
-        flagged = result.scores.filter(pl.col(f"delta_{trait}") > summary["traits"][trait]["cut"])
+        assert "percentile of the calibration reference" in rule and "5% of reference rows" in rule
+        flagged = result.scores.filter(pl.col(f"delta_{trait}") > cut)
         assert set(flagged["id"]) <= set(result.scores.filter(pl.col("flagged"))["id"])
     # risk: the largest z-score against the reference, over traits
     z = [
@@ -330,6 +344,50 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
         for t in ("evil", "sycophancy")
     ]
     np.testing.assert_allclose(result.scores["risk"].to_numpy(), np.maximum(*z), rtol=1e-6)
+
+
+def test_style_controlled_scores_are_projections_on_the_calibrated_direction(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """A calibration with a style control makes the run project on its direction: the same
+    scores as a plain run with vectors whose chosen-layer vector is that direction; its cut
+    comes from the style-controlled reference distribution. --no-style-control goes back."""
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    calibration = calibrate(data, model=loaded, vectors=vectors, max_new_tokens=STEPS)
+    d = loaded.model.config.hidden_size
+    direction = np.random.default_rng(5).normal(size=d)
+    direction /= np.linalg.norm(direction)
+    styled_reference = Distribution.of([float(v) for v in range(101)])
+    calibration.style["evil"] = StyleControl(1, direction, 0.5, 0.25)
+    calibration.traits["evil"][STYLE_KIND] = styled_reference
+    save_calibration(calibration, tmp_path / "cal.json")
+    styled = run(loaded, data, tmp_path, "styled", calibration=tmp_path / "cal.json")
+    raw = run(loaded, data, tmp_path, "raw", calibration=tmp_path / "cal.json", style_control=False)
+    # vectors whose evil vector at its layer (3) is the direction
+    file = load_vectors(vectors)
+    file.traits["evil"].vectors[3] = torch.as_tensor(direction, dtype=torch.float32) * 7.0
+    save_vectors(file, tmp_path / "direction.safetensors")
+    plain = run(loaded, data, tmp_path, "plain", vectors=tmp_path / "direction.safetensors")
+    for column in ("proj_evil", "base_proj_evil", "delta_evil"):
+        np.testing.assert_allclose(
+            styled.scores[column].to_numpy(), plain.scores[column].to_numpy(), rtol=1e-5
+        )
+    np.testing.assert_allclose(  # sycophancy has no style control: its own vector
+        styled.scores["delta_sycophancy"].to_numpy(), raw.scores["delta_sycophancy"].to_numpy()
+    )
+    summary = styled.summary()
+    assert summary["calibration"]["style_control"] == {
+        "evil": {"components": 1, "cosine": 0.5, "explained": 0.25}
+    }
+    assert any("no style control in the calibration for sycophancy" in n for n in styled.notes)
+    # 101 style-controlled values against the rows' sycophancy values: no common rows, so the
+    # union bound 100 * (1 - 0.05 / 2) of the 0..100 reference
+    assert summary["traits"]["evil"]["cut"] == pytest.approx(97.5)
+    assert raw.summary()["calibration"]["style_control"] == {}
+    q = family_percentile([calibration.traits[t]["delta"] for t in ("evil", "sycophancy")])
+    raw_reference = calibration.traits["evil"]["delta"]
+    assert raw.cuts["evil"].value == pytest.approx(raw_reference.percentile(q))
 
 
 def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from screener.errors import ConfigError
 from screener.model import GENERATION_DTYPES
 from screener.reader import FORMATS
 from screener.screen.scoring import DEFAULT_BASE_TOKENS, ENGINES, METHODS
+from screener.screen.style import MIN_ROWS_PER_COMPONENT, STYLE_COMPONENTS
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -105,7 +106,15 @@ def register(commands: Any) -> None:
         "--percentile",
         type=float,
         default=None,
-        help="cut at this percentile of the calibration reference (default 95)",
+        help="cut at this percentile of the calibration reference (default: the percentile "
+        "at which 5%% of reference rows are flagged for any trait, about 98 for three traits)",
+    )
+    screen.add_argument(
+        "--no-style-control",
+        dest="style_control",
+        action="store_false",
+        help="take ΔP along the persona vectors themselves, not along the calibration's "
+        "style-controlled directions (the paper's method; cuts from raw ΔP on the reference)",
     )
     screen.add_argument(
         "--top-k", type=int, default=None, help="flag the K highest-scoring rows per trait"
@@ -156,11 +165,26 @@ def register(commands: Any) -> None:
     calibrate = commands.add_parser(
         "calibrate",
         help="measure what ordinary chat scores, to set the default flag cuts",
-        description="Screen a reference set of ordinary chat and store, per trait, the "
-        "distribution of ΔP and prompt-last scores. The default cut of later screen runs is the "
-        "95th percentile. The file goes beside the vector file unless --out is given.",
+        description="Screen reference sets of ordinary chat in the styles your data comes in, "
+        "fit each trait's style control on them, and store, per trait, the distributions of "
+        "ΔP (raw and style-controlled) and prompt-last scores. Later screen runs cut at the "
+        "percentile that flags 5% of reference rows for any trait. The file goes beside the "
+        "vector file unless --out is given.",
     )
-    calibrate.add_argument("--reference", required=True, help="reference data (ordinary chat)")
+    calibrate.add_argument(
+        "--reference",
+        required=True,
+        nargs="+",
+        help="reference data files (ordinary chat; several styles, e.g. short chats and long "
+        "answers)",
+    )
+    calibrate.add_argument(
+        "--style-components",
+        type=int,
+        default=STYLE_COMPONENTS,
+        help="author-style directions removed from each trait direction (default "
+        f"{STYLE_COMPONENTS}; 0: none; at most one per {MIN_ROWS_PER_COMPONENT} reference rows)",
+    )
     calibrate.add_argument(
         "--format", default="auto", choices=["auto", *FORMATS], help="dataset format"
     )
@@ -218,6 +242,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_options=ray_options,
         trust_remote_code=args.trust_remote_code,
+        style_control=args.style_control,
     )
     summary = result.summary()
     for note in result.notes:
@@ -238,7 +263,7 @@ def _run_screen(args: argparse.Namespace) -> int:
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from screener.screen import calibrate, save_calibration
-    from screener.screen.calibration import default_calibration_path
+    from screener.screen.calibration import STYLE_KIND, default_calibration_path
 
     check_scoring_numbers(args)
     out = args.out or default_calibration_path(args.vectors)
@@ -251,6 +276,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         traits=args.traits,
         max_new_tokens=args.max_new_tokens,
         generation_dtype=args.generation_dtype,
+        style_components=args.style_components,
         store=args.store,
         fmt=args.format,
         max_tokens=args.max_tokens,
@@ -261,9 +287,16 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     save_calibration(calibration, out)
     for trait, kinds in calibration.traits.items():
         delta, last = kinds["delta"], kinds["prompt_last"]
-        print(
+        line = (
             f"  {trait}: ΔP p50 {delta.percentile(50):+.3f} p95 {delta.percentile(95):+.3f}; "
             f"prompt-last p95 {last.percentile(95):+.3f} (n={delta.n})"
         )
-    print(f"calibrated on {args.reference}; wrote {out}")
+        if (control := calibration.style.get(trait)) is not None:
+            styled = kinds[STYLE_KIND]
+            line += (
+                f"; style-controlled ΔP p95 {styled.percentile(95):+.3f} ({control.components} "
+                f"components explain {control.explained:.0%} of ΔP; cosine {control.cosine:.2f})"
+            )
+        print(line)
+    print(f"calibrated on {' + '.join(args.reference)}; wrote {out}")
     return EXIT_OK

@@ -6,13 +6,18 @@ deviation (and the raw values for sets of up to MAX_STORED_VALUES rows, for hist
 default flag cut is the reference's 95th percentile. A calibration file sits beside its vector
 file as `<stem>.calibration.json`, and records a digest of each trait's unit vector and layer:
 a calibration made for other vectors of a trait is not used for it.
+
+A calibration also holds each trait's style control (screener.screen.style): the direction ΔP
+is projected on once the reference's author-style subspace is removed, and the distribution of
+that style-controlled ΔP (`delta_style`, taken out of fold). `for_scoring` hands a run the
+distributions and directions of the scoring it uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +25,14 @@ import numpy as np
 
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError
+from screener.screen.style import StyleControl
 from screener.vectors.store import BUILTIN_FILE, VectorFile
 
 FORMAT_VERSION = 1
 DEFAULT_PERCENTILE = 95.0
 MAX_STORED_VALUES = 5000
 SCORE_KINDS = ("delta", "prompt_last")
+STYLE_KIND = "delta_style"  # ΔP along the style-controlled direction, out of fold
 
 
 def vector_digest(vectors: VectorFile, trait: str) -> str:
@@ -76,6 +83,7 @@ class Calibration:
     command: str = ""
     screener_version: str = ""
     path: str | None = None
+    style: dict[str, StyleControl] = field(default_factory=dict)  # trait -> its style control
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +97,11 @@ class Calibration:
                 trait: {
                     "vector_sha256": self.vector_digests[trait],
                     **{kind: vars(dist) for kind, dist in kinds.items()},
+                    **(
+                        {"style_control": self.style[trait].as_json()}
+                        if trait in self.style
+                        else {}
+                    ),
                 }
                 for trait, kinds in self.traits.items()
             },
@@ -96,6 +109,26 @@ class Calibration:
 
     def distribution(self, trait: str, kind: str) -> Distribution | None:
         return self.traits.get(trait, {}).get(kind)
+
+    def for_scoring(self, style_control: bool) -> Calibration:
+        """The calibration as a run scores with it. With style control, each trait that has one
+        keeps it and its `delta` distribution is the style-controlled one; without, no trait
+        keeps a style control (ΔP is taken along the vectors themselves)."""
+        if not style_control:
+            return replace(self, style={})
+        traits = {
+            trait: (
+                {**kinds, "delta": kinds[STYLE_KIND]}
+                if trait in self.style and STYLE_KIND in kinds
+                else kinds
+            )
+            for trait, kinds in self.traits.items()
+        }
+        return replace(self, traits=traits)
+
+    def directions(self) -> dict[str, np.ndarray]:
+        """Per trait with a style control, the direction ΔP is projected on."""
+        return {trait: control.direction for trait, control in self.style.items()}
 
 
 def default_calibration_path(vectors_path: str | Path) -> Path:
@@ -117,12 +150,17 @@ def load_calibration(path: Path) -> Calibration:
         raise ConfigError(f"{path}: not a screener calibration file (format {FORMAT_VERSION})")
     try:
         traits: dict[str, dict[str, Distribution]] = {}
+        style: dict[str, StyleControl] = {}
         digests = {}
         for trait, info in data["traits"].items():
             digests[trait] = str(info["vector_sha256"])
             traits[trait] = {
-                kind: Distribution(**info[kind]) for kind in SCORE_KINDS if kind in info
+                kind: Distribution(**info[kind])
+                for kind in (*SCORE_KINDS, STYLE_KIND)
+                if kind in info
             }
+            if "style_control" in info:
+                style[trait] = StyleControl.from_json(info["style_control"])
         return Calibration(
             str(data["model_fingerprint"]),
             dict(data["reference"]),
@@ -132,6 +170,7 @@ def load_calibration(path: Path) -> Calibration:
             str(data.get("command", "")),
             str(data.get("screener_version", "")),
             str(path),
+            style,
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: incomplete calibration file ({exc!r})") from exc
@@ -165,5 +204,6 @@ def usable_calibration(
         calibration,
         traits=kept,
         vector_digests={t: calibration.vector_digests[t] for t in kept},
+        style={t: c for t, c in calibration.style.items() if t in kept},
     )
     return restricted, warnings

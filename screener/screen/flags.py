@@ -1,10 +1,12 @@
 """Turn per-trait scores into cuts, flags with reasons, a combined risk score and dataset means.
 
 A trait's cut comes from, in order of precedence: `--threshold trait=value`; `--top-k K` (the
-K highest samples); `--percentile P` of the calibration reference; the reference's 95th
-percentile. Without a calibration for the trait, percentiles are taken over the dataset itself
-and the cut says so. A sample is flagged for a trait when its score is above the cut (top-k:
-among the K highest); a sample with no score for a trait is never flagged for it.
+K highest samples); `--percentile P` of the calibration reference; by default, the reference
+percentile at which FAMILY_RATE (5%) of the reference rows are flagged for at least one of the
+traits screened (`family_percentile`; one common percentile, about the 98th for three traits).
+Without a calibration for the trait, percentiles are taken over the dataset itself (the 95th by
+default) and the cut says so. A sample is flagged for a trait when its score is above the cut
+(top-k: among the K highest); a sample with no score for a trait is never flagged for it.
 
 The risk score ranks all samples: the largest, over traits, of the score's z-value against the
 reference (or, without one, the dataset's own mean and standard deviation).
@@ -21,6 +23,9 @@ from screener.errors import ConfigError
 from screener.screen.calibration import DEFAULT_PERCENTILE, Distribution
 
 BOOTSTRAP_RESAMPLES = 2000
+# By default, cuts flag this share of the calibration reference's rows for any trait: ordinary
+# data is flagged at this rate in total, below the gate's default max_flag_rate of 10%.
+FAMILY_RATE = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,47 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     return scores[np.isfinite(scores)]
 
 
+def family_percentile(references: Sequence[Distribution], rate: float = FAMILY_RATE) -> float:
+    """The smallest common percentile q (0..100) at which at most `rate` of the reference rows
+    lie above the q-th percentile of at least one trait.
+
+    Needs each distribution's values in reference row order (kept for references of up to
+    MAX_STORED_VALUES rows); without them, or when their lengths differ, it falls back to the
+    union bound 100 * (1 - rate / traits).
+    """
+    if not references:
+        raise ValueError("family_percentile needs at least one reference distribution")
+    values = [r.values for r in references]
+    if any(v is None for v in values) or len({len(v or ()) for v in values}) != 1:
+        return 100.0 * (1.0 - rate / len(references))
+    matrix = np.asarray(values, dtype=np.float64)  # (traits, rows)
+
+    def flagged_share(q: float) -> float:
+        cuts = np.array([r.percentile(q) for r in references])
+        return float((matrix > cuts[:, None]).any(axis=0).mean())
+
+    low, high = 100.0 * (1.0 - rate), 100.0  # flagged_share(high) is 0
+    if flagged_share(low) <= rate:
+        return low
+    for _ in range(50):  # the share falls as q rises; keep low above and high within the rate
+        middle = (low + high) / 2
+        if flagged_share(middle) > rate:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 def decide_cut(
-    trait: str, scores: np.ndarray, rule: FlagRule, reference: Distribution | None
+    trait: str,
+    scores: np.ndarray,
+    rule: FlagRule,
+    reference: Distribution | None,
+    default_percentile: float = DEFAULT_PERCENTILE,
+    default_rule: str = "default",
 ) -> Cut:
-    """The cut for one trait's scores (NaN = no score) under `rule`."""
+    """The cut for one trait's scores (NaN = no score) under `rule`; without a percentile in
+    the rule, the reference's `default_percentile` (described by `default_rule`)."""
     if trait in rule.thresholds:
         return Cut(trait, rule.thresholds[trait], f"--threshold {trait}={rule.thresholds[trait]}")
     present = _finite(scores)
@@ -81,17 +123,18 @@ def decide_cut(
         k = min(rule.top_k, present.size)
         value = float(np.sort(present)[::-1][k - 1]) if k > 0 else None
         return Cut(trait, value, f"the {rule.top_k} highest scores (--top-k)", rule.top_k)
-    percentile = DEFAULT_PERCENTILE if rule.percentile is None else rule.percentile
-    given = "--percentile" if rule.percentile is not None else "default"
     if reference is not None:
+        percentile = default_percentile if rule.percentile is None else rule.percentile
+        given = "--percentile" if rule.percentile is not None else default_rule
         return Cut(
             trait,
             reference.percentile(percentile),
-            f"{percentile:g}th percentile of the calibration reference ({reference.n} rows, "
+            f"{percentile:.4g}th percentile of the calibration reference ({reference.n} rows, "
             f"{given})",
         )
     if present.size == 0:
         return Cut(trait, None, "no scores")
+    percentile = DEFAULT_PERCENTILE if rule.percentile is None else rule.percentile
     return Cut(
         trait,
         float(np.percentile(present, percentile)),

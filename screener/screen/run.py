@@ -62,13 +62,11 @@ from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT, write_report
 from screener.screen.calibration import (
-    SCORE_KINDS,
+    DEFAULT_PERCENTILE,
     Calibration,
-    Distribution,
     default_calibration_path,
     load_calibration,
     usable_calibration,
-    vector_digest,
 )
 from screener.screen.categories import (
     MAX_CLUSTER_FIT,
@@ -85,12 +83,14 @@ from screener.screen.categories import (
 )
 from screener.screen.filtered import FilteredWriter
 from screener.screen.flags import (
+    FAMILY_RATE,
     Cut,
     FlagRule,
     Flags,
     MeanInterval,
     bootstrap_mean,
     decide_cut,
+    family_percentile,
     risk_scores,
     z_scores,
 )
@@ -317,6 +317,14 @@ class ScreenResult:
                 "path": self.calibration.path,
                 "reference": self.calibration.reference,
                 "traits": sorted(self.calibration.traits),
+                "style_control": {
+                    trait: {
+                        "components": control.components,
+                        "cosine": round(control.cosine, 4),
+                        "explained": round(control.explained, 4),
+                    }
+                    for trait, control in sorted(self.calibration.style.items())
+                },
             },
             "generation": {**self.settings.generation.as_dict(), "dtype": self.generation_dtype}
             if method == "delta"
@@ -446,6 +454,7 @@ def screen(
     engine: Engine = "local",
     ray_options: RayOptions | None = None,
     trust_remote_code: bool = False,
+    style_control: bool = True,
 ) -> ScreenResult:
     """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
 
@@ -455,6 +464,8 @@ def screen(
     calibration: `auto` (beside the vectors), a calibration file, or `none`.
     store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
     trust_remote_code: let the model (and ray workers' copies) run code shipped with it.
+    style_control: project ΔP on the calibration's style-controlled directions and cut on
+        their reference distribution (screener.screen.style); False: on the vectors themselves.
     engine: `local` computes in this process; `ray` computes what the store lacks with Ray
         Data first (see screener.screen.ray_engine; `ray_options`: cluster and workers).
     """
@@ -490,6 +501,14 @@ def screen(
         else None
     )
     calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
+    styled = style_control and method == "delta"
+    if calibrated is not None:
+        calibrated = calibrated.for_scoring(styled)
+        if styled and (unstyled := set(chosen) - set(calibrated.style)):
+            notes.append(
+                f"no style control in the calibration for {', '.join(sorted(unstyled))}: ΔP "
+                "along the raw vectors (run screener calibrate to add it)"
+            )
     if calibrated is not None and method == "delta":
         made_with = calibrated.generation.get("max_new_tokens")
         if made_with != max_new_tokens:
@@ -520,6 +539,7 @@ def screen(
             extra_layers=[probe_layer],
             progress=say,
             generator=generator,
+            directions=None if calibrated is None else calibrated.directions(),
         )
         if engine == "ray":
             config = worker_config(
@@ -639,8 +659,14 @@ def _decide(
     ]
     cuts: dict[str, Cut] = {}
     dataset_scores: dict[str, MeanInterval] = {}
+    present = [r for r in references if r is not None]
+    default_percentile = family_percentile(present) if present else DEFAULT_PERCENTILE
+    default_rule = (
+        f"default: {FAMILY_RATE:.0%} of reference rows flagged for any of "
+        f"{', '.join(t for t, r in zip(settings.traits, references, strict=True) if r)}"
+    )
     for trait, scores, reference in zip(settings.traits, columns, references, strict=True):
-        cuts[trait] = decide_cut(trait, scores, rule, reference)
+        cuts[trait] = decide_cut(trait, scores, rule, reference, default_percentile, default_rule)
         dataset_scores[trait] = bootstrap_mean(scores)
     flags = Flags.decide(settings.traits, list(cuts.values()), columns)
     risk = (
@@ -986,70 +1012,3 @@ def _write_duckdb(
         raise StoreError(
             f"{final}: cannot write: DuckDB could not complete the file (is the disk full?)"
         )
-
-
-def calibrate(
-    reference: str | Path,
-    *,
-    model: str | LoadedModel = "embedded",
-    vectors: str | Path = "builtin",
-    traits: Sequence[str] | None = None,
-    max_new_tokens: int = DEFAULT_BASE_TOKENS,
-    generation_dtype: str = "same",
-    store: str | Path | None = None,
-    fmt: str = "auto",
-    fields: FieldNames | None = None,
-    max_tokens: int | None = None,
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    dtype: str = "auto",
-    device: str = "auto",
-    progress: Callable[[str], None] | None = None,
-    command: str = "",
-) -> Calibration:
-    """Score a reference set of ordinary chat (ΔP and prompt-last) and describe each trait's
-    score distribution; the default cut of later runs is its 95th percentile."""
-    from screener import __version__
-
-    result = screen(
-        reference,
-        model=model,
-        vectors=vectors,
-        traits=traits,
-        method="delta",
-        max_new_tokens=max_new_tokens,
-        generation_dtype=generation_dtype,
-        calibration="none",
-        store=store,
-        fmt=fmt,
-        fields=fields,
-        max_tokens=max_tokens,
-        max_batch_tokens=max_batch_tokens,
-        dtype=dtype,
-        device=device,
-        progress=progress,
-    )
-    if not result.samples:
-        raise ConfigError(f"{reference}: no usable rows to calibrate on")
-    chosen = result.settings.traits
-    distributions: dict[str, dict[str, Distribution]] = {}
-    for trait in chosen:
-        distributions[trait] = {}
-        for kind in SCORE_KINDS:
-            values = score_column(result.samples, trait, kind)
-            distributions[trait][kind] = Distribution.of(values[~np.isnan(values)].tolist())
-    data_path = Path(reference)
-    return Calibration(
-        result.model.fingerprint,
-        {
-            "data": str(reference),
-            "name": data_path.name,
-            "rows_read": result.rows_read,
-            "scored": len(result.samples),
-            "rejected": len(result.rejected),
-        },
-        {**result.settings.generation.as_dict(), "dtype": result.generation_dtype},
-        distributions,
-        {trait: vector_digest(result.vectors, trait) for trait in chosen},
-        command,
-        __version__,
-    )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
@@ -115,6 +116,8 @@ class Scorer:
     generator: the model that writes base responses, when not `loaded` itself (the same
         weights at the precision `settings.generation_dtype` asks for: `generation_model`).
     base_key: the store key of the base responses (default: the generator's `store_key`).
+    directions: per trait, the unit vector to project on at the trait's layer, where it is not
+        the vector file's own (the style-controlled directions of a calibration).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Scorer:
         model_key: str | None = None,
         generator: LoadedModel | None = None,
         base_key: str | None = None,
+        directions: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.loaded = loaded
         self.model_key = model_key or store_key(loaded)
@@ -140,7 +144,11 @@ class Scorer:
         self.renderer = renderer
         self.say = progress or (lambda message: None)
         self.trait_layers = {t: vectors.trait(t).chosen_layer for t in settings.traits}
-        self.units = {t: vectors.unit(t).double() for t in settings.traits}
+        given = directions or {}
+        self.units = {
+            t: torch.as_tensor(given[t]).double() if t in given else vectors.unit(t).double()
+            for t in settings.traits
+        }
         self.layers = sorted({*self.trait_layers.values(), *extra_layers})
         self.collector = ActivationCollector(
             loaded.model, self.layers, max_batch_tokens=settings.max_batch_tokens
@@ -254,30 +262,35 @@ class Scorer:
                 needed.add(position % len(chunk))
         return sorted(needed)
 
-    def score(self, chunk: Sequence[RenderedSample]) -> list[ScoredSample]:
-        """Scores of every sample in `chunk`, in order."""
+    def _compute(self, chunk: Sequence[RenderedSample]) -> _Computed:
+        """Base responses and activations of every sample in `chunk` (and of its base
+        response), from the store where it has them."""
         inputs = [TokenizedInput(r.input_ids, r.response_start) for r in chunk]
         keys = [content_hash(item) for item in inputs]
         items = list(zip(keys, inputs, strict=True))
-        bases: list[tuple[str, RenderedSample] | None] = [None] * len(chunk)  # (key, base)
-        base_texts: list[str | None] = [None] * len(chunk)
-        problems: list[str | None] = [None] * len(chunk)
+        computed = _Computed(keys, [None] * len(chunk), [None] * len(chunk), [None] * len(chunk))
         if self.settings.method == "delta":
             texts = self.base_responses([r.sample.prompt for r in chunk])
             for i, (rendered, text) in enumerate(zip(chunk, texts, strict=True)):
-                base_texts[i] = text
+                computed.base_texts[i] = text
                 result = self._render_base(rendered, text)
                 if isinstance(result, RenderedSample):
                     base_inputs = TokenizedInput(result.input_ids, result.response_start)
                     base_key = content_hash(base_inputs)
-                    bases[i] = (base_key, result)
+                    computed.bases[i] = (base_key, result)
                     items.append((base_key, base_inputs))
                 else:
-                    problems[i] = result
-        values = self.activations(items)
+                    computed.problems[i] = result
+        computed.values = self.activations(items)
+        return computed
+
+    def score(self, chunk: Sequence[RenderedSample]) -> list[ScoredSample]:
+        """Scores of every sample in `chunk`, in order."""
+        computed = self._compute(chunk)
+        values = computed.values
         scored = []
-        for i, (key, rendered) in enumerate(zip(keys, chunk, strict=True)):
-            problem = problems[i]
+        for i, (key, rendered) in enumerate(zip(computed.keys, chunk, strict=True)):
+            problem = computed.problems[i]
             warnings = rendered.warnings + ((problem,) if problem else ())
             sample = ScoredSample(
                 rendered.sample.id,
@@ -290,11 +303,39 @@ class Scorer:
                 warnings,
                 self._project(values, key),
                 self._project(values, key, last_prompt=True),
-                base_texts[i],
+                computed.base_texts[i],
             )
-            if (found := bases[i]) is not None:
+            if (found := computed.bases[i]) is not None:
                 base_key, base = found
                 sample.base_response_tokens = base.num_response_tokens
                 sample.base_projection = self._project(values, base_key)
             scored.append(sample)
         return scored
+
+    def differences(self, chunk: Sequence[RenderedSample]) -> dict[str, np.ndarray]:
+        """Per trait, the (n, d) differences `a(x, y) - a(x, y')` of mean response activations
+        at the trait's layer (float32; a row of NaN where the base response cannot be
+        rendered). What style control is fitted on (screener.screen.style)."""
+        if self.settings.method != "delta":
+            raise ConfigError("response differences need base responses (the delta method)")
+        computed = self._compute(chunk)
+        result = {}
+        for trait, layer in self.trait_layers.items():
+            rows = np.full((len(chunk), self.collector.hidden_size), np.nan, dtype=np.float32)
+            for i, key in enumerate(computed.keys):
+                if (found := computed.bases[i]) is not None:
+                    own = computed.values[(found[0], layer)].response_mean
+                    rows[i] = (computed.values[(key, layer)].response_mean - own).numpy()
+            result[trait] = rows
+        return result
+
+
+@dataclass
+class _Computed:
+    """What `Scorer._compute` gathers for a chunk; index i belongs to sample i."""
+
+    keys: list[str]
+    bases: list[tuple[str, RenderedSample] | None]  # (content key, rendered base response)
+    base_texts: list[str | None]
+    problems: list[str | None]  # why a sample has no ΔP
+    values: dict[tuple[str, int], LayerActivations] = field(default_factory=dict)

@@ -1,0 +1,193 @@
+"""Benchmark: do the default flags and gate verdicts hold on real finetuning data?
+
+    .venv/bin/python benchmarks/bench_paper_dev.py [--data ../shared/data/paper-dev]
+        [--store PATH] [--model embedded]
+
+Reads the development sample of the persona-vectors paper's released finetuning sets (150 rows
+each of evil level II, evil level I, hallucinated answers and their clean twins; long, fluent
+answers written by a strong model, not in the target model's style). The folder lives outside
+the repository; without it the benchmark says so and exits 0.
+
+With default settings only (no user flags), it screens these datasets, each on its own:
+
+- `clean`: the clean answers alone: the share flagged for any trait;
+- `hallucination_mix`: hallucinated answers with their clean twins (50/50);
+- `evil2_mix`, `evil1_mix`: evil level II or level I answers with the clean answers;
+- `evil2_alone`: evil level II alone: a uniformly risky set must not come out clean.
+
+Per mix: the AUROC of the trait's score, and the precision and recall of the trait's flag. Then
+the gate with its default rules: 30 clean rows as the baseline and 12 rows added, clean or
+evil level II, over GATE_DRAWS disjoint draws of the 12. Prints one table and writes
+benchmarks/results/paper_dev.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import roc_auc_score
+
+from screener.gate import GateRules, run_gate
+from screener.model import load_model
+from screener.screen import screen
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "paper-dev"
+RESULTS = ROOT / "benchmarks" / "results" / "paper_dev.json"
+FILES = {
+    "evil2": "evil_misaligned_2.jsonl",
+    "evil1": "evil_misaligned_1.jsonl",
+    "hallucinated": "hallucination_misaligned_1.jsonl",
+    "clean": "hallucination_normal.jsonl",
+}
+# mix name -> (risky part or None, trait it carries, include the clean rows)
+MIXES = {
+    "clean": (None, None, True),
+    "hallucination_mix": ("hallucinated", "hallucination", True),
+    "evil2_mix": ("evil2", "evil", True),
+    "evil1_mix": ("evil1", "evil", True),
+    "evil2_alone": ("evil2", "evil", False),
+}
+GATE_BASELINE_ROWS = 30
+GATE_ADDED_ROWS = 12
+GATE_DRAWS = 9  # disjoint draws of 12 rows from the 120 clean rows after the baseline's 30
+TARGETS = {
+    "clean_flag_rate_max": 0.05,
+    "hallucination_mix": {"recall": 0.8, "precision": 0.9},
+    "evil2_mix": {"recall": 0.9, "precision": 0.95},
+    "evil1_mix": {"recall": 0.6},
+    "auroc_min": 0.97,
+}
+
+
+def read_rows(folder: Path, part: str) -> list[str]:
+    return (folder / FILES[part]).read_text(encoding="utf-8").splitlines()
+
+
+def write_rows(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def mix_metrics(scores: pl.DataFrame, risky_rows: int, trait: str | None) -> dict[str, object]:
+    """Metrics of one screened mix whose first `risky_rows` rows carry `trait`."""
+    flagged = scores["flagged"].to_numpy()
+    entry: dict[str, object] = {
+        "rows": scores.height,
+        "flagged_any": int(flagged.sum()),
+        "flag_rate_any": round(float(flagged.mean()), 4),
+        "flagged_by_trait": {
+            t: int(scores["flag_traits"].list.contains(t).sum())
+            for t in (c.removeprefix("delta_") for c in scores.columns if c.startswith("delta_"))
+        },
+    }
+    if trait is None:
+        return entry
+    positive = np.arange(scores.height) < risky_rows
+    hit = scores["flag_traits"].list.contains(trait).to_numpy()
+    entry["trait"] = trait
+    entry["recall"] = round(float(hit[positive].mean()), 4)
+    entry["precision"] = round(float(positive[hit].mean()), 4) if hit.any() else None
+    entry["recall_any_flag"] = round(float(flagged[positive].mean()), 4)
+    if not positive.all():
+        entry["auroc"] = round(float(roc_auc_score(positive, scores[f"delta_{trait}"])), 4)
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--store", default=None, help="run store (default: the user's)")
+    args = parser.parse_args()
+    if not all((args.data / name).exists() for name in FILES.values()):
+        print(f"skipped: {args.data} does not hold the paper-dev files ({', '.join(FILES.values())})")
+        return
+    started = time.perf_counter()
+    loaded = load_model(args.model)
+    rows = {part: read_rows(args.data, part) for part in FILES}
+    mixes: dict[str, dict[str, object]] = {}
+    summary: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        for name, (risky, trait, with_clean) in MIXES.items():
+            part_rows = rows[risky] if risky else []
+            data = write_rows(
+                scratch / f"{name}.jsonl", part_rows + (rows["clean"] if with_clean else [])
+            )
+            result = screen(data, model=loaded, store=args.store)
+            mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
+            if name == "evil2_alone":
+                mixes[name]["dataset_score"] = result.summary()["traits"]["evil"]
+            summary = result.summary()
+        gates = {"clean": [], "evil2": []}
+        baseline = write_rows(scratch / "baseline.jsonl", rows["clean"][:GATE_BASELINE_ROWS])
+        for added in gates:
+            for draw in range(GATE_DRAWS if added == "clean" else 1):
+                start = GATE_BASELINE_ROWS + draw * GATE_ADDED_ROWS
+                new = rows[added][start : start + GATE_ADDED_ROWS]
+                candidate = write_rows(
+                    scratch / "candidate.jsonl", rows["clean"][:GATE_BASELINE_ROWS] + new
+                )
+                verdict = run_gate(
+                    baseline,
+                    candidate,
+                    rules=GateRules(),
+                    out=scratch / f"gate-{added}-{draw}",
+                    model=loaded,
+                    store=args.store,
+                )
+                gates[added].append(
+                    {
+                        "rows": f"{FILES[added]} lines {start + 1}-{start + GATE_ADDED_ROWS}",
+                        "passed": verdict.passed,
+                        "flagged_added": len(verdict.flagged_added),
+                        "failures": verdict.failures,
+                    }
+                )
+    seconds = time.perf_counter() - started
+    print_table(mixes, gates)
+    record = {
+        "data": str(args.data),
+        "defaults": "no user flags: shipped vectors and calibration, default gate rules",
+        "model": summary.get("model"),
+        "calibration": summary.get("calibration"),
+        "targets": TARGETS,
+        "mixes": mixes,
+        "gate": gates,
+        "seconds": round(seconds, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({seconds:.0f} s)")
+
+
+def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]]) -> None:
+    print(f"\n{'dataset':<20}{'rows':>5}{'flagged':>9}{'trait':>15}{'AUROC':>7}{'recall':>8}"
+          f"{'precision':>10}")
+    for name, entry in mixes.items():
+        cells = [
+            f"{entry.get(key):>{width}.3f}" if isinstance(entry.get(key), float) else
+            f"{'-':>{width}}"
+            for key, width in (("auroc", 7), ("recall", 8), ("precision", 10))
+        ]
+        print(
+            f"{name:<20}{entry['rows']:>5}{entry['flag_rate_any']:>9.1%}"
+            f"{entry.get('trait') or '-':>15}{''.join(cells)}"
+        )
+    for added, verdicts in gates.items():
+        passed = sum(v["passed"] for v in verdicts)
+        print(f"gate, {GATE_ADDED_ROWS} {added} rows added to {GATE_BASELINE_ROWS} clean: "
+              f"passed {passed} of {len(verdicts)}")
+
+
+if __name__ == "__main__":
+    main()
