@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="run store (default: the user's)")
     args = parser.parse_args()
     if not all((args.data / name).exists() for name in FILES.values()):
-        print(f"skipped: {args.data} does not hold the paper-dev files ({', '.join(FILES.values())})")
+        print(
+            f"skipped: {args.data} does not hold the paper-dev files ({', '.join(FILES.values())})"
+        )
         return
     started = time.perf_counter()
     loaded = load_model(args.model)
@@ -171,12 +173,15 @@ def main() -> None:
 
 
 def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]]) -> None:
-    print(f"\n{'dataset':<20}{'rows':>5}{'flagged':>9}{'trait':>15}{'AUROC':>7}{'recall':>8}"
-          f"{'precision':>10}")
+    print(
+        f"\n{'dataset':<20}{'rows':>5}{'flagged':>9}{'trait':>15}{'AUROC':>7}{'recall':>8}"
+        f"{'precision':>10}"
+    )
     for name, entry in mixes.items():
         cells = [
-            f"{entry.get(key):>{width}.3f}" if isinstance(entry.get(key), float) else
-            f"{'-':>{width}}"
+            f"{entry.get(key):>{width}.3f}"
+            if isinstance(entry.get(key), float)
+            else f"{'-':>{width}}"
             for key, width in (("auroc", 7), ("recall", 8), ("precision", 10))
         ]
         print(
@@ -185,8 +190,10 @@ def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]
         )
     for added, verdicts in gates.items():
         passed = sum(v["passed"] for v in verdicts)
-        print(f"gate, {GATE_ADDED_ROWS} {added} rows added to {GATE_BASELINE_ROWS} clean: "
-              f"passed {passed} of {len(verdicts)}")
+        print(
+            f"gate, {GATE_ADDED_ROWS} {added} rows added to {GATE_BASELINE_ROWS} clean: "
+            f"passed {passed} of {len(verdicts)}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from screener.screen.calibration import (
     default_calibration_path,
 )
 from screener.screen.flags import family_percentile
-from screener.screen.style import StyleControl
+from screener.screen.style import StyleControl, fit_style_control, out_of_fold_scores
 from screener.vectors import TraitVector, VectorFile, load_vectors, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
 from tests.reference import naive_collect
@@ -344,6 +344,60 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
         for t in ("evil", "sycophancy")
     ]
     np.testing.assert_allclose(result.scores["risk"].to_numpy(), np.maximum(*z), rtol=1e-6)
+
+
+def test_calibrated_style_control_is_fitted_on_naive_differences(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """calibrate's style control and its out-of-fold reference equal those fitted on
+    differences computed the slow way (one-prompt greedy loop, one sample per forward)."""
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = (
+        rows()
+        + [  # 16 rows: the answers again, each after another question
+            {
+                "id": f"s{i}",
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            }
+            for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS[1:] + ANSWERS[:1], strict=True))
+        ]
+    )
+    data = write_jsonl(tmp_path / "reference.jsonl", records)
+    calibration = calibrate(
+        data,
+        model=loaded,
+        vectors=vectors,
+        max_new_tokens=STEPS,
+        style_components=1,
+        store=tmp_path / "s.db",
+    )
+    file = load_vectors(vectors)
+    renderer = Renderer(loaded.tokenizer)
+    differences: dict[str, list[np.ndarray]] = {"evil": [], "sycophancy": []}
+    for record in records:
+        prompt = (Message("user", record["messages"][0]["content"]),)
+        base = naive_greedy(loaded.model, loaded.tokenizer, prompt, STEPS)
+        means = []
+        for text in (record["messages"][1]["content"], base):
+            rendered = renderer.render(
+                Sample("x", "t", 1, (*prompt, Message("assistant", text)), {}, "messages")
+            )
+            assert isinstance(rendered, RenderedSample)
+            item = TokenizedInput(rendered.input_ids, rendered.response_start)
+            means.append(naive_collect(loaded.model, [item], [2, 3])[0][0])
+        for trait in differences:
+            row = file.trait(trait).chosen_layer - 2
+            differences[trait].append((means[0][row] - means[1][row]).double().numpy())
+    for trait, rows_ in differences.items():
+        unit = file.unit(trait).double().numpy()
+        expected = fit_style_control(np.stack(rows_), unit, 1)
+        control = calibration.style[trait]
+        assert control.components == 1
+        np.testing.assert_allclose(control.direction, expected.direction, atol=1e-4)
+        assert control.explained == pytest.approx(expected.explained, abs=1e-4)
+        held_out = out_of_fold_scores(np.stack(rows_), unit, 1)
+        styled = calibration.traits[trait][STYLE_KIND]
+        np.testing.assert_allclose(styled.values, held_out, atol=1e-3)  # type: ignore[arg-type]
 
 
 def test_style_controlled_scores_are_projections_on_the_calibrated_direction(

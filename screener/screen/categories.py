@@ -4,7 +4,9 @@ Categories: each is a name, a title, a description and example prompts (ours, in
 `categories.json`; users add or replace categories with a file of the same shape). A logistic
 regression probe is trained on the target model's last-prompt-token activations of the example
 prompts, together with ordinary prompts as the `other` class, and assigns each flagged sample
-the category its prompt activation is most like, with the probe's probability.
+the category its prompt activation is most like, with the probe's probability. A category
+whose probability is below CATEGORY_MIN_PROBABILITY is shown as `uncertain` (its probability
+kept), not as a category: benchmarks/bench_categories.py measures the precision this buys.
 
 Clusters: the flagged samples' response activations are grouped with k-means (k chosen by
 silhouette), and each cluster is labelled with the words that are most distinctive of its
@@ -31,6 +33,10 @@ from sklearn.preprocessing import StandardScaler
 from screener.errors import ConfigError
 
 OTHER = "other"
+UNCERTAIN = "uncertain"
+# Below this probability the probe's best category is shown as `uncertain`
+# (benchmarks/results/categories.json: precision of the shown categories with and without it).
+CATEGORY_MIN_PROBABILITY = 0.5
 MIN_EXAMPLES = 5
 MAX_CLUSTERS = 6
 # k-means and the silhouette (quadratic in samples) are fitted on at most this many flagged
@@ -133,8 +139,11 @@ class CategoryProbe:
         )
         self.model.fit(features, labels)
 
-    def predict(self, features: np.ndarray) -> list[tuple[str, float]]:
-        """(category, probability) per row; `other` when ordinary prompts fit it best."""
+    def predict(
+        self, features: np.ndarray, min_probability: float = CATEGORY_MIN_PROBABILITY
+    ) -> list[tuple[str, float]]:
+        """(category, probability) per row; `other` when ordinary prompts fit it best, and
+        `uncertain` when the best category's probability is below `min_probability`."""
         if len(features) == 0:
             return []
         probabilities = self.model.predict_proba(features)
@@ -142,7 +151,10 @@ class CategoryProbe:
         results = []
         for row in probabilities:
             best = int(np.argmax(row))
-            results.append((str(classes[best]), round(float(row[best]), 2)))
+            name, probability = str(classes[best]), round(float(row[best]), 2)
+            if name != OTHER and probability < min_probability:
+                name = UNCERTAIN
+            results.append((name, probability))
         return results
 
 

@@ -410,7 +410,7 @@ def category_layer(loaded: LoadedModel) -> int:
     return max(1, round(num_layers * CATEGORY_LAYER_FRACTION))
 
 
-def _probe_features(scorer: Scorer, prompts: list[str], layer: int) -> np.ndarray:
+def probe_features(scorer: Scorer, prompts: list[str], layer: int) -> np.ndarray:
     """Last-prompt activations at `layer` of single-turn prompts (cached in the store).
 
     A prompt's last token does not see what follows it, so any one token stands in for the
@@ -711,7 +711,7 @@ def _categorize(result: ScreenResult, scorer: Scorer, categories: CategorySet, l
     if not flagged:
         return
     prompts, labels = training_labels(categories)
-    probe = CategoryProbe(_probe_features(scorer, prompts, layer), labels)
+    probe = CategoryProbe(probe_features(scorer, prompts, layer), labels)
     codes: dict[str, int] = {}
     result.category_codes = np.zeros(len(flagged), dtype=np.int32)
     result.category_probability = np.zeros(len(flagged))
