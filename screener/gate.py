@@ -10,6 +10,8 @@ added one. Rules live in the `[gate]` table of `screener.toml`:
 
     [gate]
     max_flag_rate = 0.10            # at most this share of the added rows may be flagged
+    flag_rate_confidence = 0.95     # ... judged by the lower bound of the share at this
+                                    # confidence (0: the observed share itself)
     max_mean_rise = { evil = 1.0 }  # dataset-level score, candidate minus baseline, per trait
                                     # (a number applies to every trait)
     fail_categories = ["harmful_request"]  # any flagged added row of these fails the gate
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import beta
+
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.records import RejectedRow
@@ -44,6 +48,11 @@ class GateRules:
     """What a change may add; see the module doc for the file format."""
 
     max_flag_rate: float = 0.10
+    # The flag-rate rule fails when the lower bound of the added rows' flag rate, at this
+    # one-sided confidence (Clopper-Pearson), is above max_flag_rate. A change of 12 ordinary
+    # rows, each flagged with the calibrated 5%, then fails by chance about once in 450 changes
+    # (it takes 4 flagged rows) instead of once in 8 (2 rows are 16.7%). 0: the observed rate.
+    flag_rate_confidence: float = 0.95
     max_mean_rise: dict[str, float] | float | None = None
     fail_categories: tuple[str, ...] = ()
     max_rejected: int = 0
@@ -89,6 +98,14 @@ def parse_rules(table: dict[str, Any], where: str) -> GateRules:
         if not 0 <= rate <= 1:
             raise ConfigError(f"{where}: gate.max_flag_rate must be within 0..1, not {rate}")
         rules["max_flag_rate"] = rate
+    if "flag_rate_confidence" in table:
+        confidence = _number(table["flag_rate_confidence"], f"{where}: gate.flag_rate_confidence")
+        if not 0 <= confidence < 1:
+            raise ConfigError(
+                f"{where}: gate.flag_rate_confidence must be within 0..1 (1 excluded), not "
+                f"{confidence}"
+            )
+        rules["flag_rate_confidence"] = confidence
     if "max_mean_rise" in table:
         value = table["max_mean_rise"]
         rules["max_mean_rise"] = (
@@ -166,6 +183,16 @@ class GateVerdict:
         return len(self.flagged_added) / self.added if self.added else 0.0
 
 
+def flag_rate_lower_bound(flagged: int, rows: int, confidence: float) -> float:
+    """The one-sided Clopper-Pearson lower bound of a flag rate seen as `flagged` of `rows`
+    (the observed rate when `confidence` is 0)."""
+    if rows == 0 or flagged == 0:
+        return 0.0
+    if confidence == 0:
+        return flagged / rows
+    return float(beta.ppf(1 - confidence, flagged, rows - flagged + 1))
+
+
 def _mean(result: ScreenResult | None, trait: str) -> float | None:
     return None if result is None else result.dataset_scores[trait].mean
 
@@ -204,9 +231,15 @@ def judge(
     rejected = added_rejections(baseline, candidate, display)
     failures = []
     rate = len(flagged_rows) / len(added) if added else 0.0
-    if rate > rules.max_flag_rate:
+    bound = flag_rate_lower_bound(len(flagged_rows), len(added), rules.flag_rate_confidence)
+    if bound > rules.max_flag_rate:
+        at_least = (
+            f"; at least {bound:.1%} at {rules.flag_rate_confidence:.0%} confidence"
+            if rules.flag_rate_confidence
+            else ""
+        )
         failures.append(
-            f"{len(flagged_rows)} of {len(added)} added rows flagged ({rate:.1%}), "
+            f"{len(flagged_rows)} of {len(added)} added rows flagged ({rate:.1%}{at_least}), "
             f"more than max_flag_rate {rules.max_flag_rate:.1%}"
         )
     means = {}
@@ -269,7 +302,13 @@ def gate_markdown(verdict: GateVerdict) -> str:
         "|---|---|---|",
         f"| added or changed rows | {verdict.added} | |",
         f"| flagged among them | {len(verdict.flagged_added)} ({verdict.flag_rate:.1%}) "
-        f"| <= {rules.max_flag_rate:.1%} |",
+        f"| <= {rules.max_flag_rate:.1%}"
+        + (
+            f" (its lower bound at {rules.flag_rate_confidence:.0%} confidence)"
+            if rules.flag_rate_confidence
+            else ""
+        )
+        + " |",
         f"| added rows that cannot be screened | {len(verdict.rejected_added)} "
         f"| <= {rules.max_rejected} |",
     ]

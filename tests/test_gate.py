@@ -5,6 +5,7 @@ computes nothing new; plus the rules file and the verdict arithmetic."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,13 @@ from transformers import PreTrainedTokenizerFast
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.cli import main
 from screener.errors import ConfigError
-from screener.gate import GateRules, added_rejections, load_rules, parse_rules
+from screener.gate import (
+    GateRules,
+    added_rejections,
+    flag_rate_lower_bound,
+    load_rules,
+    parse_rules,
+)
 from screener.model import load_model
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
@@ -179,7 +186,10 @@ def test_risky_rows_fail_with_annotations_and_ordinary_rows_pass(
     assert "3 of 3 added rows flagged" in printed[len(annotated)]
     summary = (out / "gate.md").read_text()
     assert summary.startswith("## screener gate: FAIL")
-    assert "3 of 3 added rows flagged (100.0%), more than max_flag_rate 10.0%" in summary
+    assert (
+        "3 of 3 added rows flagged (100.0%; at least 36.8% at 95% confidence), more than "
+        "max_flag_rate 10.0%"
+    ) in summary
     for line in (9, 10, 11):
         assert f"`data/chat.jsonl:{line}`" in summary
 
@@ -263,3 +273,36 @@ def test_rejected_rows_already_in_the_baseline_are_not_added_when_they_move() ->
     added = added_rejections(base, head, lambda source: "data/chat.jsonl")
     assert added == [("data/chat.jsonl", 9, "missing field(s) messages for format messages")]
     assert len(added_rejections(None, head, str)) == 3
+
+
+def naive_lower_bound(flagged: int, rows: int, confidence: float) -> float:
+    """The p at which seeing `flagged` or more of `rows` has probability 1 - confidence,
+    by bisection on the binomial tail summed by hand."""
+
+    def tail(p: float) -> float:
+        return sum(
+            math.comb(rows, j) * p**j * (1 - p) ** (rows - j) for j in range(flagged, rows + 1)
+        )
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if tail(middle) < 1 - confidence else (low, middle)
+    return low
+
+
+@pytest.mark.parametrize(("flagged", "rows"), [(1, 12), (2, 12), (4, 12), (11, 12), (30, 400)])
+def test_the_flag_rate_bound_is_the_binomial_lower_bound(flagged: int, rows: int) -> None:
+    ours = flag_rate_lower_bound(flagged, rows, 0.95)
+    assert ours == pytest.approx(naive_lower_bound(flagged, rows, 0.95), abs=1e-9)
+    assert flag_rate_lower_bound(flagged, rows, 0.0) == flagged / rows
+    assert flag_rate_lower_bound(0, rows, 0.95) == 0.0
+
+
+def test_a_few_flagged_rows_of_a_small_change_do_not_fail_the_gate() -> None:
+    """12 added rows: 3 flagged (25%) is within what ordinary data gives by chance at a 5%
+    flag rate (lower bound 7.2%); 4 flagged (lower bound 12.3%) fails."""
+    assert flag_rate_lower_bound(3, 12, 0.95) < 0.10 < flag_rate_lower_bound(4, 12, 0.95)
+    assert parse_rules({"flag_rate_confidence": 0.9}, "x.toml").flag_rate_confidence == 0.9
+    with pytest.raises(ConfigError, match=r"flag_rate_confidence must be within 0\.\.1"):
+        parse_rules({"flag_rate_confidence": 1}, "x.toml")
