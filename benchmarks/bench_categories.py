@@ -4,8 +4,8 @@
 
 Trains the probe exactly as a screen does (screener/screen/categories.json: the categories'
 example prompts and the ordinary prompts as `other`, last-prompt-token activations at the
-category layer) and labels sample_datasets/category_prompts.jsonl: 300 prompts written for the
-purpose, disjoint from the training examples, 40 per category and 100 ordinary (`other`).
+category layer) and labels benchmarks/data/category_prompts.jsonl: 300 prompts written for
+the purpose, disjoint from the training examples, 40 per category and 100 ordinary (`other`).
 
 Reports accuracy, per-label precision and recall, and the same once labels whose probability is
 below CATEGORY_MIN_PROBABILITY are shown as `uncertain`: the precision of the categories that
@@ -29,7 +29,9 @@ from screener.screen.categories import (
     CATEGORY_MIN_PROBABILITY,
     OTHER,
     UNCERTAIN,
+    Category,
     CategoryProbe,
+    CategorySet,
     load_categories,
     training_labels,
 )
@@ -39,8 +41,20 @@ from screener.store import RunStore
 from screener.vectors.store import load_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "sample_datasets" / "category_prompts.jsonl"
+DATA = ROOT / "benchmarks" / "data" / "category_prompts.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "categories.json"
+
+
+def whole_set(path: Path) -> CategorySet:
+    """Categories and ordinary examples both from `path` (a categories.json of any version)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return CategorySet(
+        tuple(
+            Category(c["name"], c["title"], c["description"], tuple(c["examples"]))
+            for c in data["categories"]
+        ),
+        tuple(data["ordinary_examples"]),
+    )
 
 
 def precision_recall(truth: list[str], predicted: list[str], label: str) -> dict[str, object]:
@@ -73,11 +87,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--store", default=None, help="run store (default: a fresh one)")
+    parser.add_argument(
+        "--categories",
+        type=Path,
+        default=None,
+        help="category file to train on instead of the built-in one (compare versions)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     started = time.perf_counter()
     loaded = load_model(args.model)
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
-    categories = load_categories()
+    categories = load_categories() if args.categories is None else whole_set(args.categories)
     prompts, labels = training_labels(categories)
     layer = category_layer(loaded)
     vectors = load_vectors("builtin", model=loaded)
@@ -124,9 +145,9 @@ def main() -> None:
             f"{name}: accuracy {entry['accuracy']:.3f}; categories shown {entry['shown']}, "
             f"precision {entry['shown_precision']}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
