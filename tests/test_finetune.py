@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from screener.errors import ConfigError
 from screener.records import Message, Sample
+from screener.validate import finetune as finetune_module
 from screener.validate.finetune import (
     IGNORE_INDEX,
     FinetuneSettings,
@@ -122,3 +123,19 @@ def test_settings_are_checked() -> None:
         FinetuneSettings(learning_rate=0)
     with pytest.raises(ConfigError, match="max_tokens must be at least 2"):
         FinetuneSettings(max_tokens=1)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_autocast_only_where_the_cpu_computes_bf16(
+    tiny_tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """Without bf16 units, asking for autocast trains exactly as fp32 does (emulated bf16 is
+    many times slower); with them, autocast changes the numbers."""
+    monkeypatch.setattr(finetune_module, "cpu_supports_bf16", lambda: native)
+    asked, _ = trained(tiny_tokenizer, epochs=1, autocast_bf16=True)
+    plain, _ = trained(tiny_tokenizer, epochs=1, autocast_bf16=False)
+    same = all(
+        torch.equal(a, b)
+        for a, b in zip(asked.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+    assert same is not native

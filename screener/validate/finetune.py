@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from screener.errors import ConfigError, ScreenerError
+from screener.model import cpu_supports_bf16
 from screener.records import Sample
 from screener.render import RenderedSample, Renderer
 from screener.vectors.steer import steering
@@ -39,7 +40,10 @@ class FinetuneSettings:
     max_tokens: int = 256  # longer conversations keep their first max_tokens tokens
     seed: int = 0
     weight_decay: float = 0.0
-    autocast_bf16: bool = True  # bf16 autocast over fp32 weights (on CPUs with bf16 support)
+    # bf16 autocast over fp32 weights, applied only where the device computes bf16 natively
+    # (CUDA with bf16, CPUs with AMX or AVX512-BF16): elsewhere bf16 is emulated and a training
+    # step took many times longer than in fp32, so training runs in fp32 there
+    autocast_bf16: bool = True
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.epochs < 1 or self.batch_size < 1:
@@ -67,6 +71,13 @@ class FinetuneLog:
     losses: list[float] = field(default_factory=list)
     samples: int = 0
     skipped: int = 0  # samples with no response token left after truncation
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_supports_bf16()
 
 
 def _examples(
@@ -139,7 +150,7 @@ def finetune(
     log = FinetuneLog(samples=len(examples), skipped=skipped)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
-        if settings.autocast_bf16
+        if settings.autocast_bf16 and native_bf16(device)
         else contextlib.nullcontext()
     )
     hook = (
