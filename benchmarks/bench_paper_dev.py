@@ -1,7 +1,7 @@
 """Benchmark: do the default flags and gate verdicts hold on real finetuning data?
 
     .venv/bin/python benchmarks/bench_paper_dev.py [--data ../shared/data/paper-dev]
-        [--store PATH] [--model embedded]
+        [--store PATH] [--model embedded] [--dtype auto] [--skip-validate]
 
 Reads the development sample of the persona-vectors paper's released finetuning sets (150 rows
 each of evil level II, evil level I, hallucinated answers and their clean twins; long, fluent
@@ -17,7 +17,10 @@ With default settings only (no user flags), it screens these datasets, each on i
 
 Per mix: the AUROC of the trait's score, and the precision and recall of the trait's flag. Then
 the gate with its default rules: 30 clean rows as the baseline and 12 rows added, clean or
-evil level II, over GATE_DRAWS disjoint draws of the 12. Prints one table and writes
+evil level II, over GATE_DRAWS disjoint draws of the 12. Last, unless --skip-validate, the
+default `screener validate` on the hallucination and evil level II mixes: LoRA finetunes on the
+top, random and bottom 64 rows by the mix's trait, with the trait shift each one causes and
+Pearson r between dataset ΔP and shift. Prints one table and writes
 benchmarks/results/paper_dev.json.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -35,8 +39,9 @@ import polars as pl
 from sklearn.metrics import roc_auc_score
 
 from screener.gate import GateRules, run_gate
-from screener.model import load_model
+from screener.model import cpu_supports_bf16, dtype_name, load_model
 from screener.screen import screen
+from screener.validate import validate_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "paper-dev"
@@ -55,6 +60,7 @@ MIXES = {
     "evil1_mix": ("evil1", "evil", True),
     "evil2_alone": ("evil2", "evil", False),
 }
+VALIDATED_MIXES = ("hallucination_mix", "evil2_mix")
 GATE_BASELINE_ROWS = 30
 GATE_ADDED_ROWS = 12
 GATE_DRAWS = 9  # disjoint draws of 12 rows from the 120 clean rows after the baseline's 30
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--store", default=None, help="run store (default: the user's)")
+    parser.add_argument("--dtype", default="auto", help="model precision (default: auto)")
+    parser.add_argument("--skip-validate", action="store_true", help="no finetuning runs")
     args = parser.parse_args()
     if not all((args.data / name).exists() for name in FILES.values()):
         print(
@@ -113,10 +121,11 @@ def main() -> None:
         )
         return
     started = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.dtype)
     rows = {part: read_rows(args.data, part) for part in FILES}
     mixes: dict[str, dict[str, object]] = {}
     summary: dict[str, object] = {}
+    validations: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for name, (risky, trait, with_clean) in MIXES.items():
@@ -124,12 +133,17 @@ def main() -> None:
             data = write_rows(
                 scratch / f"{name}.jsonl", part_rows + (rows["clean"] if with_clean else [])
             )
-            result = screen(data, model=loaded, store=args.store)
+            run_dir = scratch / f"run-{name}"
+            result = screen(data, model=loaded, store=args.store, out=run_dir)
             mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
             if name == "evil2_alone":
                 mixes[name]["dataset_score"] = result.summary()["traits"]["evil"]
             summary = result.summary()
-        gates = {"clean": [], "evil2": []}
+            if name in VALIDATED_MIXES and trait and not args.skip_validate:
+                validations[name] = validation_record(
+                    validate_run(run_dir, traits=[trait], model=loaded, progress=print).to_json()
+                )
+        gates: dict[str, list[dict]] = {"clean": [], "evil2": []}
         baseline = write_rows(scratch / "baseline.jsonl", rows["clean"][:GATE_BASELINE_ROWS])
         for added in gates:
             for draw in range(GATE_DRAWS if added == "clean" else 1):
@@ -156,6 +170,7 @@ def main() -> None:
                 )
     seconds = time.perf_counter() - started
     print_table(mixes, gates)
+    print_validations(validations)
     record = {
         "data": str(args.data),
         "defaults": "no user flags: shipped vectors and calibration, default gate rules",
@@ -164,12 +179,66 @@ def main() -> None:
         "targets": TARGETS,
         "mixes": mixes,
         "gate": gates,
+        "validate": validations,
         "seconds": round(seconds, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "bf16_matrix_units": cpu_supports_bf16(),
+            "dtype": dtype_name(loaded.dtype),
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)} ({seconds:.0f} s)")
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
+def validation_record(document: dict) -> dict[str, object]:
+    """The figures of one `validate` document the benchmark keeps: per subset, dataset ΔP and
+    the trait shift with its standard error; Pearson r and whether the ordering holds."""
+    trait = document["traits"][0]
+    delta = {
+        ts["name"]: ts["dataset_" + document["score"]][trait] for ts in document["training_sets"]
+    }
+    return {
+        "trait": trait,
+        "subsets": {
+            run["training_set"]: {
+                "dataset_delta": delta[run["training_set"]],
+                "shift": run["shift"][trait]["shift"],
+                "standard_error": run["shift"][trait]["standard_error"],
+                "seconds": run["seconds"],
+            }
+            for run in document["runs"]
+        },
+        "pearson_r": document["pearson_r"][trait],
+        "ordering_holds": document["ordering"][trait]["holds"],
+    }
+
+
+def print_validations(validations: dict[str, dict]) -> None:
+    for name, entry in validations.items():
+        cells = ", ".join(
+            f"{subset} ΔP {v['dataset_delta']:+.2f} "
+            f"shift {v['shift']:+.2f} ± {v['standard_error']:.2f}"
+            for subset, v in entry["subsets"].items()
+        )
+        r = entry["pearson_r"]
+        print(
+            f"validate {name} ({entry['trait']}): {cells}; r = "
+            f"{'n/a' if r is None else f'{r:.2f}'}, ordering holds: {entry['ordering_holds']}"
+        )
 
 
 def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]]) -> None:
