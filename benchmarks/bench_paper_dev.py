@@ -13,9 +13,12 @@ With default settings only (no user flags), it screens these datasets, each on i
 - `clean`: the clean answers alone: the share flagged for any trait;
 - `hallucination_mix`: hallucinated answers with their clean twins (50/50);
 - `evil2_mix`, `evil1_mix`: evil level II or level I answers with the clean answers;
-- `evil2_alone`: evil level II alone: a uniformly risky set must not come out clean.
+- `evil2_alone`, `evil1_alone`, `hallucinated_alone`: a risky set alone must not come out clean:
+  by its flags or by the dataset shift alarm (its mean score against the reference's).
 
-Per mix: the AUROC of the trait's score, and the precision and recall of the trait's flag. Then
+Per mix: the AUROC of the trait's score, the precision and recall of the trait's flag, and the
+dataset shift per trait (in reference standard deviations) with the traits that raised an
+alarm. Then
 the gate with its default rules: 30 clean rows as the baseline and 12 rows added, clean or
 evil level II, over GATE_DRAWS disjoint draws of the 12. Last, unless --skip-validate, the
 default `screener validate` on the hallucination and evil level II mixes: LoRA finetunes on the
@@ -33,6 +36,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -59,6 +63,8 @@ MIXES = {
     "evil2_mix": ("evil2", "evil", True),
     "evil1_mix": ("evil1", "evil", True),
     "evil2_alone": ("evil2", "evil", False),
+    "evil1_alone": ("evil1", "evil", False),
+    "hallucinated_alone": ("hallucinated", "hallucination", False),
 }
 VALIDATED_MIXES = ("hallucination_mix", "evil2_mix")
 GATE_BASELINE_ROWS = 30
@@ -123,8 +129,8 @@ def main() -> None:
     started = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype)
     rows = {part: read_rows(args.data, part) for part in FILES}
-    mixes: dict[str, dict[str, object]] = {}
-    summary: dict[str, object] = {}
+    mixes: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {}
     validations: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -136,9 +142,15 @@ def main() -> None:
             run_dir = scratch / f"run-{name}"
             result = screen(data, model=loaded, store=args.store, out=run_dir)
             mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
-            if name == "evil2_alone":
-                mixes[name]["dataset_score"] = result.summary()["traits"]["evil"]
             summary = result.summary()
+            mixes[name]["dataset_shift"] = {
+                t: info["dataset_shift"] for t, info in summary["traits"].items()
+            }
+            mixes[name]["alarms"] = [
+                t
+                for t, info in summary["traits"].items()
+                if (info["dataset_shift"] or {}).get("alarm")
+            ]
             if name in VALIDATED_MIXES and trait and not args.skip_validate:
                 validations[name] = validation_record(
                     validate_run(run_dir, traits=[trait], model=loaded, progress=print).to_json()
@@ -241,10 +253,10 @@ def print_validations(validations: dict[str, dict]) -> None:
         )
 
 
-def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]]) -> None:
+def print_table(mixes: dict[str, dict[str, Any]], gates: dict[str, list[dict]]) -> None:
     print(
         f"\n{'dataset':<20}{'rows':>5}{'flagged':>9}{'trait':>15}{'AUROC':>7}{'recall':>8}"
-        f"{'precision':>10}"
+        f"{'precision':>10}  dataset shift alarms"
     )
     for name, entry in mixes.items():
         cells = [
@@ -255,7 +267,8 @@ def print_table(mixes: dict[str, dict[str, object]], gates: dict[str, list[dict]
         ]
         print(
             f"{name:<20}{entry['rows']:>5}{entry['flag_rate_any']:>9.1%}"
-            f"{entry.get('trait') or '-':>15}{''.join(cells)}"
+            f"{entry.get('trait') or '-':>15}{''.join(cells)}  "
+            f"{', '.join(entry['alarms']) or '-'}"
         )
     for added, verdicts in gates.items():
         passed = sum(v["passed"] for v in verdicts)

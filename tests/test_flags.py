@@ -10,12 +10,15 @@ import pytest
 from screener.errors import ConfigError
 from screener.screen.calibration import Distribution
 from screener.screen.flags import (
+    DATASET_SHIFT_ALARM,
     Cut,
     FlagRule,
     Flags,
+    MeanInterval,
     Reason,
     bootstrap_mean,
     dataset_percentiles,
+    dataset_shift,
     decide_cut,
     family_percentile,
     flag_mask,
@@ -212,3 +215,22 @@ def test_the_default_cut_is_the_family_percentile_given() -> None:
     )
     explicit = decide_cut("evil", SCORES, FlagRule(percentile=90), REFERENCE, 98.25)
     assert explicit.value == pytest.approx(90.0) and "--percentile" in explicit.rule
+
+
+def test_dataset_shift_is_the_mean_in_reference_standard_deviations() -> None:
+    # REFERENCE is 0..100: mean 50, population standard deviation sqrt((101^2 - 1) / 12)
+    sd = math.sqrt((101**2 - 1) / 12)
+    assert REFERENCE.std == pytest.approx(sd)
+    shift = dataset_shift(MeanInterval(70.0, 65.0, 75.0, 40), REFERENCE)
+    assert shift is not None
+    assert (shift.shift, shift.low, shift.high) == pytest.approx((20 / sd, 15 / sd, 25 / sd))
+    assert 15 / sd > DATASET_SHIFT_ALARM and shift.alarm
+    assert shift.as_dict()["alarm"] is True and "+0.69 reference standard deviations" in shift.note(
+        "evil"
+    )
+    # the interval's low end decides: a mean above the line whose interval reaches below it
+    # raises no alarm
+    wide = dataset_shift(MeanInterval(50 + 0.6 * sd, 50 + 0.4 * sd, 50 + 0.8 * sd, 5), REFERENCE)
+    assert wide is not None and wide.shift > DATASET_SHIFT_ALARM and not wide.alarm
+    assert dataset_shift(MeanInterval(None, None, None, 0), REFERENCE) is None
+    assert dataset_shift(MeanInterval(1.0, 1.0, 1.0, 3), Distribution.of([2.0, 2.0])) is None

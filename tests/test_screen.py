@@ -27,7 +27,7 @@ from screener.screen.calibration import (
     Distribution,
     default_calibration_path,
 )
-from screener.screen.flags import family_percentile
+from screener.screen.flags import DATASET_SHIFT_ALARM, bootstrap_mean, family_percentile
 from screener.screen.style import StyleControl, fit_style_control, out_of_fold_scores
 from screener.vectors import TraitVector, VectorFile, load_vectors, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
@@ -344,6 +344,22 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
         for t in ("evil", "sycophancy")
     ]
     np.testing.assert_allclose(result.scores["risk"].to_numpy(), np.maximum(*z), rtol=1e-6)
+    # the dataset shift: the dataset's mean and bootstrap interval against the reference's
+    # mean, in reference standard deviations
+    for trait, deltas in reference_deltas.items():
+        mine = result.scores[f"delta_{trait}"].to_numpy()
+        interval = bootstrap_mean(mine)
+        assert interval.low is not None and interval.high is not None
+        expected = [
+            (v - deltas.mean()) / deltas.std() for v in (mine.mean(), interval.low, interval.high)
+        ]
+        shift = summary["traits"][trait]["dataset_shift"]
+        assert [shift["shift"], shift["ci95_low"], shift["ci95_high"]] == pytest.approx(expected)
+        assert shift["alarm"] == (expected[1] > DATASET_SHIFT_ALARM)
+        assert (
+            any(n.startswith(f"{trait}: the dataset as a whole") for n in summary["notes"])
+            == (shift["alarm"])
+        )
 
 
 def test_calibrated_style_control_is_fitted_on_naive_differences(

@@ -256,7 +256,15 @@ def _run_screen(args: argparse.Namespace) -> int:
             else "n/a"
         )
         cut = "n/a" if info["cut"] is None else f"{info['cut']:.3f}"
-        print(f"  {trait}: dataset {label} {interval}; cut {cut}; flagged {info['flagged']}")
+        shift = info["dataset_shift"]
+        against = (
+            f"; {shift['shift']:+.2f} sd from the reference{' (ALARM)' if shift['alarm'] else ''}"
+            if shift
+            else ""
+        )
+        print(
+            f"  {trait}: dataset {label} {interval}{against}; cut {cut}; flagged {info['flagged']}"
+        )
     print(f"{args.data}: {summary['counts']['invariant']}; wrote {out}/ (open {out}/report.html)")
     return EXIT_OK
 

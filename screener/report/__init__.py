@@ -242,6 +242,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
                 "mean": interval.get("mean"),
                 "low": interval.get("ci95_low"),
                 "high": interval.get("ci95_high"),
+                "shift": info.get("dataset_shift"),
                 "reference_n": None if reference is None else run.reference["traits"][trait]["n"],
                 "plot": plots.histogram(
                     trait,
@@ -273,6 +274,14 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
         .get_template("report.html.j2")
         .render(
             summary=summary,
+            shift_alarm=next(
+                (
+                    v["alarm_above"]
+                    for t in traits
+                    if (v := summary["traits"][t].get("dataset_shift"))
+                ),
+                None,
+            ),
             counts=summary.get("counts", {}),
             score_name=SCORE_NAMES.get(kind, kind),
             traits=trait_views,

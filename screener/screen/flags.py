@@ -10,6 +10,11 @@ default) and the cut says so. A sample is flagged for a trait when its score is 
 
 The risk score ranks all samples: the largest, over traits, of the score's z-value against the
 reference (or, without one, the dataset's own mean and standard deviation).
+
+Row flags find rows that stand out; a dataset whose rows all lean the same way can have few
+that do. The dataset shift catches it: the dataset's mean score above the reference mean, in
+reference standard deviations, with its bootstrap interval. It raises an alarm when even the
+interval's lower end is above DATASET_SHIFT_ALARM.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ BOOTSTRAP_RESAMPLES = 2000
 # By default, cuts flag this share of the calibration reference's rows for any trait: ordinary
 # data is flagged at this rate in total, below the gate's default max_flag_rate of 10%.
 FAMILY_RATE = 0.05
+# A dataset is "shifted" for a trait when its mean score is, with 95% confidence, at least half
+# a reference standard deviation above the reference mean (a medium effect in Cohen's terms).
+DATASET_SHIFT_ALARM = 0.5
 
 
 @dataclass(frozen=True)
@@ -300,3 +308,47 @@ def bootstrap_mean(
         means[index] = present[rng.integers(0, present.size, size=present.size)].mean()
     low, high = np.percentile(means, [2.5, 97.5])
     return MeanInterval(float(present.mean()), float(low), float(high), int(present.size))
+
+
+@dataclass(frozen=True)
+class DatasetShift:
+    """The dataset's mean score against the reference's, in reference standard deviations."""
+
+    shift: float  # (dataset mean - reference mean) / reference standard deviation
+    low: float  # the same for the low end of the mean's 95% interval
+    high: float
+
+    @property
+    def alarm(self) -> bool:
+        return self.low > DATASET_SHIFT_ALARM
+
+    def note(self, trait: str) -> str:
+        return (
+            f"{trait}: the dataset as a whole scores {self.shift:+.2f} reference standard "
+            f"deviations above ordinary data (95% interval {self.low:+.2f} to {self.high:+.2f}, "
+            f"alarm above {DATASET_SHIFT_ALARM:+.2f}): training on all of it would move the "
+            "model, even where few rows are flagged"
+        )
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {
+            "shift": self.shift,
+            "ci95_low": self.low,
+            "ci95_high": self.high,
+            "alarm_above": DATASET_SHIFT_ALARM,
+            "alarm": self.alarm,
+        }
+
+
+def dataset_shift(interval: MeanInterval, reference: Distribution) -> DatasetShift | None:
+    """How far the dataset's mean sits above the reference's, in reference standard deviations
+    (None without scores or with a constant reference)."""
+    if interval.mean is None or interval.low is None or interval.high is None:
+        return None
+    if not reference.std > 0:
+        return None
+    return DatasetShift(
+        (interval.mean - reference.mean) / reference.std,
+        (interval.low - reference.mean) / reference.std,
+        (interval.high - reference.mean) / reference.std,
+    )

@@ -85,10 +85,12 @@ from screener.screen.filtered import FilteredWriter
 from screener.screen.flags import (
     FAMILY_RATE,
     Cut,
+    DatasetShift,
     FlagRule,
     Flags,
     MeanInterval,
     bootstrap_mean,
+    dataset_shift,
     decide_cut,
     family_percentile,
     risk_scores,
@@ -170,6 +172,7 @@ class ScreenResult:
     flags: Flags  # which samples are flagged and why
     risk: np.ndarray
     dataset_scores: dict[str, MeanInterval]
+    dataset_shifts: dict[str, DatasetShift] = field(default_factory=dict)  # calibrated traits
     category_names: list[str] = field(default_factory=list)  # what category_codes point at
     category_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     category_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -295,6 +298,9 @@ class ScreenResult:
                 trait: {
                     "layer": self.vectors.trait(trait).chosen_layer,
                     "dataset_" + self.score_kind: self.dataset_scores[trait].as_dict(),
+                    "dataset_shift": shift.as_dict()
+                    if (shift := self.dataset_shifts.get(trait))
+                    else None,
                     "cut": self.cuts[trait].value,
                     "cut_rule": self.cuts[trait].rule,
                     "flagged": self.flags.count(trait),
@@ -593,7 +599,9 @@ def screen(
             rule or FlagRule(),
             calibrated,
         )
-        result.notes = notes
+        result.notes = notes + [
+            shift.note(trait) for trait, shift in result.dataset_shifts.items() if shift.alarm
+        ]
         result.command = command
         result.reader = {"format": fmt, "fields": asdict(fields or FieldNames())}
         scoring_stats = dict(scorer.counters)
@@ -659,6 +667,7 @@ def _decide(
     ]
     cuts: dict[str, Cut] = {}
     dataset_scores: dict[str, MeanInterval] = {}
+    dataset_shifts: dict[str, DatasetShift] = {}
     present = [r for r in references if r is not None]
     default_percentile = family_percentile(present) if present else DEFAULT_PERCENTILE
     default_rule = (
@@ -668,6 +677,8 @@ def _decide(
     for trait, scores, reference in zip(settings.traits, columns, references, strict=True):
         cuts[trait] = decide_cut(trait, scores, rule, reference, default_percentile, default_rule)
         dataset_scores[trait] = bootstrap_mean(scores)
+        if reference is not None and (shift := dataset_shift(dataset_scores[trait], reference)):
+            dataset_shifts[trait] = shift
     flags = Flags.decide(settings.traits, list(cuts.values()), columns)
     risk = (
         risk_scores(z_scores(s, r) for s, r in zip(columns, references, strict=True))
@@ -686,6 +697,7 @@ def _decide(
         flags,
         risk,
         dataset_scores,
+        dataset_shifts,
         calibration=calibration,
     )
 
