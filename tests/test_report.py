@@ -3,6 +3,8 @@ re-rendering from the run directory alone (tiny model, no browser; see test_repo
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -126,3 +128,40 @@ def test_report_of_a_directory_that_is_not_a_run_says_which_file_is_missing(
     assert error.startswith(f"screener: error: {tmp_path / 'summary.json'}: missing")
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_the_dataset_shift_and_its_alarm_are_shown_per_trait(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = screen_everything(loaded, tmp_path)
+    cells = traits_table_cells((out / "report.html").read_text(encoding="utf-8"))
+    assert cells["evil"][4] == cells["sycophancy"][4] == "n/a"  # no calibration, no reference
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["traits"]["evil"]["dataset_shift"] = {
+        "shift": 0.8,
+        "ci95_low": 0.62,
+        "ci95_high": 0.97,
+        "alarm_above": 0.5,
+        "alarm": True,
+    }
+    summary["traits"]["sycophancy"]["dataset_shift"] = {
+        "shift": -0.254,
+        "ci95_low": -0.4,
+        "ci95_high": -0.1,
+        "alarm_above": 0.5,
+        "alarm": False,
+    }
+    summary_path.write_text(json.dumps(summary), encoding="utf-8")
+    cells = traits_table_cells(write_report(out).read_text(encoding="utf-8"))
+    assert cells["evil"][4] == "+0.80 sd alarm"
+    assert cells["sycophancy"][4] == "-0.25 sd"
+
+
+def traits_table_cells(html: str) -> dict[str, list[str]]:
+    """The cells of the traits table, per trait, as text with whitespace collapsed."""
+    table = html.split('<section id="traits">')[1].split("</table>")[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in table.split("<tr>")[2:]]
+    text = [[" ".join(re.sub(r"<[^>]+>", "", cell).split()) for cell in row] for row in rows]
+    return {row[0]: row for row in text}
