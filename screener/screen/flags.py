@@ -326,8 +326,8 @@ class DatasetShift:
         return (
             f"{trait}: the dataset as a whole scores {self.shift:+.2f} reference standard "
             f"deviations above ordinary data (95% interval {self.low:+.2f} to {self.high:+.2f}, "
-            f"alarm above {DATASET_SHIFT_ALARM:+.2f}): training on all of it would move the "
-            "model, even where few rows are flagged"
+            f"alarm above {DATASET_SHIFT_ALARM:+.2f}): the rows lean toward {trait} as a whole, "
+            "so training on all of them would move the model, however many are flagged"
         )
 
     def as_dict(self) -> dict[str, float | bool]:
