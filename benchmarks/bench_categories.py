@@ -35,7 +35,8 @@ from screener.screen.categories import (
     load_categories,
     training_labels,
 )
-from screener.screen.run import DEFAULT_TRAITS, category_layer, probe_features
+from screener.screen.label import category_layer, probe_features
+from screener.screen.run import DEFAULT_TRAITS
 from screener.screen.scoring import Scorer, ScoringSettings
 from screener.store import RunStore
 from screener.vectors.store import load_vectors

@@ -21,7 +21,7 @@ from screener.model import LoadedModel, load_model
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen, spill
-from screener.screen import run as screen_run
+from screener.screen import label as screen_label
 from screener.screen.calibration import (
     STYLE_KIND,
     Distribution,
@@ -483,7 +483,7 @@ def test_outputs_do_not_depend_on_chunking_and_the_spill_goes_away(
     tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     rule = FlagRule(top_k=3)
     whole = run(loaded, data, tmp_path, "whole", rule=rule)
-    monkeypatch.setattr(screen_run, "MAX_CLUSTER_FIT", 3)
+    monkeypatch.setattr(screen_label, "MAX_CLUSTER_FIT", 3)
     monkeypatch.setattr(spill, "ROW_GROUP_ROWS", 1)
     single = run(loaded, data, tmp_path, "single", rule=rule, chunk_size=1)
     assert single.stats["collected"] == 0 and single.samples.groups == len(rows())

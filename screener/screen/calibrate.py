@@ -30,7 +30,8 @@ from screener.screen.calibration import (
     Distribution,
     vector_digest,
 )
-from screener.screen.run import choose_traits, generation_dtype_name
+from screener.screen.result import generation_dtype_name
+from screener.screen.run import choose_traits
 from screener.screen.scoring import DEFAULT_BASE_TOKENS, Scorer, ScoringSettings
 from screener.screen.style import (
     MIN_ROWS_PER_COMPONENT,

@@ -1,0 +1,299 @@
+"""A finished screening run: its scores (on disk, read column by column), cuts, flags,
+categories and clusters, and the summary every output and later job reads.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import polars as pl
+import torch
+
+from screener.layers import LAYER_CONVENTION
+from screener.model import (
+    LoadedModel,
+    dtype_name,
+    generation_torch_dtype,
+)
+from screener.records import RejectedRow
+from screener.screen.calibration import (
+    Calibration,
+)
+from screener.screen.categories import (
+    OTHER,
+    Cluster,
+)
+from screener.screen.flags import (
+    Cut,
+    DatasetShift,
+    Flags,
+    MeanInterval,
+)
+from screener.screen.scoring import (
+    Method,
+    ScoringSettings,
+)
+from screener.screen.spill import ScoredSamples
+from screener.vectors.store import VectorFile
+
+
+def score_kind(method: Method) -> str:
+    """The score a method flags on: ΔP (`delta`) or the last-prompt projection."""
+    return "delta" if method == "delta" else "prompt_last"
+
+
+def score_column(samples: ScoredSamples, trait: str, kind: str) -> np.ndarray:
+    """Every sample's score of one kind for `trait` (NaN where there is none)."""
+    if kind == "delta":
+        return samples.column(f"proj_{trait}") - samples.column(f"base_proj_{trait}")
+    return samples.column(f"prompt_last_{trait}")
+
+
+class ScoreColumns(Sequence[np.ndarray]):
+    """Each trait's scores of one kind, read from the spill file when indexed (not kept)."""
+
+    def __init__(self, samples: ScoredSamples, traits: Sequence[str], kind: str) -> None:
+        self.samples, self.traits, self.kind = samples, tuple(traits), kind
+
+    def __len__(self) -> int:
+        return len(self.traits)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return score_column(self.samples, self.traits[index], self.kind)
+
+
+@dataclass
+class ScreenResult:
+    """A finished screening run. Samples are in input order, kept on disk (`ScoredSamples`);
+    what is known of flagged samples only (reasons, category, cluster) is kept in arrays by
+    their row in `flags`."""
+
+    data: str
+    model: LoadedModel
+    vectors: VectorFile
+    settings: ScoringSettings
+    rows_read: int
+    samples: ScoredSamples
+    rejected: list[RejectedRow]
+    cuts: dict[str, Cut]
+    flags: Flags  # which samples are flagged and why
+    risk: np.ndarray
+    dataset_scores: dict[str, MeanInterval]
+    dataset_shifts: dict[str, DatasetShift] = field(default_factory=dict)  # calibrated traits
+    category_names: list[str] = field(default_factory=list)  # what category_codes point at
+    category_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    category_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cluster_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cluster_info: list[Cluster] = field(default_factory=list)
+    calibration: Calibration | None = None
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    outputs: list[Path] = field(default_factory=list)
+    command: str = ""
+    reader: dict[str, Any] = field(default_factory=dict)  # how the data was read: format, fields
+
+    @property
+    def flagged(self) -> list[int]:
+        """Indexes of the flagged samples, in input order."""
+        return self.flags.indices.tolist()
+
+    @property
+    def kept(self) -> int:
+        return len(self.samples) - len(self.flags)
+
+    def category_at(self, position: int) -> tuple[str, float]:
+        """The category and its probability of the flagged sample at row `position` of
+        `flags` (`other` before categories are given)."""
+        if position >= len(self.category_codes):
+            return OTHER, 0.0
+        code = int(self.category_codes[position])
+        return self.category_names[code], float(self.category_probability[position])
+
+    def cluster_at(self, position: int) -> int | None:
+        """The cluster id of the flagged sample at row `position` of `flags`, if clustered."""
+        if position >= len(self.cluster_ids):
+            return None
+        return int(self.cluster_ids[position])
+
+    @property
+    def score_kind(self) -> str:
+        return score_kind(self.settings.method)
+
+    @property
+    def generation_dtype(self) -> str:
+        """The precision the base responses were written in (`float32`, `bfloat16`, ...)."""
+        return generation_dtype_name(self.model, self.settings.generation_dtype)
+
+    @property
+    def scores(self) -> pl.DataFrame:
+        """One row per scored sample, with every score (see `scores_schema`); this loads the
+        whole table: `score_frames` gives it one chunk at a time."""
+        frames = list(self.score_frames())
+        if not frames:
+            return pl.DataFrame(schema=scores_schema(self.settings.traits))
+        return pl.concat(frames)
+
+    def score_frames(self) -> Iterator[pl.DataFrame]:
+        """The scores table, one chunk of samples at a time."""
+        traits = self.settings.traits
+        schema = scores_schema(traits)
+        for group in range(self.samples.groups):
+            start = self.samples.group_start(group)
+            table = pl.DataFrame(self.samples.group_table(group))
+            first, last = self.flags.positions(start, start + table.height)
+            row_of = {int(self.flags.indices[p]) - start: p for p in range(first, last)}
+            rows = [row_of.get(i) for i in range(table.height)]
+            categories = [(None, None) if p is None else self.category_at(p) for p in rows]
+            columns: dict[str, Any] = {
+                "id": table["id"],
+                "source": table["source"],
+                "source_line": table["line"],
+                "format": table["format"],
+                "prompt_tokens": table["prompt_tokens"],
+                "response_tokens": table["response_tokens"],
+                "base_response_tokens": table["base_response_tokens"],
+            }
+            for trait in traits:
+                columns[f"delta_{trait}"] = table[f"proj_{trait}"] - table[f"base_proj_{trait}"]
+                columns[f"proj_{trait}"] = table[f"proj_{trait}"]
+                columns[f"base_proj_{trait}"] = table[f"base_proj_{trait}"]
+                columns[f"prompt_last_{trait}"] = table[f"prompt_last_{trait}"]
+            risk = pl.Series(self.risk[start : start + table.height], dtype=pl.Float64)
+            columns["risk"] = risk.fill_nan(None)
+            columns["flagged"] = [p is not None for p in rows]
+            columns["flag_traits"] = [
+                [] if p is None else [r.trait for r in self.flags.reasons_at(p)] for p in rows
+            ]
+            columns["category"] = [name for name, _ in categories]
+            columns["category_probability"] = [probability for _, probability in categories]
+            columns["cluster"] = [None if p is None else self.cluster_at(p) for p in rows]
+            columns["base_response"] = table["base_response"]
+            columns["warnings"] = table["warnings"]
+            yield pl.DataFrame(columns, schema=schema)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def summary(self) -> dict[str, Any]:
+        """What summary.json holds: deterministic for the same inputs and settings."""
+        import transformers
+
+        from screener import __version__
+
+        flagged = len(self.flags)
+        category_counts: dict[str, int] = {}
+        for position in range(flagged):
+            name = self.category_at(position)[0]
+            category_counts[name] = category_counts.get(name, 0) + 1
+        method = self.settings.method
+        return {
+            "data": self.data,
+            "reader": self.reader,
+            "counts": {
+                "rows_read": self.rows_read,
+                "kept": self.kept,
+                "flagged": flagged,
+                "rejected": len(self.rejected),
+                "invariant": f"{self.kept} kept + {flagged} flagged + "
+                f"{len(self.rejected)} rejected = {self.rows_read} rows read",
+            },
+            "method": method,
+            "approximate": method == "prompt-last",
+            "score": self.score_kind,
+            "traits": {
+                trait: {
+                    "layer": self.vectors.trait(trait).chosen_layer,
+                    "dataset_" + self.score_kind: self.dataset_scores[trait].as_dict(),
+                    "dataset_shift": shift.as_dict()
+                    if (shift := self.dataset_shifts.get(trait))
+                    else None,
+                    "cut": self.cuts[trait].value,
+                    "cut_rule": self.cuts[trait].rule,
+                    "flagged": self.flags.count(trait),
+                }
+                for trait in self.settings.traits
+            },
+            "categories": dict(sorted(category_counts.items())),
+            "clusters": [
+                {"id": c.id, "size": c.size, "words": list(c.words)} for c in self.cluster_info
+            ],
+            "model": self.model.identity(),
+            "vectors": {
+                "path": self.vectors.path,
+                "model": self.vectors.model_id,
+                "layer_convention": LAYER_CONVENTION,
+            },
+            "calibration": None
+            if self.calibration is None
+            else {
+                "path": self.calibration.path,
+                "reference": self.calibration.reference,
+                "traits": sorted(self.calibration.traits),
+                "style_control": {
+                    trait: {
+                        "components": control.components,
+                        "cosine": round(control.cosine, 4),
+                        "explained": round(control.explained, 4),
+                    }
+                    for trait, control in sorted(self.calibration.style.items())
+                },
+            },
+            "generation": {**self.settings.generation.as_dict(), "dtype": self.generation_dtype}
+            if method == "delta"
+            else None,
+            "notes": self.notes,
+            "versions": {
+                "screener": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "command": self.command,
+        }
+
+
+def generation_dtype_name(loaded: LoadedModel, generation_dtype: str) -> str:
+    """The precision base responses are written in (`float32`, `bfloat16`, ...) when `loaded`
+    scores and `generation_dtype` is asked for."""
+    return dtype_name(generation_torch_dtype(loaded, generation_dtype))
+
+
+def scores_schema(traits: Sequence[str]) -> dict[str, pl.DataType | type[pl.DataType]]:
+    """The explicit column types of scores.parquet."""
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
+        "id": pl.String,
+        "source": pl.String,
+        "source_line": pl.Int64,
+        "format": pl.String,
+        "prompt_tokens": pl.Int32,
+        "response_tokens": pl.Int32,
+        "base_response_tokens": pl.Int32,
+    }
+    for trait in traits:
+        for prefix in ("delta", "proj", "base_proj", "prompt_last"):
+            schema[f"{prefix}_{trait}"] = pl.Float64
+    schema.update(
+        {
+            "risk": pl.Float64,
+            "flagged": pl.Boolean,
+            "flag_traits": pl.List(pl.String),
+            "category": pl.String,
+            "category_probability": pl.Float64,
+            "cluster": pl.Int32,
+            "base_response": pl.String,
+            "warnings": pl.List(pl.String),
+        }
+    )
+    return schema
