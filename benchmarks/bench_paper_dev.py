@@ -44,6 +44,7 @@ from sklearn.metrics import roc_auc_score
 
 from screener.gate import GateRules, run_gate
 from screener.model import cpu_supports_bf16, dtype_name, load_model
+from screener.options import ScoringOptions
 from screener.screen import screen
 from screener.validate import validate_run
 
@@ -129,6 +130,7 @@ def main() -> None:
     started = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype)
     rows = {part: read_rows(args.data, part) for part in FILES}
+    scoring = ScoringOptions(store=args.store)
     mixes: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {}
     validations: dict[str, dict[str, object]] = {}
@@ -140,7 +142,7 @@ def main() -> None:
                 scratch / f"{name}.jsonl", part_rows + (rows["clean"] if with_clean else [])
             )
             run_dir = scratch / f"run-{name}"
-            result = screen(data, model=loaded, store=args.store, out=run_dir)
+            result = screen(data, model=loaded, scoring=scoring, out=run_dir)
             mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
             summary = result.summary()
             mixes[name]["dataset_shift"] = {
@@ -170,7 +172,7 @@ def main() -> None:
                     rules=GateRules(),
                     out=scratch / f"gate-{added}-{draw}",
                     model=loaded,
-                    store=args.store,
+                    scoring=scoring,
                 )
                 gates[added].append(
                     {

@@ -36,6 +36,7 @@ from typing import Any
 import polars as pl
 
 from screener.model import load_model
+from screener.options import GenerationOptions, ScoringOptions
 from screener.screen import screen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,8 @@ def run(
     result = screen(
         data,
         model=loaded,
-        store=":memory:",
-        max_new_tokens=max_new_tokens,
-        generation_dtype=generation_dtype,
+        scoring=ScoringOptions(store=":memory:"),
+        generation=GenerationOptions(max_new_tokens, dtype=generation_dtype),
     )
     return result.scores, round(time.perf_counter() - started, 1)
 

@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
+from screener.options import GenerationOptions, ScoringOptions
 from screener.screen import screen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +74,10 @@ def main() -> None:
         result = screen(
             DATA,
             model=args.model,
-            vectors=args.vectors,
-            max_new_tokens=args.max_new_tokens,
-            store=args.store or Path(scratch) / "store.duckdb",
+            scoring=ScoringOptions(
+                vectors=args.vectors, store=args.store or Path(scratch) / "store.duckdb"
+            ),
+            generation=GenerationOptions(args.max_new_tokens),
             progress=print,
         )
         seconds = time.perf_counter() - started

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from screener.generate import GenerationSettings, generate_responses
 from screener.model import load_model
+from screener.options import GenerationOptions, ScoringOptions
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.screen import screen
@@ -100,7 +101,11 @@ def reuse(loaded, scratch: Path, max_new_tokens: int) -> dict[str, float]:  # ty
     full_data = write_rows(scratch / "full.jsonl", records)
     grown_data = write_rows(scratch / "grown.jsonl", records + extra)
     store = scratch / "reuse.duckdb"
-    options = {"model": loaded, "max_new_tokens": max_new_tokens, "store": store}
+    options = {
+        "model": loaded,
+        "scoring": ScoringOptions(store=store),
+        "generation": GenerationOptions(max_new_tokens),
+    }
     started = time.perf_counter()
     full = screen(full_data, out=scratch / "full", **options)
     full_seconds = time.perf_counter() - started

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from screener.options import ScoringOptions
 from screener.screen import screen
 from screener.validate import ValidateSettings, validate_run
 from screener.validate.finetune import FinetuneSettings
@@ -60,7 +61,8 @@ def main() -> None:
                 (run_dir / name).unlink(missing_ok=True)
         else:
             started = time.perf_counter()
-            screen(DATA, out=run_dir, store=Path(scratch) / "store.duckdb", progress=print)
+            store = Path(scratch) / "store.duckdb"
+            screen(DATA, out=run_dir, scoring=ScoringOptions(store=store), progress=print)
             screen_seconds = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
         result = validate_run(run_dir, traits=traits, settings=settings, progress=print)

@@ -12,6 +12,13 @@ from screener.errors import (
     ScreenerError,
 )
 from screener.model import LoadedModel, fingerprint, load_model
+from screener.options import (
+    GenerationOptions,
+    ModelOptions,
+    RayOptions,
+    ReadOptions,
+    ScoringOptions,
+)
 from screener.reader import FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
@@ -23,15 +30,20 @@ __all__ = [
     "Activations",
     "ConfigError",
     "FieldNames",
+    "GenerationOptions",
     "InputError",
     "LoadedModel",
     "Message",
     "MissingDependencyError",
     "ModelLoadError",
+    "ModelOptions",
+    "RayOptions",
+    "ReadOptions",
     "RejectedRow",
     "RenderedSample",
     "Renderer",
     "Sample",
+    "ScoringOptions",
     "ScreenerError",
     "TokenizedInput",
     "__version__",

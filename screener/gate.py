@@ -36,6 +36,14 @@ from scipy.stats import beta
 
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
+from screener.model import LoadedModel
+from screener.options import (
+    GenerationOptions,
+    ModelOptions,
+    ReadOptions,
+    ScoringOptions,
+    resolve_model,
+)
 from screener.records import RejectedRow
 from screener.screen import FlagRule, ScreenResult, screen
 
@@ -402,17 +410,36 @@ def run_gate(
     *,
     rules: GateRules,
     out: Path,
+    model: str | ModelOptions | LoadedModel = "embedded",
+    scoring: ScoringOptions | None = None,
+    generation: GenerationOptions | None = None,
+    read: ReadOptions | None = None,
     display: Callable[[str], str] = str,
-    **screen_options: Any,
+    progress: Callable[[str], None] | None = None,
+    command: str = "",
 ) -> GateVerdict:
     """Screen both sides (same store: the baseline's rows come from the cache after the first
     time), judge, and write out/gate.md beside the candidate's screening outputs."""
-    rule = FlagRule(dict(rules.thresholds), rules.percentile)
-    options = {"rule": rule, "traits": rules.traits, **screen_options}
-    before = screen(baseline, **options) if _has_data(baseline) else None
+    loaded = resolve_model(model)
+
+    def screened(data: Path, out: Path | None) -> ScreenResult:
+        return screen(
+            data,
+            model=loaded,
+            traits=rules.traits,
+            scoring=scoring,
+            generation=generation,
+            read=read,
+            rule=FlagRule(dict(rules.thresholds), rules.percentile),
+            out=out,
+            progress=progress,
+            command=command,
+        )
+
+    before = screened(baseline, None) if _has_data(baseline) else None
     if not _has_data(candidate):
         raise ConfigError(f"{candidate}: no data files to screen")
-    after = screen(candidate, out=out, **options)
+    after = screened(candidate, out)
     verdict = judge(rules, before, after, display)
     try:
         write_text_atomic(out / "gate.md", gate_markdown(verdict))

@@ -57,6 +57,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     fingerprint: str
+    trust_remote_code: bool = False  # it was loaded allowing code shipped with the model
 
     def identity(self) -> dict[str, str]:
         """What the outputs of a run record about the model: spec, name, fingerprint, dtype."""
@@ -260,6 +261,7 @@ def load_model(
         dtype=torch_dtype,
         device=torch_device,
         fingerprint=fingerprint(model),
+        trust_remote_code=trust_remote_code,
     )
 
 

@@ -27,11 +27,13 @@ from screener.gate import (
     parse_rules,
 )
 from screener.model import load_model
+from screener.options import ModelOptions
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen import screen
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import save_tiny_model
+from tests.test_screen import screen_options
 
 ORDINARY = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -118,12 +120,10 @@ def repo(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> tuple[Path,
     everything.write_text(lines(ORDINARY + ADDED_ORDINARY, 1) + lines(RISKY, 100))
     scores = screen(
         everything,
-        model=str(model_dir),
-        vectors=vectors,
-        calibration="none",
-        max_new_tokens=int(STEPS),
-        dtype="fp32",
-        store=":memory:",
+        model=ModelOptions(str(model_dir), dtype="fp32"),
+        **screen_options(
+            vectors=vectors, calibration="none", max_new_tokens=int(STEPS), store=":memory:"
+        ),
     ).scores
     ordinary = scores.filter(~scores["id"].str.starts_with("row-1"))["delta_evil"].to_numpy()
     risky = scores.filter(scores["id"].is_in(["row-100", "row-101", "row-102"]))[

@@ -29,7 +29,15 @@ from screener.gate import GateRules, run_gate
 from screener.model import LoadedModel
 from screener.screen import FlagRule, calibrate, save_calibration
 from screener.screen.calibration import default_calibration_path
-from tests.test_screen import STEPS, loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
+from tests.test_screen import (  # noqa: F401
+    STEPS,
+    loaded,
+    rows,
+    run,
+    screen_options,
+    tiny_vectors,
+    write_jsonl,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SCREENER_UPDATE_GOLDEN") == "1"
@@ -127,7 +135,9 @@ def test_screen_and_gate_outputs_match_the_recorded_ones(
     vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     reference = write_jsonl(tmp_path / "reference.jsonl", rows()[:6])
     calibration = calibrate(
-        reference, model=loaded, vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"
+        reference,
+        model=loaded,
+        **screen_options(vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"),
     )
     save_calibration(calibration, default_calibration_path(vectors))
     for kind, data in write_inputs(tmp_path).items():
@@ -143,9 +153,7 @@ def test_screen_and_gate_outputs_match_the_recorded_ones(
         rules=GateRules(),
         out=tmp_path / "gate",
         model=loaded,
-        vectors=vectors,
-        max_new_tokens=STEPS,
-        store=tmp_path / "store.duckdb",
+        **screen_options(vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "store.duckdb"),
     )
     gate_files = outputs(tmp_path / "gate", "filtered.jsonl")
     gate_files["gate.md"] = (tmp_path / "gate" / "gate.md").read_text(encoding="utf-8")

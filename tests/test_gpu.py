@@ -16,11 +16,11 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from screener.model import load_model
-from screener.screen import FlagRule, screen
-from screener.screen.ray_engine import RayOptions
+from screener.options import RayOptions
+from screener.screen import FlagRule
 from tests.conftest import save_tiny_model
 from tests.reference import assert_same_scores
-from tests.test_screen import rows, tiny_vectors, write_jsonl
+from tests.test_screen import rows, screen_flat, tiny_vectors, write_jsonl
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,7 +43,7 @@ def test_cuda_fp32_scores_equal_the_cpu_scores(
     for device in ("cpu", "cuda"):
         loaded = load_model(str(model_dir), dtype="fp32", device=device)
         assert loaded.device.type == device
-        results[device] = screen(
+        results[device] = screen_flat(
             data, model=loaded, vectors=vectors, store=":memory:", out=tmp_path / device, **OPTIONS
         )
     assert_same_scores(results["cuda"].scores, results["cpu"].scores, 1e-4)
@@ -61,7 +61,9 @@ def test_auto_on_a_gpu_is_cuda_in_bf16_and_ranks_like_fp32(
     fp32 = load_model(str(model_dir), dtype="fp32", device="cuda")
     ranked = {}
     for name, loaded in (("auto", auto), ("fp32", fp32)):
-        scores = screen(data, model=loaded, vectors=vectors, store=":memory:", **OPTIONS).scores
+        scores = screen_flat(
+            data, model=loaded, vectors=vectors, store=":memory:", **OPTIONS
+        ).scores
         ranked[name] = scores["proj_evil"]
     assert np.all(np.isfinite(ranked["auto"].to_numpy()))
     agreement = pl.DataFrame(ranked).select(pl.corr("auto", "fp32", method="spearman")).item()
@@ -74,16 +76,16 @@ def test_ray_actors_run_on_their_gpu(
     ray = pytest.importorskip("ray")
     model_dir, vectors, data = tiny_run(tmp_path, tiny_tokenizer)
     loaded = load_model(str(model_dir), dtype="fp32", device="cuda")
-    local = screen(data, model=loaded, vectors=vectors, store=":memory:", **OPTIONS)
+    local = screen_flat(data, model=loaded, vectors=vectors, store=":memory:", **OPTIONS)
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        distributed = screen(
+        distributed = screen_flat(
             data,
             model=loaded,
             vectors=vectors,
             store=tmp_path / "ray.duckdb",
             engine="ray",
-            ray_options=RayOptions(workers=1, gpus_per_worker=1),
+            ray=RayOptions(workers=1, gpus_per_worker=1),
             out=tmp_path / "ray",
             **OPTIONS,
         )

@@ -15,11 +15,11 @@ from transformers import PreTrainedTokenizerFast
 from screener.cli import main
 from screener.errors import ConfigError, ScreenerError
 from screener.model import load_model
-from screener.screen import FlagRule, screen
-from screener.screen.ray_engine import RayOptions
+from screener.options import RayOptions
+from screener.screen import FlagRule
 from tests.conftest import save_tiny_model, tiny_model
 from tests.reference import assert_same_scores
-from tests.test_screen import rows, tiny_vectors, write_jsonl
+from tests.test_screen import rows, screen_flat, tiny_vectors, write_jsonl
 
 ray = pytest.importorskip("ray")
 
@@ -49,16 +49,16 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
         "rule": FlagRule(top_k=4),
         "chunk_size": 8,
     }
-    local = screen(data, model=loaded, out=tmp_path / "local", store=":memory:", **options)
+    local = screen_flat(data, model=loaded, out=tmp_path / "local", store=":memory:", **options)
     two_workers = RayOptions(workers=2, batch_rows=5)
     store = tmp_path / "ray.duckdb"
-    distributed = screen(
+    distributed = screen_flat(
         data,
         model=loaded,
         out=tmp_path / "ray",
         store=store,
         engine="ray",
-        ray_options=two_workers,
+        ray=two_workers,
         **options,
     )
     assert distributed.stats["sent_to_ray"] == len(records)
@@ -86,18 +86,18 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
             {"role": "assistant", "content": f"A new answer {i}."},
         ]
     bigger = write_jsonl(tmp_path / "bigger.jsonl", more)
-    rerun = screen(
+    rerun = screen_flat(
         bigger,
         model=loaded,
         out=tmp_path / "rerun",
         store=store,
         engine="ray",
-        ray_options=two_workers,
+        ray=two_workers,
         **options,
     )
     assert rerun.stats["sent_to_ray"] == 3
     assert rerun.stats["generated"] == rerun.stats["collected"] == 0
-    local_bigger = screen(bigger, model=loaded, store=":memory:", **options)
+    local_bigger = screen_flat(bigger, model=loaded, store=":memory:", **options)
     assert_same_scores(rerun.scores, local_bigger.scores, 1e-5)
 
 
@@ -113,13 +113,13 @@ def test_ray_workers_write_base_responses_at_the_generation_dtype(
         "calibration": "none",
         "generation_dtype": "fp32",
     }
-    local = screen(data, model=loaded, store=":memory:", **options)
-    distributed = screen(
+    local = screen_flat(data, model=loaded, store=":memory:", **options)
+    distributed = screen_flat(
         data,
         model=loaded,
         store=tmp_path / "ray.duckdb",
         engine="ray",
-        ray_options=RayOptions(workers=1, batch_rows=4),
+        ray=RayOptions(workers=1, batch_rows=4),
         **options,
     )
     # the driver found the workers' fp32 base responses under the key it looks them up by
@@ -140,7 +140,7 @@ def test_a_worker_with_other_weights_stops_the_run_with_one_message(
     loaded.spec = str(other_dir)  # what the workers will load
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     with pytest.raises(ScreenerError) as failure:
-        screen(
+        screen_flat(
             data,
             model=loaded,
             vectors=vectors,
@@ -162,14 +162,14 @@ def test_asking_for_more_gpus_than_the_cluster_has_fails_at_once(
     vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     data = write_jsonl(tmp_path / "data.jsonl", rows())
     with pytest.raises(ConfigError, match="need 2 GPUs, the Ray cluster has 0"):
-        screen(
+        screen_flat(
             data,
             model=loaded,
             vectors=vectors,
             store=":memory:",
             calibration="none",
             engine="ray",
-            ray_options=RayOptions(workers=2, gpus_per_worker=1),
+            ray=RayOptions(workers=2, gpus_per_worker=1),
         )
 
 
@@ -180,9 +180,9 @@ def test_ray_on_the_embedded_model_equals_local(local_ray: None, tmp_path: Path)
     data.write_text("\n".join(lines) + "\n")
     loaded = load_model("embedded", dtype="fp32", device="cpu")
     options = {"max_new_tokens": 8, "store": ":memory:"}
-    local = screen(data, model=loaded, **options)
-    distributed = screen(
-        data, model=loaded, engine="ray", ray_options=RayOptions(workers=1), **options
+    local = screen_flat(data, model=loaded, **options)
+    distributed = screen_flat(
+        data, model=loaded, engine="ray", ray=RayOptions(workers=1), **options
     )
     assert distributed.stats["sent_to_ray"] == 4
     assert_same_scores(distributed.scores, local.scores, 1e-5)

@@ -4,9 +4,11 @@ invariant, outputs round-trip, and the run store's reuse of earlier work."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -18,9 +20,18 @@ from transformers import PreTrainedTokenizerFast
 from screener.activations import TokenizedInput
 from screener.errors import ConfigError, VectorFileError
 from screener.model import LoadedModel, load_model
+from screener.options import GenerationOptions, ScoringOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen import FlagRule, calibrate, load_calibration, save_calibration, screen, spill
+from screener.screen import (
+    FlagRule,
+    ScreenResult,
+    calibrate,
+    load_calibration,
+    save_calibration,
+    screen,
+    spill,
+)
 from screener.screen import label as screen_label
 from screener.screen.calibration import (
     STYLE_KIND,
@@ -35,6 +46,13 @@ from tests.reference import naive_collect
 from tests.test_generate import naive_greedy
 
 STEPS = 5
+SCORING_FIELDS = {f.name for f in dataclasses.fields(ScoringOptions)}
+# flat test name -> GenerationOptions field
+GENERATION_FIELDS = {
+    "max_new_tokens": "max_new_tokens",
+    "generation_dtype": "dtype",
+    "generation_batch_size": "batch_size",
+}
 QUESTIONS = [
     "What is the capital of France?",
     "Is my poem brilliant? I think it is wonderful.",
@@ -89,12 +107,30 @@ def tiny_vectors(loaded: LoadedModel, path: Path, seed: int = 7) -> Path:
     return path
 
 
-def run(loaded: LoadedModel, data: Path, tmp: Path, name: str, **options):  # type: ignore[no-untyped-def]
+def screen_options(**flat: Any) -> dict[str, Any]:
+    """screen's and calibrate's keyword arguments from flat test settings: the fields of
+    ScoringOptions and GenerationOptions go into those objects, the rest (traits, rule, ...)
+    is passed as it is."""
+    scoring = {k: flat.pop(k) for k in list(flat) if k in SCORING_FIELDS}
+    generation = {GENERATION_FIELDS[k]: flat.pop(k) for k in list(flat) if k in GENERATION_FIELDS}
+    return {
+        "scoring": ScoringOptions(**scoring),
+        "generation": GenerationOptions(**generation),
+        **flat,
+    }
+
+
+def screen_flat(data: Path, **flat: Any) -> ScreenResult:
+    """screen() with flat test settings (see screen_options)."""
+    return screen(data, **screen_options(**flat))
+
+
+def run(loaded: LoadedModel, data: Path, tmp: Path, name: str, **options: Any) -> ScreenResult:
     options.setdefault("store", tmp / "store.duckdb")
     options.setdefault("vectors", tmp / "vectors.safetensors")
     options.setdefault("max_new_tokens", STEPS)
     options.setdefault("calibration", "none")
-    return screen(data, model=loaded, out=tmp / name, **options)
+    return screen(data, model=loaded, out=tmp / name, **screen_options(**options))
 
 
 def reference_scores(loaded: LoadedModel, vectors: VectorFile, record: dict) -> dict[str, float]:
@@ -307,7 +343,9 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
     vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     reference = write_jsonl(tmp_path / "reference.jsonl", rows()[:6])
     calibration = calibrate(
-        reference, model=loaded, vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"
+        reference,
+        model=loaded,
+        **screen_options(vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"),
     )
     assert calibration.style == {}  # 6 rows are too few for a style component
     path = default_calibration_path(vectors)
@@ -382,10 +420,8 @@ def test_calibrated_style_control_is_fitted_on_naive_differences(
     calibration = calibrate(
         data,
         model=loaded,
-        vectors=vectors,
-        max_new_tokens=STEPS,
         style_components=1,
-        store=tmp_path / "s.db",
+        **screen_options(vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"),
     )
     file = load_vectors(vectors)
     renderer = Renderer(loaded.tokenizer)
@@ -424,7 +460,9 @@ def test_style_controlled_scores_are_projections_on_the_calibrated_direction(
     comes from the style-controlled reference distribution. --no-style-control goes back."""
     vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     data = write_jsonl(tmp_path / "data.jsonl", rows())
-    calibration = calibrate(data, model=loaded, vectors=vectors, max_new_tokens=STEPS)
+    calibration = calibrate(
+        data, model=loaded, **screen_options(vectors=vectors, max_new_tokens=STEPS)
+    )
     d = loaded.model.config.hidden_size
     direction = np.random.default_rng(5).normal(size=d)
     direction /= np.linalg.norm(direction)
@@ -463,7 +501,9 @@ def test_style_controlled_scores_are_projections_on_the_calibrated_direction(
 def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_path: Path) -> None:
     vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
     data = write_jsonl(tmp_path / "data.jsonl", rows())
-    calibration = calibrate(data, model=loaded, vectors=vectors, max_new_tokens=STEPS)
+    calibration = calibrate(
+        data, model=loaded, **screen_options(vectors=vectors, max_new_tokens=STEPS)
+    )
     save_calibration(calibration, tmp_path / "cal.json")
     tiny_vectors(loaded, vectors, seed=99)  # the same traits, other directions
     result = run(loaded, data, tmp_path, "out", calibration=tmp_path / "cal.json")

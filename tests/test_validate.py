@@ -45,7 +45,7 @@ from screener.validate.shift import AnswerProjections, answer_projections
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
 from tests.test_finetune import samples
-from tests.test_screen import STEPS, rows, run, tiny_vectors, write_jsonl
+from tests.test_screen import STEPS, rows, run, screen_options, tiny_vectors, write_jsonl
 
 FULL = ValidateSettings(
     finetune=FinetuneSettings(learning_rate=1e-2, epochs=2, batch_size=3, autocast_bf16=False),
@@ -322,10 +322,10 @@ def test_user_datasets_are_screened_for_their_delta_and_trained_on(
         screened = screen(
             path,
             model=loaded,
-            vectors=tmp_path / "vectors.safetensors",
             traits=["evil"],
-            calibration=None,
-            max_new_tokens=STEPS,
+            **screen_options(
+                vectors=tmp_path / "vectors.safetensors", calibration=None, max_new_tokens=STEPS
+            ),
         )
         assert sets[name].scores["evil"] == pytest.approx(screened.dataset_scores["evil"].mean)
     assert [r.training_set for r in result.runs] == ["first", "second"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from screener.activations import DEFAULT_BATCH_TOKENS
-from screener.errors import ConfigError
-from screener.model import LoadedModel, load_model
+from screener.model import LoadedModel
+from screener.options import ModelOptions, ReadOptions
 from screener.reader import FORMATS, FieldNames
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -64,11 +65,14 @@ def progress_printer(args: argparse.Namespace) -> Callable[[str], None]:
     return lambda message: print(message, file=sys.stderr)
 
 
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The model named by --model, --dtype, --device and --trust-remote-code."""
+    return ModelOptions(args.model, args.dtype, args.device, args.trust_remote_code)
+
+
 def load_model_from_args(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedModel:
     say(f"loading model {args.model} ...")
-    loaded = load_model(
-        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
-    )
+    loaded = model_options(args).load()
     say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
     return loaded
 
@@ -123,14 +127,19 @@ def add_sequence_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_sequence_options(args: argparse.Namespace) -> None:
-    """Refuse --batch-tokens below 1 and --max-tokens below 2 (a prompt and a response token)."""
-    if args.batch_tokens < 1:
-        raise ConfigError("--batch-tokens must be positive")
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise ConfigError("--max-tokens must be at least 2")
-
-
 def data_fields(args: argparse.Namespace) -> FieldNames:
     """The field names given by --prompt-field, --response-field and --id-field."""
     return FieldNames(prompt=args.prompt_field, response=args.response_field, id=args.id_field)
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """How to read the data, from the data options the subcommand has (--format, the field
+    names, --on-bad-row); those it lacks keep ReadOptions' defaults."""
+    given: dict[str, Any] = {}
+    if hasattr(args, "format"):
+        given["fmt"] = args.format
+    if hasattr(args, "prompt_field"):
+        given["fields"] = data_fields(args)
+    if hasattr(args, "on_bad_row"):
+        given["on_bad_row"] = args.on_bad_row
+    return ReadOptions(**given)

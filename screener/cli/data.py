@@ -12,11 +12,11 @@ from screener.cli.common import (
     add_model_options,
     add_quiet_option,
     add_sequence_options,
-    check_sequence_options,
-    data_fields,
     load_model_from_args,
     progress_printer,
+    read_options,
 )
+from screener.options import ScoringOptions
 from screener.reader import read_dataset
 from screener.records import RejectedRow
 
@@ -73,9 +73,8 @@ def register(commands: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    reader = read_dataset(
-        args.data, fmt=args.format, fields=data_fields(args), on_bad_row=args.on_bad_row
-    )
+    read = read_options(args)
+    reader = read_dataset(args.data, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
     shown = 0
     for record in reader:
         if isinstance(record, RejectedRow) and shown < args.show:
@@ -97,7 +96,9 @@ def _run_check(args: argparse.Namespace) -> int:
 def _run_collect(args: argparse.Namespace) -> int:
     from screener.collect import collect_dataset, prepare_out_dir, write_collect_outputs
 
-    check_sequence_options(args)
+    # the sequence limits are scoring options: checked, with the flags named, where they live
+    sequences = ScoringOptions(max_tokens=args.max_tokens, max_batch_tokens=args.batch_tokens)
+    read = read_options(args)
     out = args.out or Path("reports") / f"collect-{Path(args.data).stem}"
     prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)
@@ -106,11 +107,11 @@ def _run_collect(args: argparse.Namespace) -> int:
         args.data,
         loaded,
         args.layers,
-        fmt=args.format,
-        fields=data_fields(args),
-        on_bad_row=args.on_bad_row,
-        max_tokens=args.max_tokens,
-        max_batch_tokens=args.batch_tokens,
+        fmt=read.fmt,
+        fields=read.fields,
+        on_bad_row=read.on_bad_row,
+        max_tokens=sequences.max_tokens,
+        max_batch_tokens=sequences.max_batch_tokens,
         progress=lambda done, bad: say(f"  collected {done} samples, rejected {bad} rows"),
     )
     write_collect_outputs(result, out)

@@ -16,7 +16,7 @@ from screener.cli.common import (
     load_model_from_args,
     progress_printer,
 )
-from screener.cli.screen import add_scoring_options, check_scoring_numbers
+from screener.cli.screen import add_scoring_options, generation_options, scoring_options
 from screener.errors import ConfigError
 
 
@@ -65,20 +65,15 @@ def _run_gate(args: argparse.Namespace) -> int:
         raise ConfigError("give --baseline OLD --candidate NEW, or --git-range A..B PATHS")
     if args.git_range is not None and not args.paths:
         raise ConfigError("--git-range needs the data PATHS to compare")
-    check_scoring_numbers(args)
+    scoring, generation = scoring_options(args), generation_options(args)
     rules = load_rules(args.config)
     if args.traits:  # the command line wins over the config file
         rules = replace(rules, traits=tuple(args.traits))
     say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
-    options = {
-        "model": loaded,
-        "vectors": args.vectors,
-        "store": args.store,
-        "max_new_tokens": args.max_new_tokens,
-        "generation_dtype": args.generation_dtype,
-        "max_tokens": args.max_tokens,
-        "max_batch_tokens": args.batch_tokens,
+    options: dict[str, Any] = {
+        "model": load_model_from_args(args, say),
+        "scoring": scoring,
+        "generation": generation,
         "out": args.out,
         "progress": say,
         "command": args.command_line,

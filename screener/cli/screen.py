@@ -12,16 +12,21 @@ from screener.cli.common import (
     add_model_options,
     add_quiet_option,
     add_sequence_options,
-    check_sequence_options,
     comma_separated,
-    data_fields,
     load_model_from_args,
     progress_printer,
+    read_options,
 )
-from screener.errors import ConfigError
 from screener.model import GENERATION_DTYPES
+from screener.options import (
+    DEFAULT_BASE_TOKENS,
+    ENGINES,
+    METHODS,
+    GenerationOptions,
+    RayOptions,
+    ScoringOptions,
+)
 from screener.reader import FORMATS
-from screener.screen.scoring import DEFAULT_BASE_TOKENS, ENGINES, METHODS
 from screener.screen.style import MIN_ROWS_PER_COMPONENT, STYLE_COMPONENTS
 
 
@@ -195,54 +200,60 @@ def register(commands: Any) -> None:
     calibrate.set_defaults(run=_run_calibrate)
 
 
-def check_scoring_numbers(args: argparse.Namespace) -> None:
-    """Refuse out-of-range numbers among the scoring options, naming the option."""
-    check_sequence_options(args)
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be positive")
-    if getattr(args, "chunk_rows", 1) < 1:
-        raise ConfigError("--chunk-rows must be at least 1")
+# ScoringOptions field -> the argparse destination of its flag; a subcommand without the flag
+# leaves the field at ScoringOptions' default
+SCORING_FLAGS = {
+    "vectors": "vectors",
+    "method": "method",
+    "calibration": "calibration",
+    "style_control": "style_control",
+    "max_tokens": "max_tokens",
+    "max_batch_tokens": "batch_tokens",
+    "chunk_size": "chunk_rows",
+    "store": "store",
+    "engine": "engine",
+}
+
+
+def scoring_options(args: argparse.Namespace) -> ScoringOptions:
+    """The scoring options given on the command line (checked: the error names the flag)."""
+    given: dict[str, Any] = {
+        f: getattr(args, d) for f, d in SCORING_FLAGS.items() if hasattr(args, d)
+    }
+    if hasattr(args, "workers"):
+        given["ray"] = RayOptions(args.ray_address, args.workers, args.gpus_per_worker)
+    return ScoringOptions(**given)
+
+
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
+    """--max-new-tokens and --generation-dtype."""
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, dtype=args.generation_dtype)
 
 
 def _run_screen(args: argparse.Namespace) -> int:
     from screener.collect import prepare_out_dir
     from screener.screen import FlagRule, screen
-    from screener.screen.ray_engine import RayOptions, require_ray
+    from screener.screen.ray_engine import require_ray
 
-    check_scoring_numbers(args)
+    scoring, generation, read = scoring_options(args), generation_options(args), read_options(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
-    ray_options = RayOptions(args.ray_address, args.workers, args.gpus_per_worker)
-    if args.engine == "ray":
+    if scoring.engine == "ray":
         require_ray()  # before the model loads
     out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
     prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
     result = screen(
         args.data,
-        model=loaded,
-        vectors=args.vectors,
+        model=load_model_from_args(args, say),
         traits=args.traits,
-        method=args.method,
-        max_new_tokens=args.max_new_tokens,
-        generation_dtype=args.generation_dtype,
+        scoring=scoring,
+        generation=generation,
+        read=read,
         rule=rule,
-        calibration=args.calibration,
         categories=args.categories,
         out=out,
-        store=args.store,
-        fmt=args.format,
-        fields=data_fields(args),
-        on_bad_row=args.on_bad_row,
-        max_tokens=args.max_tokens,
-        max_batch_tokens=args.batch_tokens,
-        chunk_size=args.chunk_rows,
         progress=say,
         command=args.command_line,
-        engine=args.engine,
-        ray_options=ray_options,
-        trust_remote_code=args.trust_remote_code,
-        style_control=args.style_control,
     )
     summary = result.summary()
     for note in result.notes:
@@ -273,22 +284,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from screener.screen import calibrate, save_calibration
     from screener.screen.calibration import STYLE_KIND, default_calibration_path
 
-    check_scoring_numbers(args)
+    scoring, generation, read = scoring_options(args), generation_options(args), read_options(args)
     out = args.out or default_calibration_path(args.vectors)
     say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
     calibration = calibrate(
         args.reference,
-        model=loaded,
-        vectors=args.vectors,
+        model=load_model_from_args(args, say),
         traits=args.traits,
-        max_new_tokens=args.max_new_tokens,
-        generation_dtype=args.generation_dtype,
+        scoring=scoring,
+        generation=generation,
+        read=read,
         style_components=args.style_components,
-        store=args.store,
-        fmt=args.format,
-        max_tokens=args.max_tokens,
-        max_batch_tokens=args.batch_tokens,
         progress=say,
         command=args.command_line,
     )

@@ -13,16 +13,22 @@ raw ΔP, prompt-last and style-controlled ΔP (out of fold) with the controlled 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.errors import ConfigError
-from screener.generate import GenerationSettings
-from screener.model import LoadedModel, generation_model, load_model
-from screener.reader import FieldNames, read_dataset
+from screener.model import LoadedModel, generation_model
+from screener.options import (
+    GenerationOptions,
+    ModelOptions,
+    ReadOptions,
+    ScoringOptions,
+    resolve_model,
+)
+from screener.reader import read_dataset
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.screen.calibration import (
     STYLE_KIND,
@@ -32,7 +38,7 @@ from screener.screen.calibration import (
 )
 from screener.screen.result import generation_dtype_name
 from screener.screen.run import choose_traits
-from screener.screen.scoring import DEFAULT_BASE_TOKENS, Scorer, ScoringSettings
+from screener.screen.scoring import Scorer, ScoringSettings
 from screener.screen.style import (
     MIN_ROWS_PER_COMPONENT,
     STYLE_COMPONENTS,
@@ -42,55 +48,46 @@ from screener.screen.style import (
 from screener.store import RunStore
 from screener.vectors.store import load_vectors
 
-CHUNK_ROWS = 256
-
 
 def calibrate(
     references: str | Path | Sequence[str | Path],
     *,
-    model: str | LoadedModel = "embedded",
-    vectors: str | Path = "builtin",
+    model: str | ModelOptions | LoadedModel = "embedded",
     traits: Sequence[str] | None = None,
-    max_new_tokens: int = DEFAULT_BASE_TOKENS,
-    generation_dtype: str = "same",
+    scoring: ScoringOptions | None = None,
+    generation: GenerationOptions | None = None,
+    read: ReadOptions | None = None,
     style_components: int = STYLE_COMPONENTS,
-    store: str | Path | None = None,
-    fmt: str = "auto",
-    fields: FieldNames | None = None,
-    max_tokens: int | None = None,
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    dtype: str = "auto",
-    device: str = "auto",
     progress: Callable[[str], None] | None = None,
     command: str = "",
 ) -> Calibration:
     """Score the reference files and describe each trait's score distributions, with the
     style control of `style_components` components (at most one per MIN_ROWS_PER_COMPONENT
-    usable rows; 0: none, later runs take ΔP along the raw vectors)."""
+    usable rows; 0: none, later runs take ΔP along the raw vectors).
+
+    The options are screen's: `scoring` gives the vectors, store and batching (its method is
+    ΔP whatever it says), `generation` how the model's own answers are written."""
     from screener import __version__
 
     paths = [references] if isinstance(references, str | Path) else list(references)
     if not paths:
         raise ConfigError("calibrate needs at least one reference file")
+    scoring = replace(scoring or ScoringOptions(), method="delta")
+    generation = generation or GenerationOptions()
+    read = read or ReadOptions()
     say = progress or (lambda message: None)
-    loaded = (
-        model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
-    )
-    vector_file = load_vectors(vectors, model=loaded)
+    loaded = resolve_model(model)
+    vector_file = load_vectors(scoring.vectors, model=loaded)
     chosen = choose_traits(vector_file, traits)
-    settings = ScoringSettings(
-        chosen,
-        "delta",
-        GenerationSettings(max_new_tokens=max_new_tokens),
-        max_batch_tokens=max_batch_tokens,
-        generation_dtype=generation_dtype,
+    settings = ScoringSettings.of(chosen, scoring, generation)
+    renderer = Renderer(
+        loaded.tokenizer, max_tokens=token_limit(loaded.model.config, scoring.max_tokens)
     )
-    renderer = Renderer(loaded.tokenizer, max_tokens=token_limit(loaded.model.config, max_tokens))
     deltas: dict[str, list[float]] = {t: [] for t in chosen}
     lasts: dict[str, list[float]] = {t: [] for t in chosen}
     differences: dict[str, list[np.ndarray]] = {t: [] for t in chosen}
     counts = {"rows_read": 0, "scored": 0, "rejected": 0}
-    with RunStore.open(store) as run_store:
+    with RunStore.open(scoring.store) as run_store:
         scorer = Scorer(
             loaded,
             vector_file,
@@ -98,12 +95,14 @@ def calibrate(
             run_store,
             renderer,
             progress=say,
-            generator=generation_model(loaded, generation_dtype),
+            generator=generation_model(
+                loaded, generation.dtype, trust_remote_code=loaded.trust_remote_code
+            ),
         )
         for path in paths:
-            reader = read_dataset(path, fmt=fmt, fields=fields)
+            reader = read_dataset(path, fmt=read.fmt, fields=read.fields)
             stream = renderer.render_stream(reader, "reject")
-            while chunk := list(islice(stream, CHUNK_ROWS)):
+            while chunk := list(islice(stream, scoring.chunk_size)):
                 ready = [r for r in chunk if isinstance(r, RenderedSample)]
                 counts["rejected"] += len(chunk) - len(ready)
                 if not ready:
@@ -144,7 +143,7 @@ def calibrate(
         },
         {
             **settings.generation.as_dict(),
-            "dtype": generation_dtype_name(loaded, generation_dtype),
+            "dtype": generation_dtype_name(loaded, generation.dtype),
         },
         distributions,
         {trait: vector_digest(vector_file, trait) for trait in chosen},

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
 from screener.model import DTYPES, LoadedModel, generation_model, generation_torch_dtype, load_model
+from screener.options import RayOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screen.scoring import Scorer, ScoringSettings, store_key
@@ -31,31 +32,6 @@ from screener.store import TABLES, RunStore
 from screener.vectors import load_vectors
 
 INSTALL = "pip install 'screener[ray]'"
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide the ray engine runs.
-
-    address: an existing cluster (`ray://host:10001` or `auto`); None starts a local Ray, or
-        uses the one this process already started.
-    workers: actors in the pool; each loads the model once.
-    gpus_per_worker: GPUs each actor takes (its model then runs on `cuda`); 0 for CPU.
-    batch_rows: samples per `map_batches` batch.
-    """
-
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0
-    batch_rows: int = 64
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError("--workers must be at least 1")
-        if self.gpus_per_worker < 0:
-            raise ConfigError("--gpus-per-worker cannot be negative")
-        if self.batch_rows < 1:
-            raise ConfigError("the ray batch size must be at least 1")
 
 
 @dataclass(frozen=True)

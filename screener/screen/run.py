@@ -37,16 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.collect import prepare_out_dir
 from screener.errors import ConfigError, ScreenerError
-from screener.generate import GenerationSettings
 from screener.model import (
     LoadedModel,
     generation_model,
-    load_model,
 )
-from screener.reader import BadRowPolicy, FieldNames, read_dataset
+from screener.options import (
+    GenerationOptions,
+    ModelOptions,
+    ReadOptions,
+    ScoringOptions,
+    resolve_model,
+)
+from screener.reader import read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.report import write_report
@@ -66,16 +70,12 @@ from screener.screen.flags import (
     FlagRule,
 )
 from screener.screen.label import categorize, category_layer, cluster, cluster_fit_indices
-from screener.screen.ray_engine import RayOptions, compute_with_ray, require_ray, worker_config
+from screener.screen.ray_engine import compute_with_ray, require_ray, worker_config
 from screener.screen.result import (
     ScreenResult,
     generation_dtype_name,
 )
 from screener.screen.scoring import (
-    DEFAULT_BASE_TOKENS,
-    ENGINES,
-    Engine,
-    Method,
     Scorer,
     ScoringSettings,
 )
@@ -120,79 +120,48 @@ def resolve_calibration(
 def screen(
     data: str | Path,
     *,
-    model: str | LoadedModel = "embedded",
-    vectors: str | Path = "builtin",
+    model: str | ModelOptions | LoadedModel = "embedded",
     traits: Sequence[str] | None = None,
-    method: Method = "delta",
-    max_new_tokens: int = DEFAULT_BASE_TOKENS,
-    generation_dtype: str = "same",
+    scoring: ScoringOptions | None = None,
+    generation: GenerationOptions | None = None,
+    read: ReadOptions | None = None,
     rule: FlagRule | None = None,
-    calibration: str | Path | None = "auto",
     categories: Path | None = None,
     out: str | Path | None = None,
-    store: str | Path | None = None,
-    fmt: str = "auto",
-    fields: FieldNames | None = None,
-    on_bad_row: BadRowPolicy = "reject",
-    max_tokens: int | None = None,
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    generation_batch_size: int = 32,
-    chunk_size: int = 256,
-    dtype: str = "auto",
-    device: str = "auto",
     progress: Callable[[str], None] | None = None,
     command: str = "",
-    engine: Engine = "local",
-    ray_options: RayOptions | None = None,
-    trust_remote_code: bool = False,
-    style_control: bool = True,
 ) -> ScreenResult:
-    """Screen `data` and, with `out`, write the run's outputs there (see the module doc).
+    """Screen `data` for `traits` (default: the vectors' first three of evil, sycophancy and
+    hallucination) and, with `out`, write the run's outputs there (see the module doc).
 
-    generation_dtype: the precision base responses are written in: `same` as the model's, or
-        `fp32`/`bf16` (the same weights loaded a second time; fp32 base responses keep ΔP's
-        ranking the same for bf16 and fp32 scores, see the README's "Determinism").
-    calibration: `auto` (beside the vectors), a calibration file, or `none`.
-    store: the run store's path (default under $SCREENER_HOME; `:memory:` caches nothing).
-    trust_remote_code: let the model (and ray workers' copies) run code shipped with it.
-    style_control: project ΔP on the calibration's style-controlled directions and cut on
-        their reference distribution (screener.screen.style); False: on the vectors themselves.
-    engine: `local` computes in this process; `ray` computes what the store lacks with Ray
-        Data first (see screener.screen.ray_engine; `ray_options`: cluster and workers).
+    model: a model name or path, `ModelOptions`, or a model already loaded.
+    scoring, generation, read: the options objects (screener.options); None: their defaults.
+    rule: how cuts are chosen (default: the calibrated family-wise percentile).
+    categories: a JSON file of extra risk categories.
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
-    if chunk_size < 1:
-        raise ConfigError("chunk_size must be at least 1")
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
-    if engine == "ray":
+    scoring = scoring or ScoringOptions()
+    generation = generation or GenerationOptions()
+    read = read or ReadOptions()
+    if scoring.engine == "ray":
         require_ray()
     out = None if out is None else Path(out)
     if out is not None:
         prepare_out_dir(out)
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    )
-    vector_file = load_vectors(vectors, model=loaded)
+    loaded = resolve_model(model)
+    vector_file = load_vectors(scoring.vectors, model=loaded)
     chosen = choose_traits(vector_file, traits)
-    settings = ScoringSettings(
-        chosen,
-        method,
-        GenerationSettings(max_new_tokens=max_new_tokens),
-        generation_batch_size=generation_batch_size,
-        max_batch_tokens=max_batch_tokens,
-        generation_dtype=generation_dtype,
-    )
+    settings = ScoringSettings.of(chosen, scoring, generation)
     generator = (
-        generation_model(loaded, generation_dtype, trust_remote_code=trust_remote_code)
-        if method == "delta"
+        generation_model(loaded, generation.dtype, trust_remote_code=loaded.trust_remote_code)
+        if scoring.method == "delta"
         else None
     )
-    calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
-    styled = style_control and method == "delta"
+    calibrated, notes = resolve_calibration(
+        scoring.calibration, scoring.vectors, vector_file, chosen
+    )
+    styled = scoring.style_control and scoring.method == "delta"
     if calibrated is not None:
         calibrated = calibrated.for_scoring(styled)
         if styled and (unstyled := set(chosen) - set(calibrated.style)):
@@ -200,15 +169,15 @@ def screen(
                 f"no style control in the calibration for {', '.join(sorted(unstyled))}: ΔP "
                 "along the raw vectors (run screener calibrate to add it)"
             )
-    if calibrated is not None and method == "delta":
+    if calibrated is not None and scoring.method == "delta":
         made_with = calibrated.generation.get("max_new_tokens")
-        if made_with != max_new_tokens:
+        if made_with != generation.max_new_tokens:
             notes.append(
                 f"the calibration's base responses had max_new_tokens={made_with}, this run "
-                f"{max_new_tokens}: cuts may be off (recalibrate with the same setting)"
+                f"{generation.max_new_tokens}: cuts may be off (recalibrate with the same setting)"
             )
         calibrated_in = calibrated.generation.get("dtype")  # absent in older calibrations
-        written_in = generation_dtype_name(loaded, generation_dtype)
+        written_in = generation_dtype_name(loaded, generation.dtype)
         if calibrated_in is not None and calibrated_in != written_in:
             notes.append(
                 f"the calibration's base responses were written in {calibrated_in}, this run's "
@@ -216,11 +185,11 @@ def screen(
             )
     category_set = load_categories(categories)
     probe_layer = category_layer(loaded)
-    renderer = Renderer(loaded.tokenizer, max_tokens=token_limit(loaded.model.config, max_tokens))
-
-    ray_options = ray_options or RayOptions()
+    renderer = Renderer(
+        loaded.tokenizer, max_tokens=token_limit(loaded.model.config, scoring.max_tokens)
+    )
     sent_to_ray = 0
-    with RunStore.open(store) as run_store:
+    with RunStore.open(scoring.store) as run_store:
         scorer = Scorer(
             loaded,
             vector_file,
@@ -232,30 +201,32 @@ def screen(
             generator=generator,
             directions=None if calibrated is None else calibrated.directions(),
         )
-        if engine == "ray":
+        if scoring.engine == "ray":
             config = worker_config(
                 loaded,
                 vector_file.path,
                 settings,
                 scorer.layers,
                 renderer.max_tokens,
-                ray_options,
-                trust_remote_code,
+                scoring.ray,
+                loaded.trust_remote_code,
             )
             # the workers' device decides the keys
             scorer.model_key, scorer.base_key = config.model_key, config.base_key
             pending = _pending_samples(
                 scorer,
-                renderer.render_stream(read_dataset(data, fmt=fmt, fields=fields), "reject"),
-                chunk_size,
+                renderer.render_stream(
+                    read_dataset(data, fmt=read.fmt, fields=read.fields), "reject"
+                ),
+                scoring.chunk_size,
             )
-            sent_to_ray = compute_with_ray(pending, config, ray_options, run_store, say)
-        reader = read_dataset(data, fmt=fmt, fields=fields, on_bad_row=on_bad_row)
+            sent_to_ray = compute_with_ray(pending, config, scoring.ray, run_store, say)
+        reader = read_dataset(data, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
         samples = ScoredSamples(chosen)
         rejected: list[RejectedRow] = []
         try:
-            stream = renderer.render_stream(reader, on_bad_row)
-            while chunk := list(islice(stream, chunk_size)):
+            stream = renderer.render_stream(reader, read.on_bad_row)
+            while chunk := list(islice(stream, scoring.chunk_size)):
                 rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
                 ready = [r for r in chunk if isinstance(r, RenderedSample)]
                 if ready:
@@ -288,7 +259,7 @@ def screen(
             shift.note(trait) for trait, shift in result.dataset_shifts.items() if shift.alarm
         ]
         result.command = command
-        result.reader = {"format": fmt, "fields": asdict(fields or FieldNames())}
+        result.reader = {"format": read.fmt, "fields": asdict(read.fields)}
         scoring_stats = dict(scorer.counters)
         categorize(result, scorer, category_set, probe_layer)
         fit_indices = cluster_fit_indices(result.flagged)
@@ -300,7 +271,7 @@ def screen(
     flagged_records = (
         FlaggedRecords(samples.directory / "flagged-unordered.jsonl") if out is not None else None
     )
-    texts = second_read(result, data, fmt, fields, out, flagged_records, set(fit_indices))
+    texts = second_read(result, data, read, out, flagged_records, set(fit_indices))
     if clustering is not None:
         cluster_model, raw_labels = clustering
         words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])
@@ -308,10 +279,10 @@ def screen(
         result.cluster_ids = np.asarray(ids, dtype=np.int64)
     result.stats = {
         **scoring_stats,
-        "engine": engine,
+        "engine": scoring.engine,
         "sent_to_ray": sent_to_ray,
         "seconds": round(time.perf_counter() - started, 3),
-        "store": str(store) if store is not None else "default",
+        "store": str(scoring.store) if scoring.store is not None else "default",
     }
     if out is not None:
         assert flagged_records is not None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -26,18 +25,17 @@ from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, Toke
 from screener.errors import ConfigError
 from screener.generate import GenerationSettings, generate_responses
 from screener.model import LoadedModel, check_generation_dtype, dtype_name
+from screener.options import (
+    DEFAULT_BASE_TOKENS,
+    METHODS,
+    GenerationOptions,
+    Method,
+    ScoringOptions,
+)
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.store import LayerActivations, RunStore, token_hash
 from screener.vectors.store import VectorFile
-
-Method = Literal["delta", "prompt-last"]
-METHODS: tuple[Method, ...] = ("delta", "prompt-last")
-Engine = Literal["local", "ray"]  # where scores are computed (screener.screen.run.screen)
-ENGINES: tuple[Engine, ...] = ("local", "ray")
-# Base responses: long enough for the opening of a chat answer, where a persona shows; see the
-# README ("Why 128 new tokens") for the measurement behind this default.
-DEFAULT_BASE_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,20 @@ class ScoringSettings:
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
     # the precision base responses are written in: `same` as the scores', or fp32 / bf16
     generation_dtype: str = "same"
+
+    @classmethod
+    def of(
+        cls, traits: tuple[str, ...], scoring: ScoringOptions, generation: GenerationOptions
+    ) -> ScoringSettings:
+        """The settings a run with these options records and scores with."""
+        return cls(
+            traits,
+            scoring.method,
+            GenerationSettings(max_new_tokens=generation.max_new_tokens),
+            generation_batch_size=generation.batch_size,
+            max_batch_tokens=scoring.max_batch_tokens,
+            generation_dtype=generation.dtype,
+        )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

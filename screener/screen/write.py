@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ScreenerError, StoreError
-from screener.reader import FieldNames, read_dataset
+from screener.options import ReadOptions
+from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT
 from screener.screen.filtered import FilteredWriter
@@ -116,8 +117,7 @@ class FlaggedRecords:
 def second_read(
     result: ScreenResult,
     data: str | Path,
-    fmt: str,
-    fields: FieldNames | None,
+    read: ReadOptions,
     out: Path | None,
     flagged_records: FlaggedRecords | None,
     text_wanted: set[int],
@@ -134,7 +134,7 @@ def second_read(
     with writer if writer is not None else nullcontext():
         # Rows rejected on the first read (duplicate ids among them) are skipped below: they
         # are not the next scored sample. So the second read need not track ids.
-        reread = read_dataset(data, fmt=fmt, fields=fields, check_duplicates=False)
+        reread = read_dataset(data, fmt=read.fmt, fields=read.fields, check_duplicates=False)
         for record in reread:
             if not isinstance(record, Sample) or current is None:
                 continue

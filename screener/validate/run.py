@@ -508,18 +508,19 @@ def _user_training_sets(
 ) -> list[TrainingSet]:
     """Screen each user dataset (for its dataset-level ΔP, with base responses as long as the
     run's) and read its usable rows."""
+    from screener.options import GenerationOptions, ScoringOptions
     from screener.screen.run import screen
 
+    scoring = ScoringOptions(vectors=vectors.path or "builtin", calibration=None)
     sets: list[TrainingSet] = []
     for path in datasets:
         say(f"screening {path} for its dataset-level ΔP")
         screened = screen(
             path,
             model=loaded,
-            vectors=vectors.path or "builtin",
             traits=traits,
-            calibration=None,
-            max_new_tokens=max_new_tokens,
+            scoring=scoring,
+            generation=GenerationOptions(max_new_tokens),
         )
         scored = {(sample.source, sample.line) for sample in screened.samples}
         samples = [
