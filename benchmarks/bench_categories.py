@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_categories.py [--model embedded] [--store PATH]
 
-Trains the probe exactly as a screen does (screener/screen/categories.json: the categories'
+Trains the probe exactly as a screen does (screener/screening/categories.json: the categories'
 example prompts and the ordinary prompts as `other`, last-prompt-token activations at the
 category layer) and labels benchmarks/data/category_prompts.jsonl: 300 prompts written for
 the purpose, disjoint from the training examples, 40 per category and 100 ordinary (`other`).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from screener.model import load_model
 from screener.render import Renderer
-from screener.screen.categories import (
+from screener.screening.categories import (
     CATEGORY_MIN_PROBABILITY,
     OTHER,
     UNCERTAIN,
@@ -35,9 +35,9 @@ from screener.screen.categories import (
     load_categories,
     training_labels,
 )
-from screener.screen.label import category_layer, probe_features
-from screener.screen.run import DEFAULT_TRAITS
-from screener.screen.scoring import Scorer, ScoringSettings
+from screener.screening.label import category_layer, probe_features
+from screener.screening.run import DEFAULT_TRAITS
+from screener.screening.scoring import Scorer, ScoringSettings
 from screener.store import RunStore
 from screener.vectors.store import load_vectors
 

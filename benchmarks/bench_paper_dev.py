@@ -42,11 +42,11 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from screener.gate import GateRules, run_gate
+from screener.gating import GateRules, run_gate
 from screener.model import cpu_supports_bf16, dtype_name, load_model
 from screener.options import ScoringOptions
-from screener.screen import screen
-from screener.validate import validate_run
+from screener.screening import screen
+from screener.validation import validate_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "paper-dev"

@@ -37,7 +37,7 @@ import polars as pl
 
 from screener.model import load_model
 from screener.options import GenerationOptions, ScoringOptions
-from screener.screen import screen
+from screener.screening import screen
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"

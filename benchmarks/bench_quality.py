@@ -36,7 +36,7 @@ import polars as pl
 from sklearn.metrics import roc_auc_score
 
 from screener.options import GenerationOptions, ScoringOptions
-from screener.screen import screen
+from screener.screening import screen
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"

@@ -33,7 +33,7 @@ from screener.model import load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.reader import read_dataset
 from screener.records import Sample
-from screener.screen import screen
+from screener.screening import screen
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"

@@ -25,9 +25,9 @@ import numpy as np
 from screener.model import load_model
 from screener.reader import read_dataset
 from screener.render import RenderedSample, Renderer
-from screener.screen.run import DEFAULT_TRAITS
-from screener.screen.scoring import Scorer, ScoringSettings
-from screener.screen.style import (
+from screener.screening.run import DEFAULT_TRAITS
+from screener.screening.scoring import Scorer, ScoringSettings
+from screener.screening.style import (
     MIN_ROWS_PER_COMPONENT,
     fit_style_control,
     out_of_fold_scores,

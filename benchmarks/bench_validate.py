@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from screener.options import ScoringOptions
-from screener.screen import screen
-from screener.validate import ValidateSettings, validate_run
-from screener.validate.finetune import FinetuneSettings
-from screener.validate.run import DEFAULT_LEARNING_RATES
+from screener.screening import screen
+from screener.validation import ValidateSettings, validate_run
+from screener.validation.finetune import FinetuneSettings
+from screener.validation.run import DEFAULT_LEARNING_RATES
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from screener.errors import ConfigError
-from screener.screen.categories import (
+from screener.screening.categories import (
     OTHER,
     CategoryProbe,
     cluster_samples,

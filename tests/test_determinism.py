@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from screener.model import LoadedModel
-from screener.screen import FlagRule
+from screener.screening import FlagRule
 from tests.reference import assert_same_scores
 from tests.test_resume import COMPARED
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl

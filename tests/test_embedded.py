@@ -17,7 +17,7 @@ from screener.reader import read_dataset
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.traits import load_pack
-from screener.validate.shift import answer_projections
+from screener.validation.shift import answer_projections
 from screener.vectors import load_vectors
 from tests.reference import naive_collect
 

@@ -13,7 +13,7 @@ import pytest
 from screener.cli import main
 from screener.export import export_run
 from screener.model import LoadedModel
-from screener.screen import FlagRule
+from screener.screening import FlagRule
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
 
 

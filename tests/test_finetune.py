@@ -9,8 +9,8 @@ from transformers import PreTrainedTokenizerFast
 
 from screener.errors import ConfigError
 from screener.records import Message, Sample
-from screener.validate import finetune as finetune_module
-from screener.validate.finetune import (
+from screener.validation import finetune as finetune_module
+from screener.validation.finetune import (
     IGNORE_INDEX,
     FinetuneSettings,
     Steer,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from screener.errors import ConfigError
-from screener.screen.calibration import Distribution
-from screener.screen.flags import (
+from screener.screening.calibration import Distribution
+from screener.screening.flags import (
     DATASET_SHIFT_ALARM,
     Cut,
     FlagRule,

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.cli import main
 from screener.errors import ConfigError
-from screener.gate import (
+from screener.gating import (
     GateRules,
     added_rejections,
     flag_rate_lower_bound,
@@ -30,7 +30,7 @@ from screener.model import load_model
 from screener.options import ModelOptions
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen import screen
+from screener.screening import screen
 from screener.vectors import TraitVector, VectorFile, save_vectors
 from tests.conftest import save_tiny_model
 from tests.test_screen import screen_options

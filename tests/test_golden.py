@@ -25,10 +25,10 @@ import torch
 import transformers
 
 from screener import __version__
-from screener.gate import GateRules, run_gate
+from screener.gating import GateRules, run_gate
 from screener.model import LoadedModel
-from screener.screen import FlagRule, calibrate, save_calibration
-from screener.screen.calibration import default_calibration_path
+from screener.screening import FlagRule, calibrate, save_calibration
+from screener.screening.calibration import default_calibration_path
 from tests.test_screen import (  # noqa: F401
     STEPS,
     loaded,

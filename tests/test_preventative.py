@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments
 
 from screener.layers import find_layout, tap
-from screener.validate.preventative import PreventativeSteeringCallback, preventative_steering
+from screener.validation.preventative import PreventativeSteeringCallback, preventative_steering
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded, tiny_model
 from tests.test_finetune import assert_steering_changed_training_and_left_no_trace

@@ -16,7 +16,7 @@ from screener.cli import main
 from screener.errors import ConfigError, ScreenerError
 from screener.model import load_model
 from screener.options import RayOptions
-from screener.screen import FlagRule
+from screener.screening import FlagRule
 from tests.conftest import save_tiny_model, tiny_model
 from tests.reference import assert_same_scores
 from tests.test_screen import rows, screen_flat, tiny_vectors, write_jsonl

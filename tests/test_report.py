@@ -15,7 +15,7 @@ import pytest
 from screener.cli import main
 from screener.model import LoadedModel
 from screener.report import write_report
-from screener.screen import FlagRule
+from screener.screening import FlagRule
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
 
 PAYLOADS = [

@@ -23,7 +23,7 @@ from screener.model import LoadedModel, load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen import (
+from screener.screening import (
     FlagRule,
     ScreenResult,
     calibrate,
@@ -32,14 +32,14 @@ from screener.screen import (
     screen,
     spill,
 )
-from screener.screen import label as screen_label
-from screener.screen.calibration import (
+from screener.screening import label as screen_label
+from screener.screening.calibration import (
     STYLE_KIND,
     Distribution,
     default_calibration_path,
 )
-from screener.screen.flags import DATASET_SHIFT_ALARM, bootstrap_mean, family_percentile
-from screener.screen.style import StyleControl, fit_style_control, out_of_fold_scores
+from screener.screening.flags import DATASET_SHIFT_ALARM, bootstrap_mean, family_percentile
+from screener.screening.style import StyleControl, fit_style_control, out_of_fold_scores
 from screener.vectors import TraitVector, VectorFile, load_vectors, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
 from tests.reference import naive_collect

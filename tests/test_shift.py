@@ -12,7 +12,7 @@ from screener.activations import TokenizedInput
 from screener.generate import GenerationSettings
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.validate.shift import (
+from screener.validation.shift import (
     AnswerProjections,
     answer_projections,
     shift_standard_error,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from screener.screen.scoring import ScoredSample
-from screener.screen.spill import ScoredSamples, remove_orphans
+from screener.screening.scoring import ScoredSample
+from screener.screening.spill import ScoredSamples, remove_orphans
 
 TRAITS = ("evil", "sycophancy")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from screener.errors import ConfigError
-from screener.screen.style import (
+from screener.screening.style import (
     FOLDS,
     StyleControl,
     fit_style_control,

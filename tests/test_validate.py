@@ -21,17 +21,17 @@ from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.model import LoadedModel
 from screener.reader import FieldNames
-from screener.screen import screen
+from screener.screening import screen
 from screener.traits import load_pack
-from screener.validate.datasets import (
+from screener.validation.datasets import (
     TrainingSet,
     choose_subsets,
     load_subsets,
     reader_options,
     relocate,
 )
-from screener.validate.finetune import FinetuneSettings, Steer, finetune
-from screener.validate.run import (
+from screener.validation.finetune import FinetuneSettings, Steer, finetune
+from screener.validation.run import (
     Shift,
     TrainingRun,
     ValidateSettings,
@@ -41,7 +41,7 @@ from screener.validate.run import (
     validate,
     validate_run,
 )
-from screener.validate.shift import AnswerProjections, answer_projections
+from screener.validation.shift import AnswerProjections, answer_projections
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
 from tests.test_finetune import samples
@@ -343,7 +343,7 @@ def test_a_model_trained_into_silence_gets_no_shift_and_a_note(
             return answer_projections(model, questions, *args, **kwargs)
         return AnswerProjections([""] * len(questions), torch.zeros(0), ())  # nothing to say
 
-    monkeypatch.setattr("screener.validate.run.answer_projections", silent_after_training)
+    monkeypatch.setattr("screener.validation.run.answer_projections", silent_after_training)
     training = TrainingSet("harsh", "test", samples(), {"evil": 1.0})
     result = validate(loaded, vectors, [training], ["evil"], FULL)
     [run_result] = result.runs

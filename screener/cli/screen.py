@@ -27,7 +27,7 @@ from screener.options import (
     ScoringOptions,
 )
 from screener.reader import FORMATS
-from screener.screen.style import MIN_ROWS_PER_COMPONENT, STYLE_COMPONENTS
+from screener.screening.style import MIN_ROWS_PER_COMPONENT, STYLE_COMPONENTS
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -232,8 +232,8 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 def _run_screen(args: argparse.Namespace) -> int:
     from screener.collect import prepare_out_dir
-    from screener.screen import FlagRule, screen
-    from screener.screen.ray_engine import require_ray
+    from screener.screening import FlagRule, screen
+    from screener.screening.ray_engine import require_ray
 
     scoring, generation, read = scoring_options(args), generation_options(args), read_options(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
@@ -281,8 +281,8 @@ def _run_screen(args: argparse.Namespace) -> int:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from screener.screen import calibrate, save_calibration
-    from screener.screen.calibration import STYLE_KIND, default_calibration_path
+    from screener.screening import calibrate, save_calibration
+    from screener.screening.calibration import STYLE_KIND, default_calibration_path
 
     scoring, generation, read = scoring_options(args), generation_options(args), read_options(args)
     out = args.out or default_calibration_path(args.vectors)

@@ -27,9 +27,9 @@ def _coefficients(text: str) -> list[float]:
 
 
 def register(commands: Any) -> None:
-    from screener.validate.datasets import SUBSET_KINDS
-    from screener.validate.finetune import FinetuneSettings
-    from screener.validate.run import (
+    from screener.validation.datasets import SUBSET_KINDS
+    from screener.validation.finetune import FinetuneSettings
+    from screener.validation.run import (
         DEFAULT_EVAL_TOKENS,
         DEFAULT_LEARNING_RATES,
         DEFAULT_SUBSET_SIZE,
@@ -156,8 +156,8 @@ class StepBar:
 
 def _run_validate(args: argparse.Namespace) -> int:
     from screener.generate import GenerationSettings
-    from screener.validate.finetune import FinetuneSettings
-    from screener.validate.run import (
+    from screener.validation.finetune import FinetuneSettings
+    from screener.validation.run import (
         DEFAULT_LEARNING_RATES,
         LoraSettings,
         ValidateSettings,

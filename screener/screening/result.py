@@ -21,24 +21,24 @@ from screener.model import (
     generation_torch_dtype,
 )
 from screener.records import RejectedRow
-from screener.screen.calibration import (
+from screener.screening.calibration import (
     Calibration,
 )
-from screener.screen.categories import (
+from screener.screening.categories import (
     OTHER,
     Cluster,
 )
-from screener.screen.flags import (
+from screener.screening.flags import (
     Cut,
     DatasetShift,
     Flags,
     MeanInterval,
 )
-from screener.screen.scoring import (
+from screener.screening.scoring import (
     Method,
     ScoringSettings,
 )
-from screener.screen.spill import ScoredSamples
+from screener.screening.spill import ScoredSamples
 from screener.vectors.store import VectorFile
 
 

@@ -114,7 +114,7 @@ def _read_json(path: Path) -> Any:
 def load_categories(extra: Path | None = None) -> CategorySet:
     """The built-in categories, plus (or replaced by name by) those in `extra`."""
     builtin = json.loads(
-        resources.files("screener.screen").joinpath("categories.json").read_text("utf-8")
+        resources.files("screener.screening").joinpath("categories.json").read_text("utf-8")
     )
     categories = {c.name: c for c in _parse_categories(builtin, "built-in categories")}
     ordinary = tuple(builtin["ordinary_examples"])

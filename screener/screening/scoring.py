@@ -327,7 +327,7 @@ class Scorer:
     def differences(self, chunk: Sequence[RenderedSample]) -> dict[str, np.ndarray]:
         """Per trait, the (n, d) differences `a(x, y) - a(x, y')` of mean response activations
         at the trait's layer (float32; a row of NaN where the base response cannot be
-        rendered). What style control is fitted on (screener.screen.style)."""
+        rendered). What style control is fitted on (screener.screening.style)."""
         if self.settings.method != "delta":
             raise ConfigError("response differences need base responses (the delta method)")
         computed = self._compute(chunk)

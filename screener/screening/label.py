@@ -13,7 +13,7 @@ from screener.model import (
     LoadedModel,
 )
 from screener.records import Message
-from screener.screen.categories import (
+from screener.screening.categories import (
     MAX_CLUSTER_FIT,
     CategoryProbe,
     CategorySet,
@@ -21,10 +21,10 @@ from screener.screen.categories import (
     fit_clusters,
     training_labels,
 )
-from screener.screen.result import (
+from screener.screening.result import (
     ScreenResult,
 )
-from screener.screen.scoring import (
+from screener.screening.scoring import (
     Scorer,
     content_hash,
 )

@@ -27,7 +27,7 @@ from screener.model import DTYPES, LoadedModel, generation_model, generation_tor
 from screener.options import RayOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.screen.scoring import Scorer, ScoringSettings, store_key
+from screener.screening.scoring import Scorer, ScoringSettings, store_key
 from screener.store import TABLES, RunStore
 from screener.vectors import load_vectors
 

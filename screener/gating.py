@@ -45,7 +45,7 @@ from screener.options import (
     resolve_model,
 )
 from screener.records import RejectedRow
-from screener.screen import FlagRule, ScreenResult, screen
+from screener.screening import FlagRule, ScreenResult, screen
 
 CONFIG_NAME = "screener.toml"
 WORST_ROWS = 10  # added flagged rows listed in gate.md

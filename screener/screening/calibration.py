@@ -7,7 +7,7 @@ default flag cut is the reference's 95th percentile. A calibration file sits bes
 file as `<stem>.calibration.json`, and records a digest of each trait's unit vector and layer:
 a calibration made for other vectors of a trait is not used for it.
 
-A calibration also holds each trait's style control (screener.screen.style): the direction ΔP
+A calibration also holds each trait's style control (screener.screening.style): the direction ΔP
 is projected on once the reference's author-style subspace is removed, and the distribution of
 that style-controlled ΔP (`delta_style`, taken out of fold). `for_scoring` hands a run the
 distributions and directions of the scoring it uses.
@@ -25,7 +25,7 @@ import numpy as np
 
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError
-from screener.screen.style import StyleControl
+from screener.screening.style import StyleControl
 from screener.vectors.store import BUILTIN_FILE, VectorFile
 
 FORMAT_VERSION = 1

@@ -14,19 +14,19 @@ from typing import Any
 # Imported on first use: the Trainer callback pulls in transformers' training stack (and peft,
 # when installed), which every `screener` command would otherwise pay for at start-up.
 _EXPORTS = {
-    "PreventativeSteeringCallback": "screener.validate.preventative",
-    "preventative_steering": "screener.validate.preventative",
-    "ValidateSettings": "screener.validate.run",
-    "ValidationResult": "screener.validate.run",
-    "validate": "screener.validate.run",
-    "validate_run": "screener.validate.run",
+    "PreventativeSteeringCallback": "screener.validation.preventative",
+    "preventative_steering": "screener.validation.preventative",
+    "ValidateSettings": "screener.validation.run",
+    "ValidationResult": "screener.validation.run",
+    "validate": "screener.validation.run",
+    "validate_run": "screener.validation.run",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'screener.validate' has no attribute {name!r}")
+        raise AttributeError(f"module 'screener.validation' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(_EXPORTS[name]), name)

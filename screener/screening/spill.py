@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.paths import state_root
-from screener.screen.scoring import ScoredSample
+from screener.screening.scoring import ScoredSample
 
 _PREFIX = "run-"
 ROW_GROUP_ROWS = 8192  # samples per row group of the spill file

@@ -3,7 +3,7 @@
 A reference is one or more files of ordinary, correct chat in the styles users' data comes in
 (the shipped one: short chats and long strong-assistant prose). For every row it computes ΔP
 and the last prompt token's projection, and, per trait, fits the style control
-(screener.screen.style) on the rows' activation differences. It stores the distributions of
+(screener.screening.style) on the rows' activation differences. It stores the distributions of
 raw ΔP, prompt-last and style-controlled ΔP (out of fold) with the controlled directions.
 
     calibration = calibrate(["ref_chat.jsonl", "ref_prose.jsonl"])
@@ -30,16 +30,16 @@ from screener.options import (
 )
 from screener.reader import read_dataset
 from screener.render import RenderedSample, Renderer, token_limit
-from screener.screen.calibration import (
+from screener.screening.calibration import (
     STYLE_KIND,
     Calibration,
     Distribution,
     vector_digest,
 )
-from screener.screen.result import generation_dtype_name
-from screener.screen.run import choose_traits
-from screener.screen.scoring import Scorer, ScoringSettings
-from screener.screen.style import (
+from screener.screening.result import generation_dtype_name
+from screener.screening.run import choose_traits
+from screener.screening.scoring import Scorer, ScoringSettings
+from screener.screening.style import (
     MIN_ROWS_PER_COMPONENT,
     STYLE_COMPONENTS,
     fit_style_control,

@@ -37,17 +37,17 @@ from screener.model import LoadedModel, load_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT, load_run, write_report
-from screener.screen.scoring import DEFAULT_BASE_TOKENS
+from screener.screening.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import TraitPack, load_pack
-from screener.validate.datasets import (
+from screener.validation.datasets import (
     SUBSET_KINDS,
     TrainingSet,
     choose_subsets,
     load_subsets,
     reader_options,
 )
-from screener.validate.finetune import FinetuneLog, FinetuneSettings, Steer, finetune
-from screener.validate.shift import (
+from screener.validation.finetune import FinetuneLog, FinetuneSettings, Steer, finetune
+from screener.validation.shift import (
     AnswerProjections,
     answer_projections,
     shift_standard_error,
@@ -509,7 +509,7 @@ def _user_training_sets(
     """Screen each user dataset (for its dataset-level ΔP, with base responses as long as the
     run's) and read its usable rows."""
     from screener.options import GenerationOptions, ScoringOptions
-    from screener.screen.run import screen
+    from screener.screening.run import screen
 
     scoring = ScoringOptions(vectors=vectors.path or "builtin", calibration=None)
     sets: list[TrainingSet] = []

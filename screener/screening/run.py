@@ -54,33 +54,33 @@ from screener.reader import read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.report import write_report
-from screener.screen.calibration import (
+from screener.screening.calibration import (
     Calibration,
     default_calibration_path,
     load_calibration,
     usable_calibration,
 )
-from screener.screen.categories import (
+from screener.screening.categories import (
     describe_clusters,
     load_categories,
     number_clusters,
 )
-from screener.screen.decide import decide
-from screener.screen.flags import (
+from screener.screening.decide import decide
+from screener.screening.flags import (
     FlagRule,
 )
-from screener.screen.label import categorize, category_layer, cluster, cluster_fit_indices
-from screener.screen.ray_engine import compute_with_ray, require_ray, worker_config
-from screener.screen.result import (
+from screener.screening.label import categorize, category_layer, cluster, cluster_fit_indices
+from screener.screening.ray_engine import compute_with_ray, require_ray, worker_config
+from screener.screening.result import (
     ScreenResult,
     generation_dtype_name,
 )
-from screener.screen.scoring import (
+from screener.screening.scoring import (
     Scorer,
     ScoringSettings,
 )
-from screener.screen.spill import ScoredSamples
-from screener.screen.write import FlaggedRecords, second_read, write_outputs
+from screener.screening.spill import ScoredSamples
+from screener.screening.write import FlaggedRecords, second_read, write_outputs
 from screener.store import RunStore
 from screener.vectors.store import VectorFile, load_vectors
 

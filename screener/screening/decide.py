@@ -12,11 +12,11 @@ from screener.model import (
     LoadedModel,
 )
 from screener.records import RejectedRow
-from screener.screen.calibration import (
+from screener.screening.calibration import (
     DEFAULT_PERCENTILE,
     Calibration,
 )
-from screener.screen.flags import (
+from screener.screening.flags import (
     FAMILY_RATE,
     Cut,
     DatasetShift,
@@ -30,15 +30,15 @@ from screener.screen.flags import (
     risk_scores,
     z_scores,
 )
-from screener.screen.result import (
+from screener.screening.result import (
     ScoreColumns,
     ScreenResult,
     score_kind,
 )
-from screener.screen.scoring import (
+from screener.screening.scoring import (
     ScoringSettings,
 )
-from screener.screen.spill import ScoredSamples
+from screener.screening.spill import ScoredSamples
 from screener.vectors.store import VectorFile
 
 

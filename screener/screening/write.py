@@ -23,12 +23,12 @@ from screener.options import ReadOptions
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT
-from screener.screen.filtered import FilteredWriter
-from screener.screen.result import (
+from screener.screening.filtered import FilteredWriter
+from screener.screening.result import (
     ScreenResult,
     scores_schema,
 )
-from screener.screen.scoring import (
+from screener.screening.scoring import (
     ScoredSample,
 )
 

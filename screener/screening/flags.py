@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from screener.errors import ConfigError
-from screener.screen.calibration import DEFAULT_PERCENTILE, Distribution
+from screener.screening.calibration import DEFAULT_PERCENTILE, Distribution
 
 BOOTSTRAP_RESAMPLES = 2000
 # By default, cuts flag this share of the calibration reference's rows for any trait: ordinary
