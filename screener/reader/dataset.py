@@ -26,6 +26,12 @@ from screener.reader.formats import (
     format_fields,
     to_messages,
 )
+from screener.reader.memory import (
+    InMemoryData,
+    check_in_memory,
+    data_name,
+    iter_memory,
+)
 from screener.reader.seen import SeenIds
 from screener.reader.sources import RawRow, iter_path, json_kind, skipped_files
 from screener.records import Message, RejectedRow, Sample
@@ -66,8 +72,9 @@ def content_id(messages: tuple[Message, ...]) -> str:
 class DatasetReader:
     """Iterate a data file or directory as `Sample | RejectedRow` records.
 
-    path: a .jsonl/.json/.csv/.parquet file, a `save_to_disk` directory, or a directory of
-        such files (each read by its own type).
+    data: a .jsonl/.json/.csv/.parquet file, a `save_to_disk` directory, a directory of such
+        files (each read by its own type), or rows in memory (screener.reader.memory: a list
+        of dicts, a polars DataFrame or a datasets.Dataset; `line` is then the row index).
     fmt: `auto` (detected per file from its first readable row) or one of FORMATS.
     fields: column names for ids and the prompt/response format.
     on_bad_row: `reject` keeps going and yields a RejectedRow; `fail` raises InputError.
@@ -77,7 +84,7 @@ class DatasetReader:
 
     def __init__(
         self,
-        path: str | Path,
+        data: str | Path | InMemoryData,
         *,
         fmt: str = "auto",
         fields: FieldNames | None = None,
@@ -88,7 +95,8 @@ class DatasetReader:
             raise ConfigError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
         if on_bad_row not in ("reject", "fail"):
             raise ConfigError(f"unknown bad-row policy {on_bad_row!r}: use reject or fail")
-        self.path = Path(path)
+        check_in_memory(data)
+        self.data: Path | InMemoryData = Path(data) if isinstance(data, str | Path) else data
         self.fmt = fmt
         self.fields = fields or FieldNames()
         self.on_bad_row = on_bad_row
@@ -97,9 +105,14 @@ class DatasetReader:
         self._seen = SeenIds()
 
     def __iter__(self) -> Iterator[Sample | RejectedRow]:
-        self.counts = ReadCounts(skipped_files=[str(p) for p in skipped_files(self.path)])
         self._seen = SeenIds()
-        for row in iter_path(self.path):
+        if isinstance(self.data, Path):
+            self.counts = ReadCounts(skipped_files=[str(p) for p in skipped_files(self.data)])
+            rows = iter_path(self.data)
+        else:
+            self.counts = ReadCounts()
+            rows = iter_memory(self.data)
+        for row in rows:
             self.counts.rows += 1
             record = self._convert(row)
             if isinstance(record, RejectedRow):
@@ -115,7 +128,7 @@ class DatasetReader:
         if self.counts.rows == 0:
             raise InputError(
                 "no rows to read: the data is empty, or holds only blank lines or a header",
-                source=str(self.path),
+                source=data_name(self.data),
             )
 
     def _format_for(self, row: RawRow, record: dict[str, Any]) -> str:
@@ -189,7 +202,7 @@ def _id_text(value: Any) -> str | None:
 
 
 def read_dataset(
-    path: str | Path,
+    data: str | Path | InMemoryData,
     *,
     fmt: str = "auto",
     fields: FieldNames | None = None,
@@ -198,5 +211,5 @@ def read_dataset(
 ) -> DatasetReader:
     """Open a dataset for streaming; see `DatasetReader`."""
     return DatasetReader(
-        path, fmt=fmt, fields=fields, on_bad_row=on_bad_row, check_duplicates=check_duplicates
+        data, fmt=fmt, fields=fields, on_bad_row=on_bad_row, check_duplicates=check_duplicates
     )

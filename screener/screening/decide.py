@@ -11,6 +11,8 @@ import numpy as np
 from screener.model import (
     LoadedModel,
 )
+from screener.options import ReadOptions
+from screener.reader.memory import InMemoryData, data_name
 from screener.records import RejectedRow
 from screener.screening.calibration import (
     DEFAULT_PERCENTILE,
@@ -43,7 +45,8 @@ from screener.vectors.store import VectorFile
 
 
 def decide(
-    data: str | Path,
+    data: str | Path | InMemoryData,
+    read: ReadOptions,
     loaded: LoadedModel,
     vectors: VectorFile,
     settings: ScoringSettings,
@@ -81,7 +84,7 @@ def decide(
         else np.zeros(0)
     )
     return ScreenResult(
-        str(data),
+        data_name(data),
         loaded,
         vectors,
         settings,
@@ -94,4 +97,6 @@ def decide(
         dataset_scores,
         dataset_shifts,
         calibration=calibration,
+        input=data,
+        read=read,
     )

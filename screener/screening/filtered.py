@@ -1,7 +1,9 @@
 """Write kept rows back in the input's own format and field order.
 
 A single input file gives `filtered.<ext>` (a `save_to_disk` dataset gives `filtered.parquet`);
-a directory gives `filtered/<file name>` per data file in it. Every file is written under a
+a directory gives `filtered/<file name>` per data file in it. Rows in memory give
+`filtered.parquet` with their schema (a polars DataFrame, a datasets.Dataset) or
+`filtered.jsonl` (a list of dicts). Every file is written under a
 temporary name and renamed into place only when complete, so a crash leaves no partial file
 under its final name. Rows are streamed: memory does not grow with the dataset.
 """
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
+from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema
 from screener.reader.sources import FILE_TYPES, list_data_files
 
 _PARQUET_BATCH = 1024
@@ -33,7 +36,9 @@ def _safe_name(text: str) -> str:
 class _RowWriter:
     """Writes rows of one source file in its format to an already-open temporary path."""
 
-    def __init__(self, kind: str, tmp: Path, source_file: Path | None) -> None:
+    def __init__(
+        self, kind: str, tmp: Path, source_file: Path | None, schema: pa.Schema | None = None
+    ) -> None:
         self.kind = kind
         self.tmp = tmp
         self.source_file = source_file
@@ -42,7 +47,7 @@ class _RowWriter:
         self.csv_writer: Any = None
         self.header: list[str] = []
         self.parquet: pq.ParquetWriter | None = None
-        self.schema: pa.Schema | None = None
+        self.schema = schema
         self.buffer: list[dict[str, Any]] = []
         if kind in ("jsonl", "json", "csv"):
             self.handle = tmp.open("w", encoding="utf-8", newline="")
@@ -106,8 +111,8 @@ class FilteredWriter:
     Every data file of the input gets an output file, also when none of its rows is kept.
     """
 
-    def __init__(self, data: str | Path, out_dir: Path) -> None:
-        self.data = Path(data)
+    def __init__(self, data: str | Path | InMemoryData, out_dir: Path) -> None:
+        self.data: Path | InMemoryData = Path(data) if isinstance(data, str | Path) else data
         self.out_dir = out_dir
         self.stack = ExitStack()
         self.writers: dict[str, _RowWriter] = {}
@@ -122,14 +127,29 @@ class FilteredWriter:
         return kind, self.out_dir / "filtered" / _safe_name(name)
 
     def __enter__(self) -> FilteredWriter:
+        if not isinstance(self.data, Path):  # rows in memory: parquet with their schema, or jsonl
+            schema = arrow_schema(self.data)
+            kind = "jsonl" if schema is None else "parquet"
+            self._open(MEMORY_SOURCE, kind, self.out_dir / f"filtered.{kind}", None, schema)
+            return self
         for file in list_data_files(self.data):
             kind, final = self._target(file)
-            tmp = self.stack.enter_context(atomic_path(final))
-            writer = _RowWriter(kind, tmp, file if file.is_file() else None)
-            self.stack.callback(writer.close)  # runs before the atomic rename (LIFO)
-            self.writers[str(file)] = writer
-            self.paths.append(final)
+            self._open(str(file), kind, final, file if file.is_file() else None, None)
         return self
+
+    def _open(
+        self,
+        source: str,
+        kind: str,
+        final: Path,
+        source_file: Path | None,
+        schema: pa.Schema | None,
+    ) -> None:
+        tmp = self.stack.enter_context(atomic_path(final))
+        writer = _RowWriter(kind, tmp, source_file, schema)
+        self.stack.callback(writer.close)  # runs before the atomic rename (LIFO)
+        self.writers[source] = writer
+        self.paths.append(final)
 
     def write(self, source: str, record: dict[str, Any]) -> None:
         writer = self.writers.get(source)

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import polars as pl
 import torch
 
+from screener.errors import ScreenerError
 from screener.layers import LAYER_CONVENTION
 from screener.model import (
     LoadedModel,
     dtype_name,
     generation_torch_dtype,
 )
+from screener.options import ReadOptions
+from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
 from screener.screening.calibration import (
     Calibration,
@@ -40,6 +43,9 @@ from screener.screening.scoring import (
 )
 from screener.screening.spill import ScoredSamples
 from screener.vectors.store import VectorFile
+
+if TYPE_CHECKING:
+    import datasets
 
 
 def score_kind(method: Method) -> str:
@@ -102,7 +108,31 @@ class ScreenResult:
     out_dir: Path | None = None
     outputs: list[Path] = field(default_factory=list)
     command: str = ""
-    reader: dict[str, Any] = field(default_factory=dict)  # how the data was read: format, fields
+    input: str | Path | InMemoryData = ""  # the data as given: a path, or rows in memory
+    read: ReadOptions = field(default_factory=ReadOptions)  # how it was read
+
+    def to_dataset(self) -> datasets.Dataset:
+        """The screened input rows (rejected ones left out), in input order, as a
+        `datasets.Dataset` with the screen's columns added: `flagged`, `flag_traits`, `risk`
+        and each trait's score (`delta_<trait>`, or `prompt_last_<trait>`). The rows are read
+        again and held in memory. `.filter(lambda row: not row["flagged"])` keeps the rest."""
+        from datasets import Dataset
+
+        from screener.screening.reread import screened_rows
+
+        added = ["flagged", "flag_traits", "risk"]
+        added += [f"{self.score_kind}_{trait}" for trait in self.settings.traits]
+        values = self.scores.select(added).rows(named=True)
+        rows = []
+        for index, _, record in screened_rows(self.samples, self.input, self.read):
+            if clash := sorted(set(record.original) & set(added)):
+                raise ScreenerError(
+                    f"{record.source}:{record.line}: the data has column(s) {', '.join(clash)}, "
+                    "which to_dataset() adds: rename them first, or use .scores"
+                )
+            rows.append({**record.original, **values[index]})
+        columns = dict.fromkeys(name for row in rows for name in row)  # files may differ
+        return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
 
     @property
     def flagged(self) -> list[int]:
@@ -200,7 +230,7 @@ class ScreenResult:
         method = self.settings.method
         return {
             "data": self.data,
-            "reader": self.reader,
+            "reader": {"format": self.read.fmt, "fields": asdict(self.read.fields)},
             "counts": {
                 "rows_read": self.rows_read,
                 "kept": self.kept,

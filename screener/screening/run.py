@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from screener.options import (
     resolve_model,
 )
 from screener.reader import read_dataset
+from screener.reader.memory import InMemoryData, check_in_memory
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.report import write_report
@@ -118,7 +118,7 @@ def resolve_calibration(
 
 
 def screen(
-    data: str | Path,
+    data: str | Path | InMemoryData,
     *,
     model: str | ModelOptions | LoadedModel = "embedded",
     traits: Sequence[str] | None = None,
@@ -131,9 +131,12 @@ def screen(
     progress: Callable[[str], None] | None = None,
     command: str = "",
 ) -> ScreenResult:
-    """Screen `data` for `traits` (default: the vectors' first three of evil, sycophancy and
-    hallucination) and, with `out`, write the run's outputs there (see the module doc).
+    """Screen `data` for `traits` (default: evil, sycophancy and hallucination where the
+    vectors have them, else all of theirs) and, with `out`, write the run's outputs there
+    (see the module doc).
 
+    data: a path (a data file, a directory of them, a save_to_disk directory) or rows in
+        memory (a list of dicts, a polars DataFrame, a datasets.Dataset).
     model: a model name or path, `ModelOptions`, or a model already loaded.
     scoring, generation, read: the options objects (screener.options); None: their defaults.
     rule: how cuts are chosen (default: the calibrated family-wise percentile).
@@ -144,6 +147,7 @@ def screen(
     scoring = scoring or ScoringOptions()
     generation = generation or GenerationOptions()
     read = read or ReadOptions()
+    check_in_memory(data)  # before the model loads
     if scoring.engine == "ray":
         require_ray()
     out = None if out is None else Path(out)
@@ -246,6 +250,7 @@ def screen(
             )
         result = decide(
             data,
+            read,
             loaded,
             vector_file,
             settings,
@@ -259,7 +264,6 @@ def screen(
             shift.note(trait) for trait, shift in result.dataset_shifts.items() if shift.alarm
         ]
         result.command = command
-        result.reader = {"format": read.fmt, "fields": asdict(read.fields)}
         scoring_stats = dict(scorer.counters)
         categorize(result, scorer, category_set, probe_layer)
         fit_indices = cluster_fit_indices(result.flagged)
@@ -271,7 +275,7 @@ def screen(
     flagged_records = (
         FlaggedRecords(samples.directory / "flagged-unordered.jsonl") if out is not None else None
     )
-    texts = second_read(result, data, read, out, flagged_records, set(fit_indices))
+    texts = second_read(result, out, flagged_records, set(fit_indices))
     if clustering is not None:
         cluster_model, raw_labels = clustering
         words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])

@@ -19,11 +19,10 @@ import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ScreenerError, StoreError
-from screener.options import ReadOptions
-from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT
 from screener.screening.filtered import FilteredWriter
+from screener.screening.reread import screened_rows
 from screener.screening.result import (
     ScreenResult,
     scores_schema,
@@ -116,8 +115,6 @@ class FlaggedRecords:
 
 def second_read(
     result: ScreenResult,
-    data: str | Path,
-    read: ReadOptions,
     out: Path | None,
     flagged_records: FlaggedRecords | None,
     text_wanted: set[int],
@@ -125,23 +122,12 @@ def second_read(
     """Read the rows again, in step with the scored samples: write kept rows to the filtered
     file(s) and flagged ones to `flagged_records` (with `out`); return the conversation text
     of the flagged samples in `text_wanted`, for clustering."""
-    scored = enumerate(result.samples)
-    current = next(scored, None)
     flag_indices = result.flags.indices
     texts: dict[int, str] = {}
     kept = flagged = 0
-    writer = FilteredWriter(data, out) if out is not None else None
+    writer = FilteredWriter(result.input, out) if out is not None else None
     with writer if writer is not None else nullcontext():
-        # Rows rejected on the first read (duplicate ids among them) are skipped below: they
-        # are not the next scored sample. So the second read need not track ids.
-        reread = read_dataset(data, fmt=read.fmt, fields=read.fields, check_duplicates=False)
-        for record in reread:
-            if not isinstance(record, Sample) or current is None:
-                continue
-            index, sample = current
-            if (record.source, record.line) != (sample.source, sample.line):
-                continue  # rejected on the first read, or when rendered
-            current = next(scored, None)
+        for index, sample, record in screened_rows(result.samples, result.input, result.read):
             if flagged < len(flag_indices) and flag_indices[flagged] == index:
                 if index in text_wanted:
                     texts[index] = "\n".join(m.content for m in record.messages)
@@ -154,7 +140,7 @@ def second_read(
                     writer.write(record.source, record.original)
     if writer is not None:
         result.outputs += writer.paths
-    if current is not None or kept != result.kept or flagged != len(result.flags):
+    if kept != result.kept or flagged != len(result.flags):
         raise ScreenerError(
             f"the data changed while it was screened ({kept} kept and {flagged} flagged "
             f"on the second read, {result.kept} and {len(result.flags)} expected): rerun "
