@@ -166,3 +166,26 @@ def test_the_readme_example_runs_on_the_embedded_model(
     kept, result = namespace["kept"], namespace["result"]
     assert result.summary()["counts"]["rows_read"] == 8
     assert kept.num_rows == result.kept and "flagged" in kept.column_names
+
+
+def test_writing_a_result_later_gives_the_files_of_a_run_with_out(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", [*rows(), {"id": "bad"}])
+    direct = screener.screen(data, model=loaded, out=tmp_path / "direct", **options(tmp_path))
+    later = screener.screen(data, model=loaded, **options(tmp_path))
+    assert later.outputs == [] and not (tmp_path / "later").exists()
+    written = later.write(tmp_path / "later")
+    assert sorted(p.name for p in written) == sorted(p.name for p in direct.outputs)
+    for name in (
+        "summary.json",
+        "scores.parquet",
+        "filtered.jsonl",
+        "flagged.jsonl",
+        "rejected.jsonl",
+        "reference.json",
+        "report.html",
+    ):
+        assert (tmp_path / "later" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()

@@ -111,6 +111,14 @@ class ScreenResult:
     input: str | Path | InMemoryData = ""  # the data as given: a path, or rows in memory
     read: ReadOptions = field(default_factory=ReadOptions)  # how it was read
 
+    def write(self, out: str | Path) -> list[Path]:
+        """Write every output of the run to the directory `out`, as `screener screen --out`
+        does (the data is read again); returns the files written."""
+        from screener.screening.write import write_run
+
+        write_run(self, Path(out))
+        return self.outputs
+
     def to_dataset(self) -> datasets.Dataset:
         """The screened input rows (rejected ones left out), in input order, as a
         `datasets.Dataset` with the screen's columns added: `flagged`, `flag_traits`, `risk`

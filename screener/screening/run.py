@@ -53,7 +53,6 @@ from screener.reader import read_dataset
 from screener.reader.memory import InMemoryData, check_in_memory
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
-from screener.report import write_report
 from screener.screening.calibration import (
     Calibration,
     default_calibration_path,
@@ -80,7 +79,7 @@ from screener.screening.scoring import (
     ScoringSettings,
 )
 from screener.screening.spill import ScoredSamples
-from screener.screening.write import FlaggedRecords, second_read, write_outputs
+from screener.screening.write import second_read, write_run
 from screener.store import RunStore
 from screener.vectors.store import VectorFile, load_vectors
 
@@ -271,29 +270,28 @@ def screen(
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]
         )
-    # the store is closed (its memory given back) before the data is read a second time
-    flagged_records = (
-        FlaggedRecords(samples.directory / "flagged-unordered.jsonl") if out is not None else None
-    )
-    texts = second_read(result, out, flagged_records, set(fit_indices))
-    if clustering is not None:
-        cluster_model, raw_labels = clustering
-        words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])
-        ids, result.cluster_info = number_clusters(cluster_model, raw_labels, words)
-        result.cluster_ids = np.asarray(ids, dtype=np.int64)
-    result.stats = {
-        **scoring_stats,
-        "engine": scoring.engine,
-        "sent_to_ray": sent_to_ray,
-        "seconds": round(time.perf_counter() - started, 3),
-        "store": str(scoring.store) if scoring.store is not None else "default",
-    }
+
+    def finish(texts: dict[int, str]) -> None:
+        """Name the clusters by the words of the texts they were fitted on; record the stats."""
+        if clustering is not None:
+            cluster_model, raw_labels = clustering
+            words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])
+            ids, result.cluster_info = number_clusters(cluster_model, raw_labels, words)
+            result.cluster_ids = np.asarray(ids, dtype=np.int64)
+        result.stats = {
+            **scoring_stats,
+            "engine": scoring.engine,
+            "sent_to_ray": sent_to_ray,
+            "seconds": round(time.perf_counter() - started, 3),
+            "store": str(scoring.store) if scoring.store is not None else "default",
+        }
+
+    # the store is closed (its memory given back) before the data is read a second time; with
+    # `out`, that read also writes the outputs
     if out is not None:
-        assert flagged_records is not None
-        result.out_dir = out
-        with flagged_records:
-            result.outputs += write_outputs(result, out, flagged_records)
-        result.outputs.append(write_report(out))
+        write_run(result, out, set(fit_indices), finish)
+    else:
+        finish(second_read(result, None, None, set(fit_indices)))
     return result
 
 

@@ -18,9 +18,10 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path, write_text_atomic
+from screener.collect import prepare_out_dir
 from screener.errors import ScreenerError, StoreError
 from screener.records import Sample
-from screener.report import VALIDATE_JSON, VALIDATE_PLOT
+from screener.report import VALIDATE_JSON, VALIDATE_PLOT, write_report
 from screener.screening.filtered import FilteredWriter
 from screener.screening.reread import screened_rows
 from screener.screening.result import (
@@ -147,6 +148,27 @@ def second_read(
             "screener on a file that is not being written to"
         )
     return texts
+
+
+def write_run(
+    result: ScreenResult,
+    out: Path,
+    text_wanted: set[int] | None = None,
+    after_read: Callable[[dict[int, str]], None] | None = None,
+) -> None:
+    """Read the data again in step with the scores and write every output of the run to `out`:
+    the filtered file(s), flagged.jsonl and the files of `write_outputs`, then report.html.
+    `after_read(texts)` runs between the read and the outputs, with the conversation texts of
+    the samples in `text_wanted` (a screen names its clusters there)."""
+    prepare_out_dir(out)
+    result.outputs = []
+    with FlaggedRecords(result.samples.directory / "flagged-unordered.jsonl") as records:
+        texts = second_read(result, out, records, text_wanted or set())
+        if after_read is not None:
+            after_read(texts)
+        result.outputs += write_outputs(result, out, records)
+    result.outputs.append(write_report(out))
+    result.out_dir = out
 
 
 def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecords) -> list[Path]:
