@@ -6,7 +6,7 @@ The library API; the `screener` command is a thin layer over it.
     result = screener.screen("data.jsonl", traits=["evil"])   # a path, or rows in memory
     result.to_dataset().filter(lambda row: not row["flagged"])
 
-The jobs (`screen`, `calibrate`, `validate`, `gate`) are imported on first use, so that
+The jobs (`screen`, `calibrate`, `extract`, `validate`, `gate`) are imported on first use, so that
 `import screener` and the CLI start without loading their dependencies.
 """
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from screener.screening.result import ScreenResult
     from screener.screening.run import screen
     from screener.validation.run import validate_run as validate
+    from screener.vectors.jobs import extract
 
 # name -> (module, attribute): the jobs, imported on first use
 _JOBS = {
@@ -54,6 +55,7 @@ _JOBS = {
     "ScreenResult": ("screener.screening", "ScreenResult"),
     "validate": ("screener.validation.run", "validate_run"),
     "gate": ("screener.gating", "run_gate"),
+    "extract": ("screener.vectors.jobs", "extract"),
 }
 
 
@@ -89,6 +91,7 @@ __all__ = [
     "TokenizedInput",
     "__version__",
     "calibrate",
+    "extract",
     "fingerprint",
     "gate",
     "load_model",

@@ -11,6 +11,7 @@ names the CLI flag that sets the value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -144,8 +145,16 @@ class ScoringOptions:
             raise ConfigError("--max-tokens must be at least 2")
 
 
-def resolve_model(model: str | ModelOptions | LoadedModel) -> LoadedModel:
-    """The model to work with: loaded already, or loaded now from its name or options."""
+def resolve_model(
+    model: str | ModelOptions | LoadedModel, progress: Callable[[str], None] | None = None
+) -> LoadedModel:
+    """The model to work with: loaded already, or loaded now from its name or options (saying
+    so to `progress`)."""
     if isinstance(model, LoadedModel):
         return model
-    return (model if isinstance(model, ModelOptions) else ModelOptions(model)).load()
+    options = model if isinstance(model, ModelOptions) else ModelOptions(model)
+    say = progress or (lambda message: None)
+    say(f"loading model {options.model} ...")
+    loaded = options.load()
+    say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
+    return loaded

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+import screener
 from screener.activations import TokenizedInput
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings, generate_responses
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.traits import TraitPack, validate_pack
+from screener.vectors import load_vectors
 from screener.vectors.extract import ExtractionSettings, extract_trait
+from screener.vectors.jobs import import_vectors
 from screener.vectors.separation import (
     auroc_per_layer,
     choose_layer,
@@ -217,3 +222,40 @@ def test_layer_override_and_bad_settings(tiny_tokenizer: PreTrainedTokenizerFast
         extract_trait(loaded, pack, ExtractionSettings(layer=7))
     with pytest.raises(ConfigError, match="rollouts must be at least 1"):
         ExtractionSettings(rollouts=0)
+
+
+def test_the_extract_job_saves_what_extract_trait_finds(
+    tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    pack = validate_pack(with_answers())
+    settings = ExtractionSettings(responses="written", max_questions=12)
+    expected = extract_trait(loaded, pack, settings)
+    said: list[str] = []
+    out = tmp_path / "v.safetensors"
+    vector_file = screener.extract(
+        [pack], model=loaded, settings=settings, out=out, progress=said.append
+    )
+    for saved in (vector_file, load_vectors(out)):
+        trait = saved.trait(pack.name)
+        torch.testing.assert_close(trait.vectors, expected.vectors)
+        assert trait.chosen_layer == expected.chosen_layer
+        assert trait.heldout_auroc == pytest.approx(expected.heldout_auroc)
+    assert said[0].startswith(f"{pack.name}: ")  # the job's progress, from extract_trait on
+    # the checks that need no model come first: this model name is never loaded
+    with pytest.raises(ConfigError, match="at least one trait"):
+        screener.extract([], model="no-such-model", out=out)
+    with pytest.raises(ConfigError, match="is a directory"):
+        screener.extract([pack], model="no-such-model", out=tmp_path)
+
+
+def test_imported_reference_vectors_are_the_saved_tensor(
+    tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    rows = torch.randn(loaded.model.config.num_hidden_layers + 1, loaded.model.config.hidden_size)
+    torch.save(rows, tmp_path / "evil_response_avg_diff.pt")
+    vector_file = import_vectors([tmp_path / "evil_response_avg_diff.pt"], layer=2, model=loaded)
+    assert list(vector_file.traits) == ["evil"]
+    torch.testing.assert_close(vector_file.trait("evil").vectors, rows)
+    assert vector_file.trait("evil").chosen_layer == 2

@@ -9,7 +9,7 @@ from typing import Any
 
 from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.model import LoadedModel
-from screener.options import ModelOptions, ReadOptions
+from screener.options import ModelOptions, ReadOptions, resolve_model
 from screener.reader import FORMATS, FieldNames
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -71,10 +71,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
 
 
 def load_model_from_args(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedModel:
-    say(f"loading model {args.model} ...")
-    loaded = model_options(args).load()
-    say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
-    return loaded
+    return resolve_model(model_options(args), say)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,9 @@ from screener.cli.common import (
     EXIT_OK,
     add_model_options,
     add_quiet_option,
+    comma_separated,
     load_model_from_args,
+    model_options,
     progress_printer,
 )
 from screener.errors import ConfigError
@@ -217,51 +219,38 @@ def _run_traits_new(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from screener.atomic import check_writable
     from screener.generate import GenerationSettings
     from screener.judge import make_judge
-    from screener.vectors import TraitVector, VectorFile, save_vectors
-    from screener.vectors.extract import ExtractionSettings, extract_trait
+    from screener.vectors.extract import ExtractionSettings
+    from screener.vectors.jobs import extract
 
-    packs = [load_pack(name.strip()) for name in args.traits.split(",") if name.strip()]
-    if not packs:
-        raise ConfigError("--traits needs at least one trait name")
-    check_writable(args.out)  # before hours of work, without touching an existing file
     say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
-    generation = GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed)
-    judge = make_judge(args.judge, dtype=args.dtype, device=args.device)
     settings = ExtractionSettings(
         args.rollouts,
-        generation,
+        GenerationSettings(args.max_new_tokens, args.temperature, seed=args.seed),
         args.layer,
         args.batch_size,
         args.max_questions,
-        judge,
+        make_judge(args.judge, dtype=args.dtype, device=args.device),
         args.trait_threshold,
         args.coherence_threshold,
         responses=args.responses,
     )
-    traits = {}
-    for pack in packs:
-        result = extract_trait(loaded, pack, settings, progress=say)
-        traits[pack.name] = TraitVector(
-            pack.name,
-            result.vectors,
-            result.chosen_layer,
-            list(result.heldout_auroc),
-            result.details,
-        )
-        auroc = result.heldout_auroc[result.chosen_layer]
-        effect = result.heldout_separation[result.chosen_layer]
+    vector_file = extract(
+        comma_separated(args.traits),
+        model=model_options(args),
+        settings=settings,
+        out=args.out,
+        progress=say,
+        command=args.command_line,
+    )
+    for name, trait in vector_file.traits.items():
+        layer = trait.chosen_layer
+        effect = trait.details["heldout_separation"][layer]
         print(
-            f"{pack.name}: layer {result.chosen_layer}, held-out AUROC {auroc:.3f}, "
+            f"{name}: layer {layer}, held-out AUROC {trait.heldout_auroc[layer]:.3f}, "
             f"effect size {effect:.2f}"
         )
-        for question, positive, negative in result.examples[:1]:
-            say(f"  Q: {question}")
-            say(f"  eliciting:   {positive[:160]!r}\n  suppressing: {negative[:160]!r}")
-    save_vectors(VectorFile.for_model(loaded, traits, args.command_line), args.out)
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -325,16 +314,15 @@ def _run_vectors_show(args: argparse.Namespace) -> int:
 
 
 def _run_vectors_import(args: argparse.Namespace) -> int:
-    from screener.vectors import VectorFile, save_vectors
-    from screener.vectors.store import import_reference_vectors
+    from screener.vectors.jobs import import_vectors
 
-    say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
-    suffix = "_response_avg_diff"
-    traits = {}
-    for path in args.files:
-        trait = path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
-        traits[trait] = import_reference_vectors(path, trait, loaded, args.layer)
-    save_vectors(VectorFile.for_model(loaded, traits, args.command_line), args.out)
-    print(f"imported {', '.join(traits)} -> {args.out}")
+    vector_file = import_vectors(
+        args.files,
+        layer=args.layer,
+        model=model_options(args),
+        out=args.out,
+        progress=progress_printer(args),
+        command=args.command_line,
+    )
+    print(f"imported {', '.join(vector_file.traits)} -> {args.out}")
     return EXIT_OK
