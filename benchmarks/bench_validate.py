@@ -26,7 +26,7 @@ from screener.options import ScoringOptions
 from screener.screening import screen
 from screener.validation import ValidateSettings, validate_run
 from screener.validation.finetune import FinetuneSettings
-from screener.validation.run import DEFAULT_LEARNING_RATES
+from screener.validation.training import DEFAULT_LEARNING_RATES
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sample_datasets" / "chat_mixed.jsonl"

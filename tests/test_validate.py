@@ -31,17 +31,10 @@ from screener.validation.datasets import (
     relocate,
 )
 from screener.validation.finetune import FinetuneSettings, Steer, finetune
-from screener.validation.run import (
-    Shift,
-    TrainingRun,
-    ValidateSettings,
-    ValidationResult,
-    pearson_r,
-    trained_model,
-    validate,
-    validate_run,
-)
+from screener.validation.result import Shift, TrainingRun, ValidationResult, pearson_r
+from screener.validation.run import validate, validate_run
 from screener.validation.shift import AnswerProjections, answer_projections
+from screener.validation.training import ValidateSettings, trained_model
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
 from tests.test_finetune import samples

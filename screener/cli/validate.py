@@ -29,10 +29,10 @@ def _coefficients(text: str) -> list[float]:
 def register(commands: Any) -> None:
     from screener.validation.datasets import SUBSET_KINDS
     from screener.validation.finetune import FinetuneSettings
-    from screener.validation.run import (
+    from screener.validation.run import DEFAULT_SUBSET_SIZE
+    from screener.validation.training import (
         DEFAULT_EVAL_TOKENS,
         DEFAULT_LEARNING_RATES,
-        DEFAULT_SUBSET_SIZE,
         FINETUNE_METHODS,
         LoraSettings,
     )
@@ -157,11 +157,11 @@ class StepBar:
 def _run_validate(args: argparse.Namespace) -> int:
     from screener.generate import GenerationSettings
     from screener.validation.finetune import FinetuneSettings
-    from screener.validation.run import (
+    from screener.validation.run import validate_run
+    from screener.validation.training import (
         DEFAULT_LEARNING_RATES,
         LoraSettings,
         ValidateSettings,
-        validate_run,
     )
 
     coefs = list(dict.fromkeys(args.preventative_steer))

@@ -16,8 +16,8 @@ from typing import Any
 _EXPORTS = {
     "PreventativeSteeringCallback": "screener.validation.preventative",
     "preventative_steering": "screener.validation.preventative",
-    "ValidateSettings": "screener.validation.run",
-    "ValidationResult": "screener.validation.run",
+    "ValidateSettings": "screener.validation.training",
+    "ValidationResult": "screener.validation.result",
     "validate": "screener.validation.run",
     "validate_run": "screener.validation.run",
 }

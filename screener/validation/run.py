@@ -7,36 +7,28 @@ and compare that with the screen's dataset-level ΔP.
     result.correlation()["evil"]                          # Pearson r of ΔP against the shift
 
 Stages: choose and read the training sets (`datasets`); measure the untouched model once per
-trait (`shift`); for every training set and steering coefficient, train (`finetune`; LoRA
-adapters that are removed afterwards, or a full copy of the model) and measure again; write
-validate.json and validate.png into the run directory and re-render its report.
+trait (`shift`); for every training set and steering coefficient, train (`training`, over
+`finetune`; LoRA adapters that are removed afterwards, or a full copy of the model) and measure
+again; write validate.json and validate.png into the run directory (`result`) and re-render
+its report.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
-
-from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.judge import Judge, make_judge
 from screener.model import LoadedModel, load_model
 from screener.reader import read_dataset
 from screener.records import Sample
-from screener.report import VALIDATE_JSON, VALIDATE_PLOT, load_run, write_report
+from screener.report import load_run, write_report
 from screener.screening.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import TraitPack, load_pack
 from screener.validation.datasets import (
@@ -46,301 +38,22 @@ from screener.validation.datasets import (
     load_subsets,
     reader_options,
 )
-from screener.validation.finetune import FinetuneLog, FinetuneSettings, Steer, finetune
+from screener.validation.finetune import Steer
+from screener.validation.result import Shift, TrainingRun, ValidationResult, write_validation
 from screener.validation.shift import (
     AnswerProjections,
     answer_projections,
     shift_standard_error,
     trait_shift,
 )
+from screener.validation.training import (
+    ValidateSettings,
+    check_trainable,
+    trained_model,
+)
 from screener.vectors.store import VectorFile, load_vectors
 
-FinetuneMethod = Literal["lora", "full"]
-FINETUNE_METHODS: tuple[FinetuneMethod, ...] = ("lora", "full")
-# Measured on the embedded model (README, "Check the prediction"): with these, one epoch over
-# 64 rows moves the evil projection by about +25 on the top rows and stays within ±5 on the rest.
-DEFAULT_LEARNING_RATES: dict[str, float] = {"lora": 1e-3, "full": 1e-4}
-DEFAULT_EVAL_TOKENS = 64
 DEFAULT_SUBSET_SIZE = 64
-PEFT_INSTALL = "pip install 'screener[validate]' (or pip install peft)"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapters on every linear layer of the decoder (peft's `all-linear`)."""
-
-    rank: int = 16
-    alpha: float = 32.0
-
-    def __post_init__(self) -> None:
-        if self.rank < 1 or self.alpha <= 0:
-            raise ConfigError("the LoRA rank must be at least 1 and alpha positive")
-
-
-@dataclass(frozen=True)
-class ValidateSettings:
-    """Everything a validation's numbers depend on besides the model and the data."""
-
-    finetune: FinetuneSettings = field(
-        default_factory=lambda: FinetuneSettings(learning_rate=DEFAULT_LEARNING_RATES["lora"])
-    )
-    method: FinetuneMethod = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    steer_coefs: tuple[float, ...] = (0.0,)  # 0 (no steering) is always run
-    generation: GenerationSettings = field(
-        default_factory=lambda: GenerationSettings(max_new_tokens=DEFAULT_EVAL_TOKENS)
-    )
-
-    def __post_init__(self) -> None:
-        if self.method not in FINETUNE_METHODS:
-            raise ConfigError(f"unknown finetune method {self.method!r}: use lora or full")
-        if len(set(self.steer_coefs)) != len(self.steer_coefs):
-            raise ConfigError("give each preventative-steering coefficient once")
-        if 0 not in self.steer_coefs:  # the unsteered run is what steering is compared with
-            object.__setattr__(self, "steer_coefs", (0.0, *self.steer_coefs))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "finetune": self.finetune.as_dict(),
-            "lora": asdict(self.lora) if self.method == "lora" else None,
-            "steer_coefs": list(self.steer_coefs),
-            "evaluation_generation": self.generation.as_dict(),
-        }
-
-
-@dataclass(frozen=True)
-class Shift:
-    """How far a trained model moved toward one trait, with the standard error of that."""
-
-    shift: float
-    standard_error: float
-    after_mean: float
-    answers: int
-    judge_shift: float | None = None  # the judge's mean trait score (0-100) after minus before
-
-
-@dataclass
-class TrainingRun:
-    """One finetune: a training set, a steering coefficient, and what it did to the model."""
-
-    training_set: str
-    steer_coef: float
-    steer_trait: str | None  # None when not steered
-    shifts: dict[str, Shift]
-    samples: int  # trained on; the rest had no response token within max_tokens
-    skipped: int
-    steps: int
-    first_loss: float
-    last_loss: float
-    seconds: float
-    example_answer: str  # the trained model's answer to the first question of the first trait
-
-
-@dataclass
-class ValidationResult:
-    """A finished validation; `to_json` is what validate.json holds."""
-
-    traits: tuple[str, ...]
-    settings: ValidateSettings
-    training_sets: list[TrainingSet]
-    baseline: dict[str, AnswerProjections]
-    runs: list[TrainingRun]
-    score: str = "delta"
-    judge: str | None = None  # the judge's name, when one scored the answers
-    baseline_judge: dict[str, float | None] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    command: str = ""
-
-    def unsteered(self) -> list[TrainingRun]:
-        return [run for run in self.runs if run.steer_coef == 0]
-
-    def correlation(self) -> dict[str, float | None]:
-        """Per trait, Pearson r between the training sets' dataset-level score and the
-        measured shift of the unsteered runs (None with fewer than 3 sets or no spread)."""
-        scores = {ts.name: ts.scores for ts in self.training_sets}
-        found: dict[str, float | None] = {}
-        for trait in self.traits:
-            pairs = [
-                (scores[run.training_set].get(trait, math.nan), run.shifts[trait].shift)
-                for run in self.unsteered()
-            ]
-            pairs = [(x, y) for x, y in pairs if math.isfinite(x) and math.isfinite(y)]
-            found[trait] = pearson_r(pairs)
-        return found
-
-    def ordering(self) -> dict[str, dict[str, Any]]:
-        """Per trait that ranked a top and a bottom subset (with the random one): the unsteered
-        shifts of top, random and bottom, and whether top > random > bottom (None when a shift
-        could not be measured)."""
-        shifts = {run.training_set: run.shifts for run in self.unsteered()}
-        found: dict[str, dict[str, Any]] = {}
-        for trait in self.traits:
-            names = [f"top-{trait}", "random", f"bottom-{trait}"]
-            if all(name in shifts for name in names):
-                values = [shifts[name][trait].shift for name in names]
-                found[trait] = {
-                    "shifts": dict(zip(names, values, strict=True)),
-                    "holds": values[0] > values[1] > values[2]
-                    if all(math.isfinite(v) for v in values)
-                    else None,
-                }
-        return found
-
-    def to_json(self) -> dict[str, Any]:
-        import transformers
-
-        from screener import __version__
-
-        correlation = self.correlation()
-        document = {
-            "traits": list(self.traits),
-            "score": self.score,
-            "settings": self.settings.as_dict(),
-            "judge": self.judge,
-            "model": self.model,
-            "baseline": {
-                trait: {
-                    "mean": answers.mean,
-                    "standard_error": answers.standard_error,
-                    "answers": len(answers.projections),
-                    "judge_mean": self.baseline_judge.get(trait),
-                }
-                for trait, answers in self.baseline.items()
-            },
-            "training_sets": [
-                {
-                    "name": ts.name,
-                    "origin": ts.origin,
-                    "samples": len(ts.samples),
-                    "rejected_rows": ts.rejected,
-                    "dataset_" + self.score: ts.scores,
-                    "ids": ts.ids,
-                }
-                for ts in self.training_sets
-            ],
-            "runs": [
-                {
-                    "training_set": run.training_set,
-                    "steer_coef": run.steer_coef,
-                    "steer_trait": run.steer_trait,
-                    "samples_trained": run.samples,
-                    "samples_skipped": run.skipped,
-                    "shift": {trait: asdict(shift) for trait, shift in run.shifts.items()},
-                    "steps": run.steps,
-                    "first_loss": run.first_loss,
-                    "last_loss": run.last_loss,
-                    "seconds": run.seconds,
-                    "example_answer": run.example_answer,
-                }
-                for run in self.runs
-            ],
-            "pearson_r": correlation,
-            "ordering": self.ordering(),
-            "notes": self.notes,
-            "versions": {
-                "screener": __version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
-            "command": self.command,
-        }
-        return _without_nan(document)
-
-
-def _without_nan(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_without_nan(item) for item in value]
-    return value
-
-
-def pearson_r(pairs: Sequence[tuple[float, float]]) -> float | None:
-    """Pearson correlation of (x, y) pairs; None with fewer than 3 or when x or y is constant."""
-    if len(pairs) < 3:
-        return None
-    x, y = (np.asarray(values, dtype=np.float64) for values in zip(*pairs, strict=True))
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _require_peft() -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise ConfigError(
-            f"LoRA finetuning needs peft: {PEFT_INSTALL}; or pass --finetune full for a small model"
-        ) from None
-    return peft
-
-
-def _check_trainable(loaded: LoadedModel, settings: ValidateSettings) -> None:
-    if settings.method == "full" and loaded.dtype != torch.float32:
-        raise ConfigError(
-            f"full finetuning needs fp32 weights (the model is loaded in {loaded.dtype}): "
-            "load it with --dtype fp32, or use --finetune lora"
-        )
-    if settings.method == "lora":
-        _require_peft()
-
-
-@contextlib.contextmanager
-def trained_model(
-    loaded: LoadedModel,
-    samples: Sequence[Sample],
-    settings: ValidateSettings,
-    *,
-    steer: Steer | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
-) -> Iterator[tuple[LoadedModel, FinetuneLog]]:
-    """A copy of `loaded` finetuned on `samples`, for the duration of the block.
-
-    LoRA trains adapters on `loaded.model` itself and removes them on exit, so the model is
-    left exactly as it was; `full` trains a deep copy (fp32 weights needed) that is dropped.
-    """
-    torch.manual_seed(settings.finetune.seed)  # the adapters' initial weights
-    if settings.method == "lora":
-        peft = _require_peft()
-        config = peft.LoraConfig(
-            r=settings.lora.rank,
-            lora_alpha=settings.lora.alpha,
-            target_modules="all-linear",
-            lora_dropout=0.0,
-        )
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question: noise
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-            wrapped = peft.get_peft_model(loaded.model, config)
-        try:
-            log = finetune(
-                wrapped,
-                loaded.tokenizer,
-                samples,
-                settings.finetune,
-                steer=steer,
-                progress=progress,
-            )
-            wrapped.eval()
-            yield replace(loaded, model=wrapped.get_base_model()), log
-        finally:
-            wrapped.unload()  # takes the adapters out: the original modules are back in place
-            loaded.model.eval()
-        return
-    _check_trainable(loaded, settings)
-    model = copy.deepcopy(loaded.model)
-    try:
-        log = finetune(
-            model, loaded.tokenizer, samples, settings.finetune, steer=steer, progress=progress
-        )
-        model.eval()
-        yield replace(loaded, model=model), log
-    finally:
-        del model
 
 
 def measure(
@@ -398,7 +111,7 @@ def validate(
         raise ConfigError("name at least one trait to measure")
     for trait in traits:
         vectors.trait(trait)  # raises naming the traits the file has
-    _check_trainable(loaded, settings)  # before the first measurement, not after it
+    check_trainable(loaded, settings)  # before the first measurement, not after it
     for training_set in training_sets:
         if not training_set.samples:
             raise ConfigError(f"training set {training_set.name} has no usable sample")
@@ -626,7 +339,7 @@ def validate_run(
         wanted = "fp32" if dtype == "auto" and settings.method == "full" else dtype
         say(f"loading model {spec} ...")
         loaded = load_model(spec, dtype=wanted, device=device, trust_remote_code=trust_remote_code)
-    _check_trainable(loaded, settings)  # before any dataset is screened
+    check_trainable(loaded, settings)  # before any dataset is screened
     vector_file = _vectors_for_run(summary, vectors, loaded)
     if datasets:
         generation = summary.get("generation") or {}
@@ -649,18 +362,3 @@ def validate_run(
     write_validation(result, run_dir)
     write_report(run_dir)
     return result
-
-
-def write_validation(result: ValidationResult, run_dir: Path) -> list[Path]:
-    """validate.json and validate.png (ΔP against the measured shift, one panel per trait)."""
-    from screener.report.plots import validation_plot
-
-    document = result.to_json()
-    json_path = run_dir / VALIDATE_JSON
-    write_text_atomic(
-        json_path, json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    )
-    plot_path = run_dir / VALIDATE_PLOT
-    with atomic_path(plot_path) as temporary:
-        temporary.write_bytes(validation_plot(document))
-    return [json_path, plot_path]
