@@ -423,6 +423,7 @@ def run_gate(
     loaded = resolve_model(model)
 
     def screened(data: Path, out: Path | None) -> ScreenResult:
+        # the baseline's verdict needs only its hashes, rejected rows and means: no labels
         return screen(
             data,
             model=loaded,
@@ -434,6 +435,7 @@ def run_gate(
             out=out,
             progress=progress,
             command=command,
+            label=out is not None,
         )
 
     before = screened(baseline, None) if _has_data(baseline) else None

@@ -554,3 +554,29 @@ def test_outputs_do_not_depend_on_chunking_and_the_spill_goes_away(
     del whole, single
     gc.collect()
     assert not any(d.exists() for d in spilled)
+
+
+def test_without_labels_the_scores_flags_and_means_are_the_same(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """label=False (the gate's baseline) skips categories, clusters and the second read."""
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    labelled = run(loaded, data, tmp_path, "labelled", rule=FlagRule(top_k=3))
+    bare = screen_flat(
+        data,
+        model=loaded,
+        vectors=tmp_path / "vectors.safetensors",
+        store=tmp_path / "store.duckdb",
+        max_new_tokens=STEPS,
+        calibration="none",
+        rule=FlagRule(top_k=3),
+        label=False,
+    )
+    unlabelled = ["category", "category_probability", "cluster"]
+    assert_frame_equal(bare.scores.drop(unlabelled), labelled.scores.drop(unlabelled))
+    assert bare.dataset_scores == labelled.dataset_scores
+    flagged = bare.scores.filter(pl.col("flagged"))
+    assert flagged.height > 0 and set(flagged["category"]) == {"other"}
+    assert flagged["cluster"].is_null().all() and bare.cluster_info == []
+    assert labelled.cluster_info != [] and labelled.category_names != []

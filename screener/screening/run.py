@@ -129,6 +129,7 @@ def screen(
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     command: str = "",
+    label: bool = True,
 ) -> ScreenResult:
     """Screen `data` for `traits` (default: evil, sycophancy and hallucination where the
     vectors have them, else all of theirs) and, with `out`, write the run's outputs there
@@ -140,6 +141,8 @@ def screen(
     scoring, generation, read: the options objects (screener.options); None: their defaults.
     rule: how cuts are chosen (default: the calibrated family-wise percentile).
     categories: a JSON file of extra risk categories.
+    label: give flagged samples a category and a cluster (without `out`, the data is read
+        again to name the clusters). False skips all three: scores, flags and means only.
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -264,9 +267,12 @@ def screen(
         ]
         result.command = command
         scoring_stats = dict(scorer.counters)
-        categorize(result, scorer, category_set, probe_layer)
-        fit_indices = cluster_fit_indices(result.flagged)
-        clustering = cluster(result, scorer, probe_layer, fit_indices)
+        fit_indices: list[int] = []
+        clustering = None
+        if label:
+            categorize(result, scorer, category_set, probe_layer)
+            fit_indices = cluster_fit_indices(result.flagged)
+            clustering = cluster(result, scorer, probe_layer, fit_indices)
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]
         )
@@ -290,8 +296,10 @@ def screen(
     # `out`, that read also writes the outputs
     if out is not None:
         write_run(result, out, set(fit_indices), finish)
-    else:
+    elif label:
         finish(second_read(result, None, None, set(fit_indices)))
+    else:
+        finish({})
     return result
 
 
