@@ -34,20 +34,21 @@ DEFAULT_BASE_TOKENS = 128
 class ModelOptions:
     """Which model, in which precision, on which device.
 
-    model: `embedded`, a .gguf file, a local model directory or a Hugging Face model id.
+    model: `embedded`, a .gguf file, a local model directory or a Hugging Face model id; None:
+        the job's own default (`embedded`; for validate, the model the run was screened with).
     dtype: `auto` (bf16 on GPUs and CPUs with bf16 matrix units, else fp32), `fp32`, `bf16`,
         `fp16`. device: `auto`, `cpu`, `cuda`, `cuda:N`.
     trust_remote_code: let the model run code shipped with it.
     """
 
-    model: str = "embedded"
+    model: str | None = None
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
     def load(self) -> LoadedModel:
         return load_model(
-            self.model,
+            self.model or "embedded",
             dtype=self.dtype,
             device=self.device,
             trust_remote_code=self.trust_remote_code,
@@ -154,7 +155,7 @@ def resolve_model(
         return model
     options = model if isinstance(model, ModelOptions) else ModelOptions(model)
     say = progress or (lambda message: None)
-    say(f"loading model {options.model} ...")
+    say(f"loading model {options.model or 'embedded'} ...")
     loaded = options.load()
     say(f"loaded {loaded.name} ({loaded.dtype}, {loaded.device}, fingerprint {loaded.fingerprint})")
     return loaded

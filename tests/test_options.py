@@ -82,7 +82,7 @@ def test_the_cli_builds_every_screen_option_from_its_flag(tmp_path: Path) -> Non
 
 def test_without_flags_the_cli_gives_the_objects_defaults() -> None:
     args = parse("screen", "data.jsonl")
-    assert model_options(args) == ModelOptions()
+    assert model_options(args) == ModelOptions("embedded")
     assert scoring_options(args) == ScoringOptions()
     assert generation_options(args) == GenerationOptions()
     assert read_options(args) == ReadOptions()
@@ -94,3 +94,8 @@ def test_without_flags_the_cli_gives_the_objects_defaults() -> None:
 
 def test_a_loaded_model_is_used_as_it_is(loaded: LoadedModel) -> None:  # noqa: F811
     assert resolve_model(loaded) is loaded
+
+
+def test_validate_without_model_means_the_runs_model() -> None:
+    args = parse("validate", "reports/run", "--dtype", "fp32", "--device", "cpu")
+    assert model_options(args) == ModelOptions(None, "fp32", "cpu")

@@ -13,6 +13,7 @@ from screener.cli.common import (
     add_model_options,
     add_quiet_option,
     comma_separated,
+    model_options,
     progress_printer,
 )
 
@@ -188,13 +189,10 @@ def _run_validate(args: argparse.Namespace) -> int:
         size=args.size,
         datasets=args.datasets or (),
         data=args.data,
-        model=args.model,
+        model=model_options(args),
         vectors=args.vectors,
-        dtype=args.dtype,
-        device=args.device,
         settings=settings,
         seed=args.seed,
-        trust_remote_code=args.trust_remote_code,
         judge=args.judge,
         progress=say,
         step_progress=StepBar(args.quiet),

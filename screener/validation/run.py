@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.judge import Judge, make_judge
-from screener.model import LoadedModel, load_model
+from screener.model import LoadedModel
+from screener.options import ModelOptions, resolve_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import load_run, write_report
@@ -269,13 +271,10 @@ def validate_run(
     size: int = DEFAULT_SUBSET_SIZE,
     datasets: Sequence[str | Path] = (),
     data: str | Path | None = None,
-    model: str | LoadedModel | None = None,
+    model: str | ModelOptions | LoadedModel | None = None,
     vectors: str | Path | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
     settings: ValidateSettings | None = None,
     seed: int = 0,
-    trust_remote_code: bool = False,
     judge: str = "none",
     progress: Callable[[str], None] | None = None,
     step_progress: Callable[[str, int, int, float], None] | None = None,
@@ -287,7 +286,9 @@ def validate_run(
 
     data: where the screened data is now (default: the path the run recorded).
     judge: `none`, `openai:MODEL@BASE_URL` or `local:MODEL`: also score the answers 0-100.
-    model: default the model the run used; full finetuning loads it in fp32 when dtype is auto.
+    model: a model, its name or its options; the model the run used where none is named. Full
+        finetuning loads it in fp32 when its dtype is auto. A local judge uses its dtype and
+        device.
     """
     say = progress or (lambda message: None)
     settings = settings or ValidateSettings()
@@ -331,14 +332,20 @@ def validate_run(
             run_name=str(run_dir),
             recorded=recorded if data else None,
         )
-    scorer = make_judge(judge, dtype=dtype, device=device)
+    options = (
+        model
+        if isinstance(model, ModelOptions)
+        else ModelOptions(None if isinstance(model, LoadedModel) else model)
+    )
+    scorer = make_judge(judge, dtype=options.dtype, device=options.device)
     if isinstance(model, LoadedModel):
         loaded = model
     else:
-        spec = model or (summary.get("model") or {}).get("spec") or "embedded"
-        wanted = "fp32" if dtype == "auto" and settings.method == "full" else dtype
-        say(f"loading model {spec} ...")
-        loaded = load_model(spec, dtype=wanted, device=device, trust_remote_code=trust_remote_code)
+        spec = options.model or (summary.get("model") or {}).get("spec") or "embedded"
+        full_in_fp32 = options.dtype == "auto" and settings.method == "full"
+        loaded = resolve_model(
+            replace(options, model=spec, dtype="fp32" if full_in_fp32 else options.dtype), say
+        )
     check_trainable(loaded, settings)  # before any dataset is screened
     vector_file = _vectors_for_run(summary, vectors, loaded)
     if datasets:
