@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 
+from screener.generate import GenerationSettings, generate_responses
 from screener.layers import find_layout
-from screener.vectors.steer import steering
-from tests.conftest import tiny_model
+from screener.records import Message
+from screener.vectors import load_vectors
+from screener.vectors.steer import steer_answer, steering
+from tests.conftest import tiny_loaded, tiny_model
+from tests.test_screen import tiny_vectors
 
 
 def consumer(model: nn.Module, layer: int) -> nn.Module:
@@ -52,3 +59,22 @@ def test_steering_shifts_exactly_the_chosen_hidden_state(family: str, layer: int
     assert not torch.allclose(steered_logits, fresh)
     torch.testing.assert_close(after, fresh)  # the hook is gone: same as an untouched copy
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_steer_answer_is_greedy_generation_with_and_without_the_hook(
+    tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    loaded = tiny_loaded("llama", tiny_tokenizer)
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    question, settings = "Is my poem brilliant?", GenerationSettings(max_new_tokens=6)
+    prompt = [(Message("user", question),)]
+    trait = load_vectors(vectors).trait("evil")
+    [plain] = generate_responses(loaded, prompt, settings)
+    with steering(loaded.model, trait.chosen_layer, trait.vectors[trait.chosen_layer], 8.0):
+        [steered] = generate_responses(loaded, prompt, settings)
+    answers = steer_answer(question, "evil", 8.0, model=loaded, vectors=vectors, max_new_tokens=6)
+    assert (answers.plain, answers.steered, answers.layer) == (plain, steered, trait.chosen_layer)
+    # the hook is gone afterwards, and a zero coefficient changes nothing
+    assert steer_answer(question, "evil", 0.0, model=loaded, vectors=vectors, max_new_tokens=6) == (
+        replace(answers, coef=0.0, steered=plain)
+    )

@@ -12,11 +12,9 @@ from screener.cli.common import (
     add_model_options,
     add_quiet_option,
     comma_separated,
-    load_model_from_args,
     model_options,
     progress_printer,
 )
-from screener.errors import ConfigError
 from screener.traits import RESPONSE_SOURCES, list_packs, load_pack
 
 
@@ -201,19 +199,16 @@ def _run_traits_show(args: argparse.Namespace) -> int:
 
 
 def _run_traits_new(args: argparse.Namespace) -> int:
-    from screener.atomic import write_text_atomic
-    from screener.traits import PACKS_DIR, user_packs_dir
-    from screener.traits.writer import make_generator, write_pack
+    from screener.traits.writer import make_generator, new_trait
 
-    out = args.out or user_packs_dir() / f"{args.name}.json"
-    if (out.exists() or (PACKS_DIR / f"{args.name}.json").exists()) and not args.force:
-        raise ConfigError(
-            f"trait {args.name!r} already exists ({out}): pick another name or pass --force"
-        )
-    pack = write_pack(
-        args.name, args.description, make_generator(args.generator), attempts=args.attempts
+    out = new_trait(
+        args.name,
+        args.description,
+        make_generator(args.generator),
+        out=args.out,
+        force=args.force,
+        attempts=args.attempts,
     )
-    write_text_atomic(out, json.dumps(pack.to_json(), indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -256,23 +251,22 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_steer(args: argparse.Namespace) -> int:
-    from screener.generate import GenerationSettings, generate_responses
-    from screener.records import Message
-    from screener.vectors import load_vectors
-    from screener.vectors.steer import steering
+    from screener.vectors.steer import steer_answer
 
-    say = progress_printer(args)
-    loaded = load_model_from_args(args, say)
-    trait = load_vectors(args.vectors, model=loaded).trait(args.trait)
-    layer = trait.chosen_layer if args.layer is None else args.layer
-    prompt = [(Message("user", args.question),)]
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    [plain] = generate_responses(loaded, prompt, settings)
-    with steering(loaded.model, layer, trait.vectors[layer], args.coef):
-        [steered] = generate_responses(loaded, prompt, settings)
+    answers = steer_answer(
+        args.question,
+        args.trait,
+        args.coef,
+        model=model_options(args),
+        vectors=args.vectors,
+        layer=args.layer,
+        max_new_tokens=args.max_new_tokens,
+        progress=progress_printer(args),
+    )
     print(
-        f"question: {args.question}\n\nplain:\n{plain}\n\n"
-        f"steered ({args.trait}, layer {layer}, coef {args.coef:g}):\n{steered}"
+        f"question: {answers.question}\n\nplain:\n{answers.plain}\n\n"
+        f"steered ({answers.trait}, layer {answers.layer}, coef {answers.coef:g}):\n"
+        f"{answers.steered}"
     )
     return EXIT_OK
 

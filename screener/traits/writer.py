@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from screener.endpoints import openai_endpoint, parse_spec
-from screener.errors import TraitPackError
+from screener.errors import ConfigError, TraitPackError
 from screener.records import Message
 from screener.traits import NUM_PAIRS, NUM_QUESTIONS, TraitPack, validate_pack
 
@@ -72,6 +73,30 @@ def write_pack(
         f"the generator gave no valid pack for {name!r} in {attempts} attempts; "
         f"last problem: {problem}"
     )
+
+
+def new_trait(
+    name: str,
+    description: str,
+    generator: Generator,
+    *,
+    out: Path | None = None,
+    force: bool = False,
+    attempts: int = 3,
+) -> Path:
+    """Write a new trait pack for `name` (validated as any pack is) to `out`, by default the
+    user's pack folder; an existing pack of that name is kept unless `force`."""
+    from screener.atomic import write_text_atomic
+    from screener.traits import PACKS_DIR, user_packs_dir
+
+    out = out or user_packs_dir() / f"{name}.json"
+    if (out.exists() or (PACKS_DIR / f"{name}.json").exists()) and not force:
+        raise ConfigError(
+            f"trait {name!r} already exists ({out}): pick another name or pass --force"
+        )
+    pack = write_pack(name, description, generator, attempts=attempts)
+    write_text_atomic(out, json.dumps(pack.to_json(), indent=2, ensure_ascii=False) + "\n")
+    return out
 
 
 def make_generator(

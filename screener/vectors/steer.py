@@ -10,14 +10,20 @@ causes its trait, and later for preventative steering during finetuning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from screener.layers import find_layout, resolve_layers, tap
+
+if TYPE_CHECKING:
+    from screener.model import LoadedModel
+    from screener.options import ModelOptions
 
 
 @contextmanager
@@ -47,3 +53,44 @@ def steering(model: nn.Module, layer: int, vector: torch.Tensor, coef: float) ->
         yield
     finally:
         handle.remove()
+
+
+@dataclass(frozen=True)
+class SteeredAnswers:
+    """The model's greedy answer to one question, plain and steered along a trait's vector."""
+
+    question: str
+    trait: str
+    layer: int
+    coef: float
+    plain: str
+    steered: str
+
+
+def steer_answer(
+    question: str,
+    trait: str,
+    coef: float,
+    *,
+    model: str | ModelOptions | LoadedModel = "embedded",
+    vectors: str | Path = "builtin",
+    layer: int | None = None,
+    max_new_tokens: int = 96,
+    progress: Callable[[str], None] | None = None,
+) -> SteeredAnswers:
+    """Answer `question` greedily, then again with `coef` times the trait's vector added at
+    `layer` (default: the trait's chosen layer). A positive coef pushes toward the trait."""
+    from screener.generate import GenerationSettings, generate_responses
+    from screener.options import resolve_model
+    from screener.records import Message
+    from screener.vectors.store import load_vectors
+
+    loaded = resolve_model(model, progress)
+    vector = load_vectors(vectors, model=loaded).trait(trait)
+    layer = vector.chosen_layer if layer is None else layer
+    prompt = [(Message("user", question),)]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    [plain] = generate_responses(loaded, prompt, settings)
+    with steering(loaded.model, layer, vector.vectors[layer], coef):
+        [steered] = generate_responses(loaded, prompt, settings)
+    return SteeredAnswers(question, trait, layer, coef, plain, steered)
