@@ -2,9 +2,12 @@
 
 Two tables, both keyed by the model's fingerprint so that results of different models never mix:
 
-- `base_responses`: the model's own answer to a rendered prompt, per generation settings;
-- `activations`: per sample content (its token ids and response boundary) and layer, the mean
-  response activation and the last prompt token's activation, as float32 bytes.
+- `base_responses_v2`: the model's own answer to a rendered prompt, per generation settings;
+- `activations_v2`: per sample content (its token ids and response boundary) and layer, the
+  mean response activation and the last prompt token's activation, as float32 bytes.
+
+A third, `schema_version`, holds the number of the last migration applied: opening a store
+applies the MIGRATIONS after it, in order, so a store written by any earlier version opens.
 
 Rows are found by a 64-bit `key` hashed from their identifying columns, and every lookup also
 compares those columns, so a key collision can only cost a recomputation, never a wrong answer.
@@ -12,8 +15,9 @@ There is deliberately no primary key: DuckDB keeps a primary-key index in memory
 per row here, 800 MB at a million rows), while plain columns are paged to disk under the
 connection's memory limit. Inserts skip rows whose key is already present.
 
-Each `put_*` call is one transaction: a run killed at any moment leaves the store with whole
-chunks or nothing of a chunk, and a restarted run finds the finished chunks and computes the rest.
+A `put_*` call inserts in transactions of at most INSERT_BATCH_BYTES: a run killed at any moment
+leaves whole rows, each complete on its own, and a restarted run finds them and computes the
+rest.
 One process writes at a time (DuckDB locks the file); the default store lives under
 `$SCREENER_HOME` and `--store` points elsewhere (`:memory:` keeps nothing).
 
@@ -24,7 +28,7 @@ One process writes at a time (DuckDB locks the file); the default store lives un
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +61,7 @@ CREATE TABLE IF NOT EXISTS activations_v2 (
 
 TABLES = ("base_responses_v2", "activations_v2")
 # Tables of stores written before the key column (old name -> new name, the columns the key is
-# made of), copied into the new tables when such a store is first opened.
+# made of), copied into the new tables by migration 2.
 _OLD_TABLES = {
     "base_responses": ("base_responses_v2", ("model", "prompt_hash", "settings")),
     "activations": ("activations_v2", ("model", "content_hash", "layer")),
@@ -111,7 +115,11 @@ def _vector(blob: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
 
 
-def _migrate(connection: Any, path: str) -> None:
+def _create_tables(connection: Any, path: str) -> None:
+    connection.execute(SCHEMA)
+
+
+def _key_old_tables(connection: Any, path: str) -> None:
     """Copy the rows of tables from before the key column into the new tables, then drop the
     old ones. A copy cut short is finished by the next open (rows already copied are skipped)."""
     present = {
@@ -133,6 +141,32 @@ def _migrate(connection: Any, path: str) -> None:
         finally:
             reader.close()
         connection.execute(f"DROP TABLE {old}")
+
+
+# Numbered migrations, applied in order to a store whose schema_version is below their number.
+# One that has shipped is never edited: a change of schema is the next number.
+MIGRATIONS: tuple[tuple[int, str, Callable[[Any, str], None]], ...] = (
+    (1, "the keyed tables base_responses_v2 and activations_v2", _create_tables),
+    (2, "rows of the tables from before the key column, keyed", _key_old_tables),
+)
+
+
+def schema_version(connection: Any) -> int:
+    """The number of the last migration applied to the store (0 for a store without any)."""
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    [(version,)] = connection.execute(
+        "SELECT coalesce(max(version), 0) FROM schema_version"
+    ).fetchall()  # all: a result left unfinished blocks the connection's next statement
+    return int(version)
+
+
+def migrate(connection: Any, path: str) -> None:
+    """Apply the migrations the store has not had, recording each once it is complete."""
+    applied = schema_version(connection)
+    for number, _, apply in MIGRATIONS:
+        if number > applied:
+            apply(connection, path)
+            connection.execute("INSERT INTO schema_version VALUES (?)", [number])
 
 
 class RunStore:
@@ -167,8 +201,7 @@ class RunStore:
                 "only a cache) or pass --store with another path"
             ) from exc
         try:
-            connection.execute(SCHEMA)
-            _migrate(connection, where)
+            migrate(connection, where)
             yield cls(connection, where)
         finally:
             connection.close()

@@ -5,13 +5,14 @@ over."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 import torch
 
 from screener import store as store_module
-from screener.store import LayerActivations, RunStore, row_key
+from screener.store import MIGRATIONS, LayerActivations, RunStore, row_key, schema_version
 
 OLD_SCHEMA = """
 CREATE TABLE base_responses (model VARCHAR NOT NULL, prompt_hash VARCHAR NOT NULL,
@@ -85,9 +86,30 @@ def test_a_store_from_before_the_key_column_is_carried_over(tmp_path: Path) -> N
             row[0]
             for row in store.connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
-    assert tables == set(store_module.TABLES)
+    assert tables == {*store_module.TABLES, "schema_version"}
     with RunStore.open(path) as store:  # opening again changes nothing
         assert store.export_table("activations_v2").num_rows == 1
+        assert schema_version(store.connection) == len(MIGRATIONS)
+    # the migrated schema is a new store's, column for column
+    with RunStore.open(tmp_path / "new.duckdb") as new:
+        fresh = columns(new.connection)
+    with RunStore.open(path) as store:
+        assert columns(store.connection) == fresh
+
+
+def columns(connection: Any) -> list[tuple[str, str, str, bool]]:
+    """Every column of every table of a store: table, name, type, nullable."""
+    return connection.execute(
+        "SELECT table_name, column_name, data_type, is_nullable FROM duckdb_columns() "
+        "ORDER BY table_name, column_index"
+    ).fetchall()
+
+
+def test_migrations_are_numbered_in_order_and_each_is_recorded(tmp_path: Path) -> None:
+    assert [number for number, _, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    with RunStore.open(tmp_path / "store.duckdb") as store:
+        recorded = store.connection.execute("SELECT version FROM schema_version").fetchall()
+    assert [version for (version,) in recorded] == [number for number, _, _ in MIGRATIONS]
 
 
 def test_row_keys_are_a_fixed_hash_of_the_columns() -> None:
