@@ -42,7 +42,8 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from screener.gating import GateRules, run_gate
+from screener.gate_rules import GateRules
+from screener.gating import run_gate
 from screener.model import cpu_supports_bf16, dtype_name, load_model
 from screener.options import ScoringOptions
 from screener.screening import screen

@@ -19,13 +19,8 @@ from transformers import PreTrainedTokenizerFast
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.cli import main
 from screener.errors import ConfigError
-from screener.gating import (
-    GateRules,
-    added_rejections,
-    flag_rate_lower_bound,
-    load_rules,
-    parse_rules,
-)
+from screener.gate_rules import GateRules, load_rules, parse_rules
+from screener.gating import added_rejections, flag_rate_lower_bound
 from screener.model import load_model
 from screener.options import ModelOptions
 from screener.records import Message, RejectedRow, Sample

@@ -25,7 +25,8 @@ import torch
 import transformers
 
 from screener import __version__
-from screener.gating import GateRules, run_gate
+from screener.gate_rules import GateRules
+from screener.gating import run_gate
 from screener.model import LoadedModel
 from screener.screening import FlagRule, calibrate, save_calibration
 from screener.screening.calibration import default_calibration_path

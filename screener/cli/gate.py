@@ -56,7 +56,8 @@ def register(commands: Any) -> None:
 
 
 def _run_gate(args: argparse.Namespace) -> int:
-    from screener.gating import git_versions, github_annotations, load_rules, run_gate
+    from screener.gate_rules import load_rules
+    from screener.gating import git_versions, github_annotations, run_gate
 
     pair = args.baseline is not None or args.candidate is not None
     if args.git_range is not None and pair:
