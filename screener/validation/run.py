@@ -236,6 +236,7 @@ def _user_training_sets(
             traits=traits,
             scoring=scoring,
             generation=GenerationOptions(max_new_tokens),
+            label=False,  # its means and scored rows are all that is used: no second read
         )
         scored = {(sample.source, sample.line) for sample in screened.samples}
         samples = [
