@@ -62,8 +62,9 @@ def machine_free(text: str, scratch: Path) -> str:
     return text
 
 
-def differences(expected: str, got: str) -> list[str]:
-    """Where `got` differs from `expected`: text exactly, numbers within tolerance."""
+def differences(expected: str, got: str, relative: float = RELATIVE) -> list[str]:
+    """Where `got` differs from `expected`: text and integers exactly, other numbers within
+    `relative` or one unit of their last printed digit."""
     numbers_a, numbers_b = list(NUMBER.finditer(expected)), list(NUMBER.finditer(got))
     text_a, text_b = NUMBER.sub("#", expected), NUMBER.sub("#", got)
     if len(numbers_a) != len(numbers_b) or text_a != text_b:
@@ -77,7 +78,7 @@ def differences(expected: str, got: str) -> list[str]:
             continue
         a, b = float(match_a.group()), float(match_b.group())
         last_digit = 10.0 ** (int(match_a.group(2) or 0) - len(match_a.group(1) or ""))
-        if abs(a - b) > max(RELATIVE * max(abs(a), abs(b)), last_digit * 1.001):
+        if abs(a - b) > max(relative * max(abs(a), abs(b)), last_digit * 1.001):
             found.append(f"number {match_a.group()} against {match_b.group()} at {match_a.start()}")
     return found
 
