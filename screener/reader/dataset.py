@@ -28,6 +28,7 @@ from screener.reader.formats import (
 )
 from screener.reader.memory import (
     InMemoryData,
+    as_data,
     check_in_memory,
     data_name,
     iter_memory,
@@ -96,7 +97,7 @@ class DatasetReader:
         if on_bad_row not in ("reject", "fail"):
             raise ConfigError(f"unknown bad-row policy {on_bad_row!r}: use reject or fail")
         check_in_memory(data)
-        self.data: Path | InMemoryData = Path(data) if isinstance(data, str | Path) else data
+        self.data = as_data(data)
         self.fmt = fmt
         self.fields = fields or FieldNames()
         self.on_bad_row = on_bad_row

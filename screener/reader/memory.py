@@ -28,6 +28,11 @@ def is_in_memory(data: object) -> bool:
     return not isinstance(data, str | Path)
 
 
+def as_data(data: str | Path | InMemoryData) -> Path | InMemoryData:
+    """A path as a Path; rows in memory as they are."""
+    return Path(data) if isinstance(data, str | Path) else data
+
+
 def _kind(data: object) -> str | None:
     """`polars`, `datasets` or `rows` for the data this module reads, None otherwise."""
     module = type(data).__module__.split(".")[0]

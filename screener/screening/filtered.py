@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
-from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema
+from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
 from screener.reader.sources import FILE_TYPES, list_data_files
 
 _PARQUET_BATCH = 1024
@@ -112,7 +112,7 @@ class FilteredWriter:
     """
 
     def __init__(self, data: str | Path | InMemoryData, out_dir: Path) -> None:
-        self.data: Path | InMemoryData = Path(data) if isinstance(data, str | Path) else data
+        self.data = as_data(data)
         self.out_dir = out_dir
         self.stack = ExitStack()
         self.writers: dict[str, _RowWriter] = {}

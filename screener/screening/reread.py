@@ -23,13 +23,16 @@ def screened_rows(
     samples: ScoredSamples, data: str | Path | InMemoryData, read: ReadOptions
 ) -> Iterator[tuple[int, ScoredSample, Sample]]:
     """(index, scored sample, row read again) for every scored sample, in input order.
-    Raises when a scored sample's row is no longer there (the data changed)."""
+    Raises when a scored sample's row is no longer there (the data changed); reading stops at
+    the last scored sample."""
     scored = enumerate(samples)
     current = next(scored, None)
     # Rows rejected on the first read (duplicate ids among them) are skipped below: they are
     # not the next scored sample. So the second read need not track ids.
     for record in read_dataset(data, fmt=read.fmt, fields=read.fields, check_duplicates=False):
-        if not isinstance(record, Sample) or current is None:
+        if current is None:
+            break
+        if not isinstance(record, Sample):
             continue
         index, sample = current
         if (record.source, record.line) != (sample.source, sample.line):

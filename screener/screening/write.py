@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path, write_text_atomic
 from screener.collect import prepare_out_dir
-from screener.errors import ScreenerError, StoreError
+from screener.errors import StoreError
 from screener.records import Sample
 from screener.report import VALIDATE_JSON, VALIDATE_PLOT, write_report
 from screener.screening.filtered import FilteredWriter
@@ -125,7 +125,7 @@ def second_read(
     of the flagged samples in `text_wanted`, for clustering."""
     flag_indices = result.flags.indices
     texts: dict[int, str] = {}
-    kept = flagged = 0
+    flagged = 0
     writer = FilteredWriter(result.input, out) if out is not None else None
     with writer if writer is not None else nullcontext():
         for index, sample, record in screened_rows(result.samples, result.input, result.read):
@@ -135,18 +135,10 @@ def second_read(
                 if flagged_records is not None:
                     flagged_records.add(_flagged_record(result, flagged, sample, record))
                 flagged += 1
-            else:
-                kept += 1
-                if writer is not None:
-                    writer.write(record.source, record.original)
+            elif writer is not None:
+                writer.write(record.source, record.original)
     if writer is not None:
         result.outputs += writer.paths
-    if kept != result.kept or flagged != len(result.flags):
-        raise ScreenerError(
-            f"the data changed while it was screened ({kept} kept and {flagged} flagged "
-            f"on the second read, {result.kept} and {len(result.flags)} expected): rerun "
-            "screener on a file that is not being written to"
-        )
     return texts
 
 
