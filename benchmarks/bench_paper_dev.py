@@ -145,15 +145,11 @@ def main() -> None:
             run_dir = scratch / f"run-{name}"
             result = screen(data, model=loaded, scoring=scoring, out=run_dir)
             mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
-            summary = result.summary()
+            shifts = {t: info.dataset_shift for t, info in result.summary.traits.items()}
             mixes[name]["dataset_shift"] = {
-                t: info["dataset_shift"] for t, info in summary["traits"].items()
+                t: None if shift is None else shift.as_dict() for t, shift in shifts.items()
             }
-            mixes[name]["alarms"] = [
-                t
-                for t, info in summary["traits"].items()
-                if (info["dataset_shift"] or {}).get("alarm")
-            ]
+            mixes[name]["alarms"] = [t for t, shift in shifts.items() if shift and shift.alarm]
             if name in VALIDATED_MIXES and trait and not args.skip_validate:
                 validations[name] = validation_record(
                     validate_run(run_dir, traits=[trait], model=loaded, progress=print).to_json()

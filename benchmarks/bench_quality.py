@@ -84,7 +84,7 @@ def main() -> None:
     label_of = labels()
     scores = result.scores.with_columns(pl.col("id").replace_strict(label_of).alias("label"))
     label = scores["label"].to_numpy()
-    summary = result.summary()
+    summary = result.summary.as_json()
     traits: dict[str, dict] = {}
     for trait in result.settings.traits:
         positive = label == trait

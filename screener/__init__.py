@@ -6,7 +6,8 @@ The library API; the `screener` command is a thin layer over it.
     result = screener.screen("data.jsonl", traits=["evil"])   # a path, or rows in memory
     result.to_dataset().filter(lambda row: not row["flagged"])
 
-The jobs (`screen`, `calibrate`, `extract`, `validate`, `gate`) are imported on first use, so that
+The jobs (`screen`, `calibrate`, `extract`, `validate`, `gate`) and `load_run`, which reads a
+run directory back, are imported on first use, so that
 `import screener` and the CLI start without loading their dependencies.
 """
 
@@ -40,7 +41,8 @@ from screener.vectors import load_vectors
 
 if TYPE_CHECKING:
     from screener.gating import run_gate as gate
-    from screener.screening.calibrate import calibrate
+    from screener.run_directory import RunSummary, load_run
+    from screener.screening.calibration_run import calibrate
     from screener.screening.flags import FlagRule
     from screener.screening.result import ScreenResult
     from screener.screening.run import screen
@@ -56,6 +58,8 @@ _JOBS = {
     "validate": ("screener.validation.run", "validate_run"),
     "gate": ("screener.gating", "run_gate"),
     "extract": ("screener.vectors.jobs", "extract"),
+    "RunSummary": ("screener.run_directory", "RunSummary"),
+    "load_run": ("screener.run_directory", "load_run"),
 }
 
 
@@ -84,6 +88,7 @@ __all__ = [
     "RejectedRow",
     "RenderedSample",
     "Renderer",
+    "RunSummary",
     "Sample",
     "ScoringOptions",
     "ScreenResult",
@@ -95,6 +100,7 @@ __all__ = [
     "fingerprint",
     "gate",
     "load_model",
+    "load_run",
     "load_vectors",
     "read_dataset",
     "screen",

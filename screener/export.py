@@ -17,7 +17,7 @@ import polars as pl
 
 from screener.atomic import atomic_path
 from screener.errors import ConfigError, ScreenerError
-from screener.report import read_scores
+from screener.run_directory import read_scores
 
 Selection = Literal["flagged", "kept", "all"]
 ExportFormat = Literal["jsonl", "csv", "parquet"]

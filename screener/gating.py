@@ -32,6 +32,7 @@ from screener.options import (
     resolve_model,
 )
 from screener.records import RejectedRow
+from screener.run_directory import GATE_MD
 from screener.screening import FlagRule, ScreenResult, screen
 
 WORST_ROWS = 10  # added flagged rows listed in gate.md
@@ -323,7 +324,7 @@ def run_gate(
     after = screened(candidate, out)
     verdict = judge(rules, before, after, display)
     try:
-        write_text_atomic(out / "gate.md", gate_markdown(verdict))
+        write_text_atomic(out / GATE_MD, gate_markdown(verdict))
     except OSError as exc:
         raise ScreenerError(f"cannot write {out / 'gate.md'}: {exc.strerror}") from None
     return verdict

@@ -46,6 +46,16 @@ _FINGERPRINT_SAMPLES_PER_TENSOR = 4096
 _CONVERTED_MARKER = "screener-converted.json"
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the outputs of a run record about the model."""
+
+    spec: str  # what was asked for: a path, a hub id, `embedded`
+    name: str
+    fingerprint: str
+    dtype: str
+
+
 @dataclass
 class LoadedModel:
     """A model ready for screening, with what was asked for and what was resolved."""
@@ -59,14 +69,8 @@ class LoadedModel:
     fingerprint: str
     trust_remote_code: bool = False  # it was loaded allowing code shipped with the model
 
-    def identity(self) -> dict[str, str]:
-        """What the outputs of a run record about the model: spec, name, fingerprint, dtype."""
-        return {
-            "spec": self.spec,
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "dtype": dtype_name(self.dtype),
-        }
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.spec, self.name, self.fingerprint, dtype_name(self.dtype))
 
 
 def cpu_supports_bf16() -> bool:

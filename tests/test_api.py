@@ -136,6 +136,11 @@ def test_to_dataset_is_the_input_rows_with_the_screens_columns(
         r["id"] for r, f in zip(records, result.scores["flagged"], strict=True) if not f
     ]
     assert kept.num_rows == result.kept > 0
+    flagged = [r["id"] for r, f in zip(records, result.scores["flagged"], strict=True) if f]
+    assert result.flagged["id"].to_list() == flagged != []
+    assert result.flagged["source_line"].to_list() == [  # lines in the file, past the bad row
+        records.index(r) + (1 if records.index(r) < 3 else 2) for r in records if r["id"] in flagged
+    ]
 
 
 def test_to_dataset_refuses_to_overwrite_an_input_column(
@@ -164,8 +169,9 @@ def test_the_readme_example_runs_on_the_embedded_model(
     namespace: dict = {}
     exec(python_example(), namespace)
     kept, result = namespace["kept"], namespace["result"]
-    assert result.summary()["counts"]["rows_read"] == 8
+    assert result.summary.counts.rows_read == 8
     assert kept.num_rows == result.kept and "flagged" in kept.column_names
+    assert result.flagged.height == result.summary.counts.flagged
 
 
 def test_writing_a_result_later_gives_the_files_of_a_run_with_out(

@@ -23,6 +23,7 @@ from screener.model import LoadedModel, load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
+from screener.run_directory import StyleSummary
 from screener.screening import (
     FlagRule,
     ScreenResult,
@@ -175,9 +176,9 @@ def test_delta_equals_the_hand_computed_difference_of_projections(
         expected = reference_scores(loaded, vectors, record)
         for column, value in expected.items():
             assert row[column] == pytest.approx(value, abs=1e-4), (record["id"], column)
-    assert result.summary()["counts"]["rows_read"] == len(records)
+    assert result.summary.counts.rows_read == len(records)
     # the dataset-level score is the mean ΔP
-    mean = result.summary()["traits"]["evil"]["dataset_delta"]["mean"]
+    mean = result.summary.traits["evil"].dataset_score.mean
     assert mean == pytest.approx(scores["delta_evil"].mean())
 
 
@@ -242,7 +243,7 @@ def test_outputs_keep_the_input_format(loaded: LoadedModel, tmp_path: Path) -> N
     pl.DataFrame(records).write_parquet(parquet_path)
     for path, name in ((csv_path, "csv"), (parquet_path, "parquet")):
         result = run(loaded, path, tmp_path, name, traits=["evil"], rule=FlagRule(top_k=3))
-        flagged = {result.samples[i].id for i in result.flagged}
+        flagged = set(result.flagged["id"])
         assert len(flagged) == 3
         expected = [r for r in records if r["id"] not in flagged]
         if name == "csv":
@@ -484,15 +485,14 @@ def test_style_controlled_scores_are_projections_on_the_calibrated_direction(
     np.testing.assert_allclose(  # sycophancy has no style control: its own vector
         styled.scores["delta_sycophancy"].to_numpy(), raw.scores["delta_sycophancy"].to_numpy()
     )
-    summary = styled.summary()
-    assert summary["calibration"]["style_control"] == {
-        "evil": {"components": 1, "cosine": 0.5, "explained": 0.25}
-    }
+    summary = styled.summary
+    assert summary.calibration is not None
+    assert summary.calibration.style_control == {"evil": StyleSummary(1, 0.5, 0.25)}
     assert any("no style control in the calibration for sycophancy" in n for n in styled.notes)
     # 101 style-controlled values against the rows' sycophancy values: no common rows, so the
     # union bound 100 * (1 - 0.05 / 2) of the 0..100 reference
-    assert summary["traits"]["evil"]["cut"] == pytest.approx(97.5)
-    assert raw.summary()["calibration"]["style_control"] == {}
+    assert summary.traits["evil"].cut == pytest.approx(97.5)
+    assert raw.summary.calibration is not None and raw.summary.calibration.style_control == {}
     q = family_percentile([calibration.traits[t]["delta"] for t in ("evil", "sycophancy")])
     raw_reference = calibration.traits["evil"]["delta"]
     assert raw.cuts["evil"].value == pytest.approx(raw_reference.percentile(q))
@@ -508,8 +508,7 @@ def test_a_calibration_for_other_vectors_is_not_used(loaded: LoadedModel, tmp_pa
     tiny_vectors(loaded, vectors, seed=99)  # the same traits, other directions
     result = run(loaded, data, tmp_path, "out", calibration=tmp_path / "cal.json")
     assert any("made with other evil vectors" in note for note in result.notes)
-    summary = result.summary()
-    assert summary["traits"]["evil"]["cut_rule"].startswith("95th percentile of this dataset")
+    assert result.summary.traits["evil"].cut_rule.startswith("95th percentile of this dataset")
 
 
 def test_outputs_do_not_depend_on_chunking_and_the_spill_goes_away(

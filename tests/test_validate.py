@@ -27,7 +27,6 @@ from screener.validation.datasets import (
     TrainingSet,
     choose_subsets,
     load_subsets,
-    reader_options,
     relocate,
 )
 from screener.validation.finetune import FinetuneSettings, Steer, finetune
@@ -397,11 +396,7 @@ def test_moved_data_is_found_with_data_and_read_with_the_run_s_fields(tmp_path: 
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     old_dir.mkdir()
     data = write_jsonl(old_dir / "d.jsonl", records)
-    summary = {"data": str(old_dir), "reader": {"format": "prompt_response",
-               "fields": {"prompt": "q", "response": "a", "id": "key"}}}  # fmt: skip
-    fmt, fields = reader_options(summary)
-    assert (fmt, fields) == ("prompt_response", FieldNames(prompt="q", response="a", id="key"))
-    assert reader_options({}) == ("auto", FieldNames())  # runs from before the reader key
+    fmt, fields = "prompt_response", FieldNames(prompt="q", response="a", id="key")
     table = pl.DataFrame(
         {"id": ["k0", "k1", "k2", "k3"], "source": [str(data)] * 4,
          "source_line": [1, 2, 3, 4], "delta_evil": [1.0, 3.0, 2.0, 0.0]}

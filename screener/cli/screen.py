@@ -255,28 +255,26 @@ def _run_screen(args: argparse.Namespace) -> int:
         progress=say,
         command=args.command_line,
     )
-    summary = result.summary()
+    summary = result.summary
     for note in result.notes:
         say(f"note: {note}")
     label = "ΔP" if args.method == "delta" else "prompt-last (approximate)"
-    for trait, info in summary["traits"].items():
-        mean = info[f"dataset_{result.score_kind}"]
+    for trait, info in summary.traits.items():
+        mean = info.dataset_score
         interval = (
-            f"{mean['mean']:+.3f} [{mean['ci95_low']:+.3f}, {mean['ci95_high']:+.3f}]"
-            if mean["mean"] is not None
+            f"{mean.mean:+.3f} [{mean.low:+.3f}, {mean.high:+.3f}]"
+            if mean.mean is not None and mean.low is not None and mean.high is not None
             else "n/a"
         )
-        cut = "n/a" if info["cut"] is None else f"{info['cut']:.3f}"
-        shift = info["dataset_shift"]
+        cut = "n/a" if info.cut is None else f"{info.cut:.3f}"
+        shift = info.dataset_shift
         against = (
-            f"; {shift['shift']:+.2f} sd from the reference{' (ALARM)' if shift['alarm'] else ''}"
+            f"; {shift.shift:+.2f} sd from the reference{' (ALARM)' if shift.alarm else ''}"
             if shift
             else ""
         )
-        print(
-            f"  {trait}: dataset {label} {interval}{against}; cut {cut}; flagged {info['flagged']}"
-        )
-    print(f"{args.data}: {summary['counts']['invariant']}; wrote {out}/ (open {out}/report.html)")
+        print(f"  {trait}: dataset {label} {interval}{against}; cut {cut}; flagged {info.flagged}")
+    print(f"{args.data}: {summary.counts.invariant}; wrote {out}/ (open {out}/report.html)")
     return EXIT_OK
 
 

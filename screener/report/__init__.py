@@ -3,8 +3,9 @@ no script, no external URL), readable offline and printable.
 
     write_report(Path("reports/screen-data"))  # -> reports/screen-data/report.html
 
-Everything comes from the run directory's files (summary.json, scores.parquet, flagged.jsonl,
-reference.json), so `screener report RUN_DIR` re-renders a report without the model. Sample
+Everything comes from the run directory's files, read through `screener.run_directory`
+(summary.json, scores.parquet, flagged.jsonl, reference.json), so `screener report RUN_DIR`
+re-renders a report without the model. Sample
 text goes through Jinja2 with autoescaping only; a Content-Security-Policy that allows no
 script backs that up.
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -27,76 +26,26 @@ import polars as pl
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.report import plots
+from screener.run_directory import (
+    FLAGGED_JSONL,
+    REPORT_HTML,
+    RunFiles,
+    load_run,
+    read_summary,
+)
+from screener.screening.flags import DATASET_SHIFT_ALARM
 
-REPORT_NAME = "report.html"
-VALIDATE_JSON = "validate.json"  # written by `screener validate` into the run directory
-VALIDATE_PLOT = "validate.png"
 DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
 MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
 SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    """What a run directory holds, parsed."""
-
-    directory: Path
-    summary: dict[str, Any]
-    scores: pl.DataFrame
-    reference: dict[str, Any]
-    validation: dict[str, Any] | None = None  # validate.json, after `screener validate`
-
-
-def _read_json(path: Path, remedy: str = "rerun `screener screen`") -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: missing; is {path.parent} the --out directory of a `screener screen` run?"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); {remedy}") from None
-
-
-def load_run(directory: Path, *, for_report: bool = False) -> RunFiles:
-    """The run's summary, scores and calibration reference, with errors that name the file.
-
-    for_report: read only the scores columns the report draws, not a large run's whole table.
-    """
-    if not directory.is_dir():
-        raise ConfigError(f"{directory}: not a directory; pass the --out directory of a run")
-    summary = _read_json(directory / "summary.json")
-    reference_path = directory / "reference.json"
-    reference = _read_json(reference_path) if reference_path.exists() else {"traits": {}}
-    validation_path = directory / VALIDATE_JSON
-    validation = (
-        _read_json(validation_path, "run `screener validate` again or delete the file")
-        if validation_path.exists()
-        else None
-    )
-    kind = summary.get("score", "delta")
-    drawn = ["flagged", *(f"{kind}_{trait}" for trait in summary.get("traits", {}))]
-    scores = read_scores(directory, drawn if for_report else None)
-    return RunFiles(directory, summary, scores, reference, validation)
-
-
-def read_scores(directory: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """A run's scores.parquet (all columns, or those of `columns` it has), with errors that
-    name the file."""
-    path = directory / "scores.parquet"
-    if not path.exists():
-        raise ConfigError(
-            f"{path}: missing; is {directory} the --out directory of a `screener screen` run?"
-        )
-    try:
-        present = pl.read_parquet_schema(path)
-        chosen = None if columns is None else [name for name in columns if name in present]
-        scores = pl.read_parquet(path, columns=chosen)
-    except Exception as exc:  # polars raises several unrelated types for a damaged file
-        raise ConfigError(f"{path}: cannot be read ({exc}); rerun the screen") from None
-    if "flagged" not in scores.columns:
-        raise ConfigError(f"{path}: no `flagged` column; was it written by `screener screen`?")
-    return scores
+def load_for_report(directory: Path) -> RunFiles:
+    """The run, with only the scores columns the report draws (not a large run's whole
+    table)."""
+    summary = read_summary(directory)
+    drawn = ["flagged", *(f"{summary.score}_{trait}" for trait in summary.traits)]
+    return load_run(directory, scores_columns=drawn)
 
 
 def _column(scores: pl.DataFrame, name: str) -> np.ndarray:
@@ -219,41 +168,41 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     if max_samples < 0:
         raise ConfigError("max_samples must be 0 or more")
     summary = run.summary
-    traits = list(summary.get("traits", {}))
-    kind = summary.get("score", "delta")
+    traits = list(summary.traits)
+    kind = summary.score
     flagged = (
         run.scores["flagged"].to_numpy().astype(bool) if len(run.scores) else np.zeros(0, bool)
     )
     columns = {t: _column(run.scores, f"{kind}_{t}") for t in traits}
 
     trait_views = []
-    top = _top_flagged(run.directory / "flagged.jsonl", traits, max_samples)
+    top = _top_flagged(run.directory / FLAGGED_JSONL, traits, max_samples)
     for trait in traits:
-        info = summary["traits"][trait]
-        interval = info.get(f"dataset_{kind}", {})
+        info = summary.traits[trait]
+        interval = info.dataset_score
         reference = _reference_values(run.reference.get("traits", {}).get(trait))
         trait_views.append(
             {
                 "name": trait,
-                "layer": info.get("layer"),
-                "cut": info.get("cut"),
-                "cut_rule": info.get("cut_rule"),
-                "flagged": info.get("flagged", 0),
-                "mean": interval.get("mean"),
-                "low": interval.get("ci95_low"),
-                "high": interval.get("ci95_high"),
-                "shift": info.get("dataset_shift"),
+                "layer": info.layer,
+                "cut": info.cut,
+                "cut_rule": info.cut_rule,
+                "flagged": info.flagged,
+                "mean": interval.mean,
+                "low": interval.low,
+                "high": interval.high,
+                "shift": info.dataset_shift,
                 "reference_n": None if reference is None else run.reference["traits"][trait]["n"],
                 "plot": plots.histogram(
                     trait,
                     columns[trait],
                     reference,
-                    info.get("cut"),
-                    (interval.get("mean"), interval.get("ci95_low"), interval.get("ci95_high")),
+                    info.cut,
+                    (interval.mean, interval.low, interval.high),
                     SCORE_NAMES.get(kind, kind),
                 ),
                 "samples": [_sample_view(r, traits, kind) for r in top[trait]],
-                "more": max(0, int(info.get("flagged", 0)) - len(top[trait])),
+                "more": max(0, info.flagged - len(top[trait])),
             }
         )
     pairs = list(combinations(traits[:MAX_SCATTER_TRAITS], 2))
@@ -261,8 +210,8 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     categories = (
         pl.DataFrame(
             {
-                "category": list(summary.get("categories", {})),
-                "flagged": list(summary.get("categories", {}).values()),
+                "category": list(summary.categories),
+                "flagged": list(summary.categories.values()),
             },
             schema={"category": pl.String, "flagged": pl.Int64},
         )
@@ -274,22 +223,17 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
         .get_template("report.html.j2")
         .render(
             summary=summary,
-            shift_alarm=next(
-                (
-                    v["alarm_above"]
-                    for t in traits
-                    if (v := summary["traits"][t].get("dataset_shift"))
-                ),
-                None,
-            ),
-            counts=summary.get("counts", {}),
+            shift_alarm=DATASET_SHIFT_ALARM
+            if any(info.dataset_shift for info in summary.traits.values())
+            else None,
+            counts=summary.counts,
             score_name=SCORE_NAMES.get(kind, kind),
             traits=trait_views,
             scatter=scatter,
             scatter_capped=int((~flagged).sum()) > plots.MAX_SCATTER_POINTS,
             max_scatter=plots.MAX_SCATTER_POINTS,
             categories=categories,
-            clusters=summary.get("clusters", []),
+            clusters=summary.clusters,
             max_samples=max_samples,
             validation=None if run.validation is None else _validation_view(run.validation),
         )
@@ -300,8 +244,8 @@ def write_report(
     directory: Path, *, out: Path | None = None, max_samples: int = DEFAULT_MAX_SAMPLES
 ) -> Path:
     """Render the run in `directory` to `out` (default: report.html inside it)."""
-    target = out if out is not None else directory / REPORT_NAME
-    html = render_report(load_run(directory, for_report=True), max_samples=max_samples)
+    target = out if out is not None else directory / REPORT_HTML
+    html = render_report(load_for_report(directory), max_samples=max_samples)
     try:
         write_text_atomic(target, html)
     except OSError as exc:

@@ -73,7 +73,7 @@ def _stored_features(
 
 def categorize(result: ScreenResult, scorer: Scorer, categories: CategorySet, layer: int) -> None:
     """Give each flagged sample its category (probe on prompt activations)."""
-    flagged = result.flagged
+    flagged = result.flags.indices.tolist()
     if not flagged:
         return
     prompts, labels = training_labels(categories)
@@ -111,6 +111,6 @@ def cluster(
     model = fit_clusters(_stored_features(result, scorer, fit_indices, layer, "response_mean"))
     raw = [
         model.assign(_stored_features(result, scorer, batch, layer, "response_mean"))
-        for batch in _batches(result.flagged)
+        for batch in _batches(result.flags.indices.tolist())
     ]
     return model, np.concatenate(raw)

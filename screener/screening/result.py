@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -24,6 +24,16 @@ from screener.model import (
 from screener.options import ReadOptions
 from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
+from screener.run_directory import (
+    CalibrationSummary,
+    Counts,
+    GenerationSummary,
+    ReferenceSummary,
+    RunSummary,
+    StyleSummary,
+    TraitSummary,
+    VectorsSummary,
+)
 from screener.screening.calibration import (
     Calibration,
 )
@@ -143,9 +153,10 @@ class ScreenResult:
         return Dataset.from_list([{name: row.get(name) for name in columns} for row in rows])
 
     @property
-    def flagged(self) -> list[int]:
-        """Indexes of the flagged samples, in input order."""
-        return self.flags.indices.tolist()
+    def flagged(self) -> pl.DataFrame:
+        """The scores of the flagged samples, in input order (`source`, `source_line` and
+        `id` say which rows they are; `flag_traits` why)."""
+        return self.scores.filter(pl.col("flagged"))
 
     @property
     def kept(self) -> int:
@@ -224,82 +235,68 @@ class ScreenResult:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def summary(self) -> dict[str, Any]:
-        """What summary.json holds: deterministic for the same inputs and settings."""
+    @property
+    def summary(self) -> RunSummary:
+        """What the run did and decided (summary.json): deterministic for the same inputs and
+        settings."""
         import transformers
 
         from screener import __version__
 
-        flagged = len(self.flags)
         category_counts: dict[str, int] = {}
-        for position in range(flagged):
+        for position in range(len(self.flags)):
             name = self.category_at(position)[0]
             category_counts[name] = category_counts.get(name, 0) + 1
-        method = self.settings.method
-        return {
-            "data": self.data,
-            "reader": {"format": self.read.fmt, "fields": asdict(self.read.fields)},
-            "counts": {
-                "rows_read": self.rows_read,
-                "kept": self.kept,
-                "flagged": flagged,
-                "rejected": len(self.rejected),
-                "invariant": f"{self.kept} kept + {flagged} flagged + "
-                f"{len(self.rejected)} rejected = {self.rows_read} rows read",
-            },
-            "method": method,
-            "approximate": method == "prompt-last",
-            "score": self.score_kind,
-            "traits": {
-                trait: {
-                    "layer": self.vectors.trait(trait).chosen_layer,
-                    "dataset_" + self.score_kind: self.dataset_scores[trait].as_dict(),
-                    "dataset_shift": shift.as_dict()
-                    if (shift := self.dataset_shifts.get(trait))
-                    else None,
-                    "cut": self.cuts[trait].value,
-                    "cut_rule": self.cuts[trait].rule,
-                    "flagged": self.flags.count(trait),
-                }
+        calibration = self.calibration
+        return RunSummary(
+            data=self.data,
+            reader_format=self.read.fmt,
+            fields=self.read.fields,
+            counts=Counts(self.rows_read, self.kept, len(self.flags), len(self.rejected)),
+            method=self.settings.method,
+            score=self.score_kind,
+            traits={
+                trait: TraitSummary(
+                    layer=self.vectors.trait(trait).chosen_layer,
+                    dataset_score=self.dataset_scores[trait],
+                    dataset_shift=self.dataset_shifts.get(trait),
+                    cut=self.cuts[trait].value,
+                    cut_rule=self.cuts[trait].rule,
+                    flagged=self.flags.count(trait),
+                )
                 for trait in self.settings.traits
             },
-            "categories": dict(sorted(category_counts.items())),
-            "clusters": [
-                {"id": c.id, "size": c.size, "words": list(c.words)} for c in self.cluster_info
-            ],
-            "model": self.model.identity(),
-            "vectors": {
-                "path": self.vectors.path,
-                "model": self.vectors.model_id,
-                "layer_convention": LAYER_CONVENTION,
-            },
-            "calibration": None
-            if self.calibration is None
-            else {
-                "path": self.calibration.path,
-                "reference": self.calibration.reference,
-                "traits": sorted(self.calibration.traits),
-                "style_control": {
-                    trait: {
-                        "components": control.components,
-                        "cosine": round(control.cosine, 4),
-                        "explained": round(control.explained, 4),
-                    }
-                    for trait, control in sorted(self.calibration.style.items())
+            categories=dict(sorted(category_counts.items())),
+            clusters=list(self.cluster_info),
+            model=self.model.identity(),
+            vectors=VectorsSummary(self.vectors.path, self.vectors.model_id, LAYER_CONVENTION),
+            calibration=None
+            if calibration is None
+            else CalibrationSummary(
+                path=calibration.path,
+                reference=ReferenceSummary(**calibration.reference),
+                traits=sorted(calibration.traits),
+                style_control={
+                    trait: StyleSummary(
+                        control.components, round(control.cosine, 4), round(control.explained, 4)
+                    )
+                    for trait, control in sorted(calibration.style.items())
                 },
-            },
-            "generation": {**self.settings.generation.as_dict(), "dtype": self.generation_dtype}
-            if method == "delta"
+            ),
+            generation=GenerationSummary(
+                **self.settings.generation.as_dict(), dtype=self.generation_dtype
+            )
+            if self.settings.method == "delta"
             else None,
-            "notes": self.notes,
-            "versions": {
+            notes=list(self.notes),
+            versions={
                 "screener": __version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "python": platform.python_version(),
             },
-            "command": self.command,
-        }
+            command=self.command,
+        )
 
 
 def generation_dtype_name(loaded: LoadedModel, generation_dtype: str) -> str:

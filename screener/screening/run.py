@@ -2,7 +2,7 @@
 
     result = screen("data.jsonl", out=Path("reports/screen-data"))
     result.scores          # polars DataFrame, one row per scored sample
-    result.summary()       # counts, dataset-level ΔP with intervals, cuts, model, vectors
+    result.summary         # counts, dataset-level ΔP with intervals, cuts, model, vectors
 
 Stages, each over the `ScoredSample` records of the previous one:
 
@@ -271,7 +271,7 @@ def screen(
         clustering = None
         if label:
             categorize(result, scorer, category_set, probe_layer)
-            fit_indices = cluster_fit_indices(result.flagged)
+            fit_indices = cluster_fit_indices(result.flags.indices.tolist())
             clustering = cluster(result, scorer, probe_layer, fit_indices)
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]

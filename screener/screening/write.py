@@ -21,7 +21,20 @@ from screener.atomic import atomic_path, write_text_atomic
 from screener.collect import prepare_out_dir
 from screener.errors import StoreError
 from screener.records import Sample
-from screener.report import VALIDATE_JSON, VALIDATE_PLOT, write_report
+from screener.report import write_report
+from screener.run_directory import (
+    FLAGGED_JSONL,
+    REFERENCE_JSON,
+    REJECTED_JSONL,
+    RUN_STATS_JSON,
+    SCORES_PARQUET,
+    SCREEN_DUCKDB,
+    SUMMARY_JSON,
+    VALIDATE_JSON,
+    VALIDATE_PLOT,
+    RunSummary,
+    summary_text,
+)
 from screener.screening.filtered import FilteredWriter
 from screener.screening.reread import screened_rows
 from screener.screening.result import (
@@ -188,27 +201,27 @@ def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecor
     paths = {
         name: out / name
         for name in (
-            "flagged.jsonl",
-            "rejected.jsonl",
-            "scores.parquet",
-            "screen.duckdb",
-            "summary.json",
-            "reference.json",
-            "run_stats.json",
+            FLAGGED_JSONL,
+            REJECTED_JSONL,
+            SCORES_PARQUET,
+            SCREEN_DUCKDB,
+            SUMMARY_JSON,
+            REFERENCE_JSON,
+            RUN_STATS_JSON,
         )
     }
     for stale in (VALIDATE_JSON, VALIDATE_PLOT):  # a validation of an earlier run's rows
         (out / stale).unlink(missing_ok=True)
-    flagged_records.write(paths["flagged.jsonl"], order, result.cluster_at)
-    write_text_atomic(paths["rejected.jsonl"], rejected_text)
-    with atomic_path(paths["scores.parquet"]) as tmp:
+    flagged_records.write(paths[FLAGGED_JSONL], order, result.cluster_at)
+    write_text_atomic(paths[REJECTED_JSONL], rejected_text)
+    with atomic_path(paths[SCORES_PARQUET]) as tmp:
         _write_scores(result, tmp)
-    summary = result.summary()
-    with atomic_path(paths["screen.duckdb"]) as tmp:
-        _write_duckdb(tmp, paths["screen.duckdb"], result, paths["scores.parquet"], summary)
-    write_text_atomic(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(paths["reference.json"], json.dumps(_reference(result), indent=1) + "\n")
-    write_text_atomic(paths["run_stats.json"], json.dumps(result.stats, indent=2) + "\n")
+    summary = result.summary
+    with atomic_path(paths[SCREEN_DUCKDB]) as tmp:
+        _write_duckdb(tmp, paths[SCREEN_DUCKDB], result, paths[SCORES_PARQUET], summary)
+    write_text_atomic(paths[SUMMARY_JSON], summary_text(summary))
+    write_text_atomic(paths[REFERENCE_JSON], json.dumps(_reference(result), indent=1) + "\n")
+    write_text_atomic(paths[RUN_STATS_JSON], json.dumps(result.stats, indent=2) + "\n")
     return list(paths.values())
 
 
@@ -235,17 +248,18 @@ def _reference(result: ScreenResult) -> dict[str, Any]:
 
 
 def _write_duckdb(
-    path: Path, final: Path, result: ScreenResult, scores: Path, summary: dict[str, Any]
+    path: Path, final: Path, result: ScreenResult, scores: Path, summary: RunSummary
 ) -> None:
     """Write the run's tables into a new DuckDB file at `path` (a temporary beside `final`);
     the scores table is read from the `scores` parquet file."""
     import duckdb
 
     path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
+    fields = summary.as_json()  # the `run` table: one row per field of summary.json
     flags = result.flags
     # one row per (flagged sample, trait it is flagged for), samples in input order
     rows, traits = np.nonzero(flags.flagged_for)
-    ids = pl.Series(result.samples.take("id", result.flagged), dtype=pl.String)
+    ids = pl.Series(result.samples.take("id", result.flags.indices.tolist()), dtype=pl.String)
     reasons = pl.DataFrame(
         {
             "id": ids.gather(rows),
@@ -272,7 +286,7 @@ def _write_duckdb(
         schema={"source": pl.String, "line": pl.Int64, "field": pl.String, "reason": pl.String},
     )
     run = pl.DataFrame(
-        {"key": list(summary), "value": [json.dumps(v) for v in summary.values()]},
+        {"key": list(fields), "value": [json.dumps(v) for v in fields.values()]},
         schema={"key": pl.String, "value": pl.String},
     )
     connection = duckdb.connect(str(path), config=OUTPUT_DUCKDB_CONFIG)

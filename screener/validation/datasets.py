@@ -1,9 +1,9 @@
 """The datasets a validation finetunes on: equal-sized subsets of a screened dataset (the rows
 with the highest ΔP for a trait, a random draw, the lowest), or whole datasets a user names.
 
-    scores = read_scores(run_dir)
-    chosen = choose_subsets(scores, "evil", ["top", "random", "bottom"], size=64, seed=0)
-    sets = load_subsets(chosen, run_summary)      # re-reads the rows from the screened data
+    run = load_run(run_dir)
+    chosen = choose_subsets(run.scores, "evil", ["top", "random", "bottom"], size=64, seed=0)
+    sets = load_subsets(chosen, run.summary.data)  # re-reads the rows from the screened data
 
 Each `TrainingSet` carries its samples and its dataset-level score per trait (the mean over its
 rows), which is what the screen predicts about it.
@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -136,15 +135,6 @@ def relocate(source: str, recorded: str | Path, data: str | Path) -> str:
     if source.startswith(prefix):
         return str(Path(data) / source[len(prefix) :])
     return source
-
-
-def reader_options(summary: dict[str, Any]) -> tuple[str, FieldNames]:
-    """The format and field names a screen run read its data with (defaults for older runs)."""
-    reader = summary.get("reader") or {}
-    fields = reader.get("fields") or {}
-    return str(reader.get("format", "auto")), FieldNames(
-        **{k: str(v) for k, v in fields.items() if k in ("prompt", "response", "id")}
-    )
 
 
 def load_subsets(

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from screener.atomic import atomic_path, write_text_atomic
-from screener.report import VALIDATE_JSON, VALIDATE_PLOT
+from screener.model import ModelIdentity
+from screener.run_directory import VALIDATE_JSON, VALIDATE_PLOT
 from screener.validation.datasets import (
     TrainingSet,
 )
@@ -65,7 +66,7 @@ class ValidationResult:
     score: str = "delta"
     judge: str | None = None  # the judge's name, when one scored the answers
     baseline_judge: dict[str, float | None] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelIdentity | None = None
     notes: list[str] = field(default_factory=list)
     command: str = ""
 
@@ -115,7 +116,7 @@ class ValidationResult:
             "score": self.score,
             "settings": self.settings.as_dict(),
             "judge": self.judge,
-            "model": self.model,
+            "model": {} if self.model is None else asdict(self.model),
             "baseline": {
                 trait: {
                     "mean": answers.mean,

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
@@ -30,7 +29,8 @@ from screener.model import LoadedModel
 from screener.options import ModelOptions, resolve_model
 from screener.reader import read_dataset
 from screener.records import Sample
-from screener.report import load_run, write_report
+from screener.report import write_report
+from screener.run_directory import RunSummary, load_run
 from screener.screening.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import TraitPack, load_pack
 from screener.validation.datasets import (
@@ -38,7 +38,6 @@ from screener.validation.datasets import (
     TrainingSet,
     choose_subsets,
     load_subsets,
-    reader_options,
 )
 from screener.validation.finetune import Steer
 from screener.validation.result import Shift, TrainingRun, ValidationResult, write_validation
@@ -205,9 +204,9 @@ def _judge_shift(
 
 
 def _vectors_for_run(
-    summary: dict[str, Any], spec: str | Path | None, loaded: LoadedModel
+    summary: RunSummary, spec: str | Path | None, loaded: LoadedModel
 ) -> VectorFile:
-    path = spec or (summary.get("vectors") or {}).get("path") or "builtin"
+    path = spec or summary.vectors.path or "builtin"
     if spec is None and path != "builtin" and not Path(path).exists():
         raise ConfigError(f"the vector file the run used, {path}, is gone: pass --vectors")
     return load_vectors(path, model=loaded)
@@ -295,11 +294,11 @@ def validate_run(
     settings = settings or ValidateSettings()
     run = load_run(run_dir)
     summary = run.summary
-    run_traits = list(summary.get("traits", {}))
+    run_traits = list(summary.traits)
     chosen = list(dict.fromkeys(traits or run_traits[:1]))
     if not chosen:
         raise ConfigError(f"{run_dir}/summary.json lists no trait; pass --traits")
-    score = str(summary.get("score", "delta"))
+    score = summary.score
     if not datasets:  # chosen and read before the model loads: mistakes show at once
         for trait in chosen:
             if trait not in run_traits:
@@ -307,7 +306,6 @@ def validate_run(
                     f"trait {trait!r} was not screened in {run_dir} (it has "
                     f"{', '.join(run_traits)}): screen with it, or validate another trait"
                 )
-        fmt, fields = reader_options(summary)
         choices = [
             choice
             for position, trait in enumerate(chosen)
@@ -321,15 +319,12 @@ def validate_run(
                 traits=chosen,
             )
         ]
-        recorded = summary.get("data")
-        source = data or recorded
-        if not source:
-            raise ConfigError(f"{run_dir}/summary.json does not say which data was screened")
+        recorded = summary.data
         training_sets = load_subsets(
             choices,
-            source,
-            fmt=fmt,
-            fields=fields,
+            data or recorded,
+            fmt=summary.reader_format,
+            fields=summary.fields,
             run_name=str(run_dir),
             recorded=recorded if data else None,
         )
@@ -342,7 +337,7 @@ def validate_run(
     if isinstance(model, LoadedModel):
         loaded = model
     else:
-        spec = options.model or (summary.get("model") or {}).get("spec") or "embedded"
+        spec = options.model or summary.model.spec
         full_in_fp32 = options.dtype == "auto" and settings.method == "full"
         loaded = resolve_model(
             replace(options, model=spec, dtype="fp32" if full_in_fp32 else options.dtype), say
@@ -350,8 +345,8 @@ def validate_run(
     check_trainable(loaded, settings)  # before any dataset is screened
     vector_file = _vectors_for_run(summary, vectors, loaded)
     if datasets:
-        generation = summary.get("generation") or {}
-        base_tokens = int(generation.get("max_new_tokens", DEFAULT_BASE_TOKENS))
+        generation = summary.generation
+        base_tokens = DEFAULT_BASE_TOKENS if generation is None else generation.max_new_tokens
         training_sets = _user_training_sets(datasets, loaded, vector_file, chosen, base_tokens, say)
         score = "delta"
     result = validate(
