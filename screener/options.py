@@ -90,7 +90,7 @@ class RayOptions:
         uses the one this process already started.
     workers: actors in the pool; each loads the model once.
     gpus_per_worker: GPUs each actor takes (its model then runs on `cuda`); 0 for CPU.
-    batch_rows: samples per `map_batches` batch.
+    batch_rows: samples per batch sent to an actor (64: the Python API only).
     """
 
     address: str | None = None

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import PreTrainedTokenizerFast
@@ -16,7 +17,9 @@ from screener.cli import main
 from screener.errors import ConfigError, ScreenerError
 from screener.model import load_model
 from screener.options import RayOptions
+from screener.reader import read_dataset
 from screener.screening import FlagRule
+from screener.screening import run as screen_run
 from tests.conftest import save_tiny_model, tiny_model
 from tests.reference import assert_same_scores
 from tests.test_screen import rows, screen_flat, tiny_vectors, write_jsonl
@@ -32,7 +35,10 @@ def local_ray() -> Iterator[None]:
 
 
 def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
-    local_ray: None, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+    local_ray: None,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model_dir = save_tiny_model(tmp_path / "model", "llama", tiny_tokenizer)
     loaded = load_model(str(model_dir), dtype="fp32", device="cpu")
@@ -52,6 +58,13 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
     local = screen_flat(data, model=loaded, out=tmp_path / "local", store=":memory:", **options)
     two_workers = RayOptions(workers=2, batch_rows=5)
     store = tmp_path / "ray.duckdb"
+    reads: list[Path] = []
+
+    def counted_read(path: Path, **kwargs: Any) -> Any:
+        reads.append(path)
+        return read_dataset(path, **kwargs)
+
+    monkeypatch.setattr(screen_run, "read_dataset", counted_read)
     distributed = screen_flat(
         data,
         model=loaded,
@@ -62,6 +75,7 @@ def test_ray_scores_equal_local_and_reruns_send_only_new_rows(
         **options,
     )
     assert distributed.stats["sent_to_ray"] == len(records)
+    assert reads == [data]  # one read to score (the workers' and the driver's): one more writes
     # everything was computed by the workers: the local pass only read the store
     assert distributed.stats["generated"] == distributed.stats["collected"] == 0
     assert_same_scores(distributed.scores, local.scores, 1e-5)

@@ -1,22 +1,23 @@
 """The `ray` engine: compute a screen's base responses and activations with Ray Data.
 
-The driver reads and renders the data as usual and asks the run store which samples still need
-work; only those go to Ray. `map_batches` runs them through a pool of actors, each of which
-loads the model and the vectors once and scores its batches with an in-memory store. A batch
-comes back as the store rows the actor computed (base responses and activations, as Arrow IPC
-bytes), and the driver, the run store's only writer, adds them. The screen then goes on exactly
-as with the local engine and finds everything cached, so both engines write their outputs with
-the same code, and a rerun after adding rows sends only the new rows to Ray.
+The driver reads and renders the data once, chunk by chunk, as with the local engine, and asks
+the run store which samples of a chunk still need work; only those go to Ray, in batches, to a
+pool of actors that each load the model and the vectors once and score with an in-memory store.
+A batch comes back as the store rows the actor computed (base responses and activations, as
+Arrow tables), and the driver, the run store's only writer, adds them. A chunk whose batches are
+all back is scored by the driver as usual and finds everything cached, so both engines give the
+same scores and write their outputs with the same code, and a rerun after adding rows sends only
+the new rows to Ray. A few chunks are in flight at a time (enough to keep every actor busy), so
+the driver's memory does not grow with the dataset.
 
 Ray is an optional extra: `pip install 'screener[ray]'`.
 """
 
 from __future__ import annotations
 
-import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
 from screener.model import DTYPES, LoadedModel, generation_model, generation_torch_dtype, load_model
 from screener.options import RayOptions
-from screener.records import Message, Sample
+from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screening.scoring import Scorer, ScoringSettings, store_key
 from screener.store import TABLES, RunStore
@@ -96,24 +97,13 @@ def worker_config(
     )
 
 
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _from_ipc(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
-
-
 def _sample_row(sample: Sample) -> dict[str, Any]:
     return {
         "id": sample.id,
         "source": sample.source,
         "line": sample.line,
         "format": sample.format,
-        "messages": json.dumps([m.as_dict() for m in sample.messages], ensure_ascii=False),
+        "messages": [m.as_dict() for m in sample.messages],
     }
 
 
@@ -160,25 +150,21 @@ class ScoreWorker:
             base_key=config.base_key,
         )
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def score(self, rows: list[dict[str, Any]]) -> tuple[int, list[tuple[str, pa.Table]]]:
+        """Score a batch of samples; how many were scored, and the store rows computed for
+        them, table by table."""
         rendered = []
-        for row in batch.to_pylist():
-            messages = tuple(Message(m["role"], m["content"]) for m in json.loads(row["messages"]))
+        for row in rows:
+            messages = tuple(Message(m["role"], m["content"]) for m in row["messages"])
             sample = Sample(row["id"], row["source"], row["line"], messages, {}, row["format"])
             result = self.renderer.render(sample)
             if isinstance(result, RenderedSample):
                 rendered.append(result)
         if rendered:
             self.scorer.score(rendered)
-        tables = [self.store.export_table(name) for name in TABLES]
+        tables = [(name, self.store.export_table(name)) for name in TABLES]
         self.store.clear()
-        return pa.table(
-            {
-                "table": list(TABLES),
-                "rows": pa.array([_to_ipc(t) for t in tables], type=pa.binary()),
-                "samples": [len(rendered)] * len(TABLES),
-            }
-        )
+        return len(rendered), tables
 
 
 def _assigned_cpus() -> float | None:
@@ -190,63 +176,103 @@ def _assigned_cpus() -> float | None:
         return None
 
 
-def compute_with_ray(
-    samples: Iterator[Sample],
-    config: WorkerConfig,
-    options: RayOptions,
-    store: RunStore,
-    progress: Callable[[str], None] | None = None,
-) -> int:
-    """Score `samples` on Ray and add what the actors computed to `store`; return how many
-    samples were sent."""
-    say = progress or (lambda message: None)
-    ray = require_ray()
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
-    wanted_gpus = options.gpus_per_worker * options.workers
-    available_gpus = float(ray.cluster_resources().get("GPU", 0))
-    if wanted_gpus > available_gpus:  # Ray would wait for them forever
-        raise ConfigError(
-            f"{options.workers} workers x {options.gpus_per_worker} GPUs need {wanted_gpus:g} "
-            f"GPUs, the Ray cluster has {available_gpus:g}: lower --workers or "
-            "--gpus-per-worker"
-        )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    refs = []
-    sent = 0
-    while chunk := list(islice(samples, options.batch_rows * 4)):  # blocks spread over actors
-        refs.append(ray.put(pa.Table.from_pylist([_sample_row(s) for s in chunk])))
-        sent += len(chunk)
-    if not refs:
-        return 0
-    say(f"ray: scoring {sent} samples on {options.workers} worker(s)")
-    dataset = ray.data.from_arrow_refs(refs).map_batches(
-        ScoreWorker,
-        fn_constructor_kwargs={"config": config},
-        batch_size=options.batch_rows,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=options.workers),
-        num_cpus=1,
-        num_gpus=options.gpus_per_worker or None,
-    )
-    done = 0
-    try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for name, payload, count in zip(
-                batch["table"].to_pylist(),
-                batch["rows"].to_pylist(),
-                batch["samples"].to_pylist(),
-                strict=True,
-            ):
-                store.import_table(name, _from_ipc(payload))
-                if name == TABLES[0]:
-                    done += count
-            say(f"ray: {done}/{sent} samples scored")
-    except ray.exceptions.RayError as exc:
-        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ScreenerError(
-            f"the ray engine failed after {done} of {sent} samples (they are kept in the run "
-            f"store): {cause}"
-        ) from exc
-    return sent
+Chunk = list[RenderedSample | RejectedRow]
+
+
+class RayScoring:
+    """Sends the samples the run store lacks to a pool of Ray actors, a few chunks at a time,
+    and adds what they computed to the store:
+
+        with RayScoring(config, options, store) as ray_scoring:
+            for chunk in ray_scoring.computed(chunks, scorer.pending):
+                scorer.score(...)   # everything in `chunk` is in the store now
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        options: RayOptions,
+        store: RunStore,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config, self.options, self.store = config, options, store
+        self.say = progress or (lambda message: None)
+        self.sent = 0  # samples sent to the actors
+        self.done = 0  # of them, scored and added to the store
+        self._actors: list[Any] = []
+
+    def __enter__(self) -> RayScoring:
+        ray = require_ray()
+        if not ray.is_initialized():
+            address = self.options.address
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        options = self.options
+        wanted_gpus = options.gpus_per_worker * options.workers
+        available_gpus = float(ray.cluster_resources().get("GPU", 0))
+        if wanted_gpus > available_gpus:  # Ray would wait for them forever
+            raise ConfigError(
+                f"{options.workers} workers x {options.gpus_per_worker} GPUs need "
+                f"{wanted_gpus:g} GPUs, the Ray cluster has {available_gpus:g}: lower --workers "
+                "or --gpus-per-worker"
+            )
+        actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(ScoreWorker)
+        self._actors = [actor.remote(self.config) for _ in range(options.workers)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ray = require_ray()
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+    def computed(
+        self, chunks: Iterable[Chunk], pending: Callable[[list[RenderedSample]], list[int]]
+    ) -> Iterator[Chunk]:
+        """`chunks`, in order, each once the samples of it that `pending` names (positions
+        among its rendered samples) are scored and in the store."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self._actors)
+        waiting: deque[tuple[Chunk, int]] = deque()  # chunks in order, with batches out
+        in_flight = 0
+        most_in_flight = 2 * self.options.workers  # one batch running, one queued, per actor
+        for chunk in chunks:
+            ready = [r for r in chunk if isinstance(r, RenderedSample)]
+            todo = [ready[position].sample for position in pending(ready)]
+            size = self.options.batch_rows
+            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+            for batch in batches:
+                pool.submit(
+                    lambda worker, rows: worker.score.remote(rows),
+                    [_sample_row(sample) for sample in batch],
+                )
+            self.sent += len(todo)
+            in_flight += len(batches)
+            waiting.append((chunk, len(batches)))
+            while waiting and (in_flight > most_in_flight or waiting[0][1] == 0):
+                first, count = waiting.popleft()
+                self._collect(pool, count)
+                in_flight -= count
+                yield first
+        while waiting:
+            first, count = waiting.popleft()
+            self._collect(pool, count)
+            yield first
+
+    def _collect(self, pool: Any, batches: int) -> None:
+        """Add the results of the next `batches` batches (in the order sent) to the store."""
+        ray = require_ray()
+        try:
+            for _ in range(batches):
+                scored, tables = pool.get_next()
+                for name, table in tables:
+                    self.store.import_table(name, table)
+                self.done += scored
+                self.say(f"ray: {self.done}/{self.sent} samples scored")
+        except ray.exceptions.RayError as exc:
+            text = str(exc).strip()
+            cause = text.splitlines()[-1] if text else type(exc).__name__
+            raise ScreenerError(
+                f"the ray engine failed after {self.done} of {self.sent} samples (they are "
+                f"kept in the run store): {cause}"
+            ) from exc

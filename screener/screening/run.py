@@ -8,7 +8,9 @@ Stages, each over the `ScoredSample` records of the previous one:
 
 1. read and render the rows, score them chunk by chunk (`Scorer`: base responses, activations,
    projections; everything computed is committed to the run store before the next chunk) and
-   spill each chunk's scores to disk (`ScoredSamples`): here, with scoring.py and spill.py;
+   spill each chunk's scores to disk (`ScoredSamples`): here, with scoring.py and spill.py
+   (with `engine="ray"`, Ray actors first compute what the store lacks, chunk by chunk:
+   ray_engine.py);
 2. decide cuts per trait (`flags`), flag, rank by risk, and take dataset-level means with
    bootstrap intervals, from the score columns alone (decide.py);
 3. give each flagged sample a category (probe on prompt activations) and a cluster (k-means
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -51,7 +54,7 @@ from screener.options import (
 )
 from screener.reader import read_dataset
 from screener.reader.memory import InMemoryData, check_in_memory
-from screener.records import RejectedRow, Sample
+from screener.records import RejectedRow
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.screening.calibration import (
     Calibration,
@@ -69,7 +72,7 @@ from screener.screening.flags import (
     FlagRule,
 )
 from screener.screening.label import categorize, category_layer, cluster, cluster_fit_indices
-from screener.screening.ray_engine import compute_with_ray, require_ray, worker_config
+from screener.screening.ray_engine import Chunk, RayScoring, require_ray, worker_config
 from screener.screening.result import (
     ScreenResult,
     generation_dtype_name,
@@ -194,7 +197,6 @@ def screen(
     renderer = Renderer(
         loaded.tokenizer, max_tokens=token_limit(loaded.model.config, scoring.max_tokens)
     )
-    sent_to_ray = 0
     with RunStore.open(scoring.store) as run_store:
         scorer = Scorer(
             loaded,
@@ -207,6 +209,7 @@ def screen(
             generator=generator,
             directions=None if calibrated is None else calibrated.directions(),
         )
+        ray_scoring = None
         if scoring.engine == "ray":
             config = worker_config(
                 loaded,
@@ -219,25 +222,22 @@ def screen(
             )
             # the workers' device decides the keys
             scorer.model_key, scorer.base_key = config.model_key, config.base_key
-            pending = _pending_samples(
-                scorer,
-                renderer.render_stream(
-                    read_dataset(data, fmt=read.fmt, fields=read.fields), "reject"
-                ),
-                scoring.chunk_size,
-            )
-            sent_to_ray = compute_with_ray(pending, config, scoring.ray, run_store, say)
+            ray_scoring = RayScoring(config, scoring.ray, run_store, say)
         reader = read_dataset(data, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
         samples = ScoredSamples(chosen)
         rejected: list[RejectedRow] = []
         try:
-            stream = renderer.render_stream(reader, read.on_bad_row)
-            while chunk := list(islice(stream, scoring.chunk_size)):
-                rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
-                ready = [r for r in chunk if isinstance(r, RenderedSample)]
-                if ready:
-                    samples.append(scorer.score(ready))
-                say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
+            with ray_scoring or nullcontext():
+                stream = renderer.render_stream(reader, read.on_bad_row)
+                chunks: Iterator[Chunk] = iter(lambda: list(islice(stream, scoring.chunk_size)), [])
+                if ray_scoring is not None:  # each chunk comes once the workers have scored it
+                    chunks = ray_scoring.computed(chunks, scorer.pending)
+                for chunk in chunks:
+                    rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
+                    ready = [r for r in chunk if isinstance(r, RenderedSample)]
+                    if ready:
+                        samples.append(scorer.score(ready))
+                    say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
             samples.finish()
         except BaseException:
             samples.close()
@@ -287,7 +287,7 @@ def screen(
         result.stats = {
             **scoring_stats,
             "engine": scoring.engine,
-            "sent_to_ray": sent_to_ray,
+            "sent_to_ray": 0 if ray_scoring is None else ray_scoring.sent,
             "seconds": round(time.perf_counter() - started, 3),
             "store": str(scoring.store) if scoring.store is not None else "default",
         }
@@ -301,13 +301,3 @@ def screen(
     else:
         finish({})
     return result
-
-
-def _pending_samples(
-    scorer: Scorer, stream: Iterator[RenderedSample | RejectedRow], chunk_size: int
-) -> Iterator[Sample]:
-    """The samples of `stream` whose scores the run store cannot give yet."""
-    while chunk := list(islice(stream, chunk_size)):
-        ready = [r for r in chunk if isinstance(r, RenderedSample)]
-        for index in scorer.pending(ready):
-            yield ready[index].sample
