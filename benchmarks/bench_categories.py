@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from machine import machine
 
 from screener.model import load_model
 from screener.render import Renderer
@@ -128,7 +129,7 @@ def main() -> None:
         "argmax": evaluate(truth, raw),
         "with_uncertain": evaluate(truth, shown),
         "seconds": round(time.perf_counter() - started, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     print(
         f"{'label':<22}{'n':>4}{'precision':>11}{'recall':>8}   (with uncertain below "

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -40,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from machine import machine
 from sklearn.metrics import roc_auc_score
 
 from screener.gate_rules import GateRules
 from screener.gating import run_gate
-from screener.model import cpu_supports_bf16, dtype_name, load_model
+from screener.model import dtype_name, load_model
 from screener.options import ScoringOptions
 from screener.screening import screen
 from screener.validation import validate_run
@@ -145,6 +144,7 @@ def main() -> None:
             run_dir = scratch / f"run-{name}"
             result = screen(data, model=loaded, scoring=scoring, out=run_dir)
             mixes[name] = mix_metrics(result.scores, len(part_rows), trait)
+            summary = result.summary.as_json()  # the model and calibration are recorded once
             shifts = {t: info.dataset_shift for t, info in result.summary.traits.items()}
             mixes[name]["dataset_shift"] = {
                 t: None if shift is None else shift.as_dict() for t, shift in shifts.items()
@@ -192,27 +192,11 @@ def main() -> None:
         "gate": gates,
         "validate": validations,
         "seconds": round(seconds, 1),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "bf16_matrix_units": cpu_supports_bf16(),
-            "dtype": dtype_name(loaded.dtype),
-        },
+        "machine": {**machine(), "dtype": dtype_name(loaded.dtype)},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)} ({seconds:.0f} s)")
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor()
 
 
 def validation_record(document: dict) -> dict[str, object]:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from machine import machine
 
 from screener.model import load_model
 from screener.options import GenerationOptions, ScoringOptions
@@ -135,7 +135,7 @@ def main() -> None:
         "flagged_fp32": len(flagged_fp32),
         "against_fp32": compared,
         "seconds": {name: seconds for name, (_, seconds) in runs.items()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

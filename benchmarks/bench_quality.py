@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from machine import machine
 from sklearn.metrics import roc_auc_score
 
 from screener.options import GenerationOptions, ScoringOptions
@@ -135,7 +135,7 @@ def main() -> None:
         "target_auroc_delta": TARGET_AUROC,
         "traits": traits,
         "seconds": round(seconds, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

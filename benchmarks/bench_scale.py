@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine import machine  # noqa: E402
 
 from screener.model import load_model  # noqa: E402
 from screener.vectors import TraitVector, VectorFile, save_vectors  # noqa: E402
@@ -176,7 +177,7 @@ def main() -> None:
                 "model": "tiny random llama (3 layers, hidden 64)",
                 "results": results,
                 "peak_rss_growth": growth,
-                "machine": {"platform": platform.platform(), "processor": platform.processor()},
+                "machine": machine(),
             },
             indent=2,
         )

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine
 
 from screener.generate import GenerationSettings, generate_responses
 from screener.model import load_model
@@ -205,7 +206,7 @@ def main() -> None:
         "reuse": rerun,
         "memory": peaks,
         "peak_rss_growth": round(growth, 3),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

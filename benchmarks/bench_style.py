@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
 from screener.model import load_model
 from screener.reader import read_dataset
@@ -104,7 +104,7 @@ def main() -> None:
         "model": loaded.name,
         "dtype": str(loaded.dtype),
         "rows": rows,
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

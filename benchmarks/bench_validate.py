@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine
 
 from screener.options import ScoringOptions
 from screener.screening import screen
@@ -93,7 +94,7 @@ def main() -> None:
         "target_seconds": budget,
         "meets_time_target": seconds < budget,
         "validation": document,
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": machine(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -41,7 +41,8 @@ from screener.vectors import load_vectors
 
 if TYPE_CHECKING:
     from screener.gating import run_gate as gate
-    from screener.run_directory import RunSummary, load_run
+    from screener.run_directory import load_run
+    from screener.run_summary import RunSummary
     from screener.screening.calibration_run import calibrate
     from screener.screening.flags import FlagRule
     from screener.screening.result import ScreenResult
@@ -58,7 +59,7 @@ _JOBS = {
     "validate": ("screener.validation.run", "validate_run"),
     "gate": ("screener.gating", "run_gate"),
     "extract": ("screener.vectors.jobs", "extract"),
-    "RunSummary": ("screener.run_directory", "RunSummary"),
+    "RunSummary": ("screener.run_summary", "RunSummary"),
     "load_run": ("screener.run_directory", "load_run"),
 }
 

@@ -17,9 +17,9 @@ from screener.run_directory import (
     SUMMARY_JSON,
     load_run,
     read_summary,
-    summary_from_json,
     summary_text,
 )
+from screener.run_summary import summary_from_json
 from screener.screening.flags import DatasetShift, MeanInterval
 
 GOLDEN = Path(__file__).parent / "golden"

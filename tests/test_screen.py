@@ -23,7 +23,7 @@ from screener.model import LoadedModel, load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
-from screener.run_directory import StyleSummary
+from screener.run_summary import StyleSummary
 from screener.screening import (
     FlagRule,
     ScreenResult,

@@ -1,4 +1,4 @@
-"""The `ray` engine: compute a screen's base responses and activations with Ray Data.
+"""The `ray` engine: compute a screen's base responses and activations on a pool of Ray actors.
 
 The driver reads and renders the data once, chunk by chunk, as with the local engine, and asks
 the run store which samples of a chunk still need work; only those go to Ray, in batches, to a

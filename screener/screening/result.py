@@ -24,7 +24,7 @@ from screener.model import (
 from screener.options import ReadOptions
 from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
-from screener.run_directory import (
+from screener.run_summary import (
     CalibrationSummary,
     Counts,
     GenerationSummary,

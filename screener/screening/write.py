@@ -32,9 +32,9 @@ from screener.run_directory import (
     SUMMARY_JSON,
     VALIDATE_JSON,
     VALIDATE_PLOT,
-    RunSummary,
     summary_text,
 )
+from screener.run_summary import RunSummary
 from screener.screening.filtered import FilteredWriter
 from screener.screening.reread import screened_rows
 from screener.screening.result import (

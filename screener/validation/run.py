@@ -30,7 +30,8 @@ from screener.options import ModelOptions, resolve_model
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import write_report
-from screener.run_directory import RunSummary, load_run
+from screener.run_directory import load_run
+from screener.run_summary import RunSummary
 from screener.screening.scoring import DEFAULT_BASE_TOKENS
 from screener.traits import TraitPack, load_pack
 from screener.validation.datasets import (
