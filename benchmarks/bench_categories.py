@@ -37,7 +37,7 @@ from screener.screening.categories import (
     training_labels,
 )
 from screener.screening.label import category_layer, probe_features
-from screener.screening.run import DEFAULT_TRAITS
+from screener.screening.preflight import DEFAULT_TRAITS
 from screener.screening.scoring import Scorer, ScoringSettings
 from screener.store import RunStore
 from screener.vectors.store import load_vectors

@@ -25,7 +25,7 @@ from machine import machine
 from screener.model import load_model
 from screener.reader import read_dataset
 from screener.render import RenderedSample, Renderer
-from screener.screening.run import DEFAULT_TRAITS
+from screener.screening.preflight import DEFAULT_TRAITS
 from screener.screening.scoring import Scorer, ScoringSettings
 from screener.screening.style import (
     MIN_ROWS_PER_COMPONENT,

@@ -34,6 +34,7 @@ from screener.options import (
 from screener.records import RejectedRow
 from screener.run_directory import GATE_MD
 from screener.screening import FlagRule, ScreenResult, screen
+from screener.screening.preflight import check_before_loading
 
 WORST_ROWS = 10  # added flagged rows listed in gate.md
 
@@ -299,8 +300,16 @@ def run_gate(
     command: str = "",
 ) -> GateVerdict:
     """Screen both sides (same store: the baseline's rows come from the cache after the first
-    time), judge, and write out/gate.md beside the candidate's screening outputs."""
-    loaded = resolve_model(model)
+    time), judge, and write out/gate.md beside the candidate's screening outputs. Both sides
+    are checked (paths, formats, fields, traits, the output directory) before the model
+    loads."""
+    if not _has_data(candidate):
+        raise ConfigError(f"{candidate}: no data files to screen")
+    scoring, read = scoring or ScoringOptions(), read or ReadOptions()
+    for data, where in ((baseline, None), (candidate, out)):
+        if _has_data(data):
+            check_before_loading(data, rules.traits, scoring, read, where, progress)
+    loaded = resolve_model(model, progress)
 
     def screened(data: Path, out: Path | None) -> ScreenResult:
         # the baseline's verdict needs only its hashes, rejected rows and means: no labels
@@ -319,8 +328,6 @@ def run_gate(
         )
 
     before = screened(baseline, None) if _has_data(baseline) else None
-    if not _has_data(candidate):
-        raise ConfigError(f"{candidate}: no data files to screen")
     after = screened(candidate, out)
     verdict = judge(rules, before, after, display)
     try:

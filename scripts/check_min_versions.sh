@@ -2,7 +2,10 @@
 # Check the dependency floors: install the lowest version pyproject.toml allows of every
 # dependency (and of the ray and validate extras) into a scratch venv, then run the fast tests
 # (everything but the slow embedded-model tests) there. torch is the exception: only the CPU
-# build pinned in setup.sh is reachable from these machines, so it stays at that version.
+# build pinned in setup.sh is reachable from these machines, so it stays at that version. The
+# golden-output test is left out: its tiny random model is drawn by transformers, whose
+# initialisation differs between versions, so its recorded fingerprints hold for the pinned
+# environment only.
 #   scripts/check_min_versions.sh [pytest arguments]      # scratch venv: $TMPDIR/screener-min
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,4 +39,5 @@ pip=("$venv/bin/pip" install -q --disable-pip-version-check)
 "$venv/bin/pip" list --format=freeze 2>/dev/null | grep -iE "^($(cut -d= -f1 "$pins" | paste -sd'|'))==" \
     | sort -f
 cd "$root"
-"$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider "$@"
+"$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
+    --deselect tests/test_golden.py::test_screen_and_gate_outputs_match_the_recorded_ones "$@"

@@ -296,7 +296,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
         list(read_dataset(tmp_path / "missing.jsonl"))
     unknown = write_jsonl(tmp_path / "u.jsonl", [{"text": "hello"}])
     with pytest.raises(
-        InputError, match=r"u.jsonl:1: cannot tell the dataset format from fields \['text'\]"
+        InputError, match=r"u.jsonl:1: cannot tell the dataset format: the columns are text, "
     ):
         list(read_dataset(unknown))
     broken = tmp_path / "b.json"
@@ -413,3 +413,51 @@ def test_csv_messages_column_and_content_part_prompts(tmp_path: Path) -> None:
     }
     [sample], _ = read_all(write_jsonl(tmp_path / "p.jsonl", [parts]))
     assert sample.messages == (Message("user", "Q more"), Message("assistant", "A"))
+
+
+def test_field_errors_list_the_columns_and_the_flags_that_map_them(tmp_path: Path) -> None:
+    path = tmp_path / "qa.csv"
+    path.write_text("prompt,response\nWhat is 2+2?,4\n")
+    asked = FieldNames(prompt="question", response="answer")
+    with pytest.raises(InputError) as info:
+        list(read_dataset(path, fields=asked))
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: cannot tell the dataset format: the columns are ")
+    assert "the columns are prompt, response," in message
+    assert "`question`+`answer` (from --prompt-field/--response-field)" in message
+    assert message.endswith(
+        "pass --prompt-field prompt --response-field response, or pass --format"
+    )
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "Q?", "answer": "A."}])
+    with pytest.raises(InputError, match="pass --prompt-field question --response-field answer"):
+        list(read_dataset(other))
+    assert [s.id for s in read_dataset(other, fields=FieldNames("question", "answer"))] == [
+        content_id((Message("user", "Q?"), Message("assistant", "A.")))
+    ]
+
+
+def test_a_missing_id_field_is_an_error_that_lists_the_columns(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "Q", "response": "A"}])
+    with pytest.raises(InputError) as info:
+        list(read_dataset(path, fields=FieldNames(id="uid")))
+    assert str(info.value) == (
+        f"{path}:1 [uid]: no column 'uid' (from --id-field): the columns are id, prompt, "
+        "response; pass one of them, or leave --id-field out to give rows ids from their content"
+    )
+    # without --id-field, rows lacking an `id` column get ids from their content, as before
+    no_ids = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "Q", "response": "A"}])
+    assert len(list(read_dataset(no_ids))) == 1
+
+
+def test_a_hub_dataset_id_says_how_to_screen_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as info:
+        list(read_dataset("HuggingFaceH4/ultrachat_200k"))
+    message = str(info.value)
+    assert message.startswith("HuggingFaceH4/ultrachat_200k: no such file or directory (a Hugging")
+    assert "save_to_disk(DIR)" in message and "\n" not in message
+    with pytest.raises(InputError) as info:
+        list(read_dataset("data/missing.jsonl"))  # a file path: no hint
+    assert str(info.value) == "data/missing.jsonl: no such file or directory"

@@ -13,7 +13,7 @@ from screener.cli.common import (
     EXIT_OK,
     add_model_options,
     add_quiet_option,
-    load_model_from_args,
+    model_options,
     progress_printer,
 )
 from screener.cli.screen import add_scoring_options, generation_options, scoring_options
@@ -72,7 +72,7 @@ def _run_gate(args: argparse.Namespace) -> int:
         rules = replace(rules, traits=tuple(args.traits))
     say = progress_printer(args)
     options: dict[str, Any] = {
-        "model": load_model_from_args(args, say),
+        "model": model_options(args),  # loaded once both sides are checked
         "scoring": scoring,
         "generation": generation,
         "out": args.out,

@@ -13,7 +13,7 @@ from screener.cli.common import (
     add_quiet_option,
     add_sequence_options,
     comma_separated,
-    load_model_from_args,
+    model_options,
     progress_printer,
     read_options,
 )
@@ -148,7 +148,7 @@ def register(commands: Any) -> None:
         default="local",
         choices=ENGINES,
         help="local: compute in this process (default); ray: compute what the run store lacks "
-        "with Ray Data on an actor pool (pip install 'screener[ray]')",
+        "on a pool of Ray actors (pip install 'screener[ray]')",
     )
     engine.add_argument(
         "--ray-address",
@@ -231,20 +231,15 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 
 def _run_screen(args: argparse.Namespace) -> int:
-    from screener.collect import prepare_out_dir
     from screener.screening import FlagRule, screen
-    from screener.screening.ray_engine import require_ray
 
     scoring, generation, read = scoring_options(args), generation_options(args), read_options(args)
     rule = FlagRule(dict(args.threshold), args.percentile, args.top_k)
-    if scoring.engine == "ray":
-        require_ray()  # before the model loads
     out = args.out or Path("reports") / f"screen-{Path(args.data).stem}"
-    prepare_out_dir(out)  # fail before the model loads, not after the work is done
     say = progress_printer(args)
-    result = screen(
+    result = screen(  # checks the data, traits, output and store before loading the model
         args.data,
-        model=load_model_from_args(args, say),
+        model=model_options(args),
         traits=args.traits,
         scoring=scoring,
         generation=generation,
@@ -287,7 +282,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     say = progress_printer(args)
     calibration = calibrate(
         args.reference,
-        model=load_model_from_args(args, say),
+        model=model_options(args),
         traits=args.traits,
         scoring=scoring,
         generation=generation,

@@ -133,21 +133,24 @@ class DatasetReader:
             )
 
     def _format_for(self, row: RawRow, record: dict[str, Any]) -> str:
-        if self.fmt != "auto":
-            return self.fmt
+        """The format of `row`'s file, told from its first readable row (which is also where a
+        missing --id-field column shows)."""
         known = self.counts.formats.get(row.source)
         if known is not None:
             return known
-        detected = detect_format(record, self.fields)
-        if detected is None:
+        if self.fields.id != FieldNames().id and self.fields.id not in record:
             raise InputError(
-                f"cannot tell the dataset format from fields {sorted(record)}: expected "
-                "`messages`, "
-                f"`conversations`, `{self.fields.prompt}`+`{self.fields.response}` or "
-                "`instruction`+`output` (rename the columns with --prompt-field/--response-field "
-                "or pass --format)",
+                f"no column {self.fields.id!r} (from --id-field): the columns are "
+                f"{', '.join(sorted(record))}; pass one of them, or leave --id-field out to "
+                "give rows ids from their content",
                 source=row.source,
                 line=row.line,
+                field=self.fields.id,
+            )
+        detected = self.fmt if self.fmt != "auto" else detect_format(record, self.fields)
+        if detected is None:
+            raise InputError(
+                unknown_format_message(record, self.fields), source=row.source, line=row.line
             )
         self.counts.formats[row.source] = detected
         return detected
@@ -196,6 +199,31 @@ class DatasetReader:
         if self.check_duplicates:
             self._seen.add(sample_id, row.source, row.line)
         return Sample(sample_id, row.source, row.line, messages, record, fmt, tuple(warnings))
+
+
+PROMPT_NAMES = ("prompt", "question", "input", "query", "instruction", "user")
+RESPONSE_NAMES = ("response", "answer", "output", "completion", "chosen", "assistant")
+
+
+def unknown_format_message(record: dict[str, Any], fields: FieldNames) -> str:
+    """Why no format fits `record`, with its columns and the flags that would map them."""
+    default = FieldNames()
+    asked = (fields.prompt, fields.response) != (default.prompt, default.response)
+    pair = f"`{fields.prompt}`+`{fields.response}`" + (
+        " (from --prompt-field/--response-field)" if asked else ""
+    )
+    prompt = next((name for name in PROMPT_NAMES if name in record), None)
+    response = next((name for name in RESPONSE_NAMES if name in record and name != prompt), None)
+    remedy = (
+        f"pass --prompt-field {prompt} --response-field {response}"
+        if prompt and response and (prompt, response) != (fields.prompt, fields.response)
+        else "name the prompt and response columns with --prompt-field and --response-field"
+    )
+    return (
+        f"cannot tell the dataset format: the columns are {', '.join(sorted(record))}, and none "
+        f"of `messages`, `conversations`, {pair} or `instruction`+`output` is there; {remedy}, "
+        "or pass --format"
+    )
 
 
 def _id_text(value: Any) -> str | None:

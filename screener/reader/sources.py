@@ -354,7 +354,7 @@ def iter_file(path: Path) -> Iterator[RawRow]:
 def list_data_files(path: Path) -> list[Path]:
     """The data files under `path`: itself, or the supported files in a directory (sorted)."""
     if not path.exists():
-        raise InputError("no such file or directory", source=str(path))
+        raise InputError(f"no such file or directory{_hub_hint(path)}", source=str(path))
     if path.is_file() or is_saved_dataset(path):
         return [path]
     files = sorted(
@@ -369,6 +369,19 @@ def list_data_files(path: Path) -> list[Path]:
             source=str(path),
         )
     return files
+
+
+def _hub_hint(path: Path) -> str:
+    """For a missing path that reads like a Hugging Face dataset id (`owner/name`), how to
+    screen that dataset: nothing is downloaded here."""
+    parts = str(path).split("/")
+    if len(parts) != 2 or not all(parts) or path.suffix or str(path).startswith((".", "~")):
+        return ""
+    return (
+        f" (a Hugging Face dataset id? screener reads local data only: save it with "
+        f"datasets.load_dataset({str(path)!r}).save_to_disk(DIR) or to_json(FILE.jsonl) on a "
+        "machine that can download it, and screen that)"
+    )
 
 
 def _is_documentation(path: Path) -> bool:

@@ -36,8 +36,8 @@ from screener.screening.calibration import (
     Distribution,
     vector_digest,
 )
+from screener.screening.preflight import choose_traits, peek
 from screener.screening.result import generation_dtype_name
-from screener.screening.run import choose_traits
 from screener.screening.scoring import Scorer, ScoringSettings
 from screener.screening.style import (
     MIN_ROWS_PER_COMPONENT,
@@ -76,9 +76,14 @@ def calibrate(
     generation = generation or GenerationOptions()
     read = read or ReadOptions()
     say = progress or (lambda message: None)
-    loaded = resolve_model(model)
-    vector_file = load_vectors(scoring.vectors, model=loaded)
+    for path in paths:  # every check that needs no model, before it loads
+        peek(path, read)
+    vector_file = load_vectors(scoring.vectors)
     chosen = choose_traits(vector_file, traits)
+    with RunStore.open(scoring.store, progress=say):
+        pass
+    loaded = resolve_model(model, say)
+    vector_file.check_model(loaded)
     settings = ScoringSettings.of(chosen, scoring, generation)
     renderer = Renderer(
         loaded.tokenizer, max_tokens=token_limit(loaded.model.config, scoring.max_tokens)
@@ -87,7 +92,7 @@ def calibrate(
     lasts: dict[str, list[float]] = {t: [] for t in chosen}
     differences: dict[str, list[np.ndarray]] = {t: [] for t in chosen}
     counts = {"rows_read": 0, "scored": 0, "rejected": 0}
-    with RunStore.open(scoring.store) as run_store:
+    with RunStore.open(scoring.store, progress=say) as run_store:
         scorer = Scorer(
             loaded,
             vector_file,

@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from screener.collect import prepare_out_dir
-from screener.errors import ConfigError, ScreenerError
+from screener.errors import ScreenerError
 from screener.model import (
     LoadedModel,
     generation_model,
@@ -53,15 +52,9 @@ from screener.options import (
     resolve_model,
 )
 from screener.reader import read_dataset
-from screener.reader.memory import InMemoryData, check_in_memory
+from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
 from screener.render import RenderedSample, Renderer, token_limit
-from screener.screening.calibration import (
-    Calibration,
-    default_calibration_path,
-    load_calibration,
-    usable_calibration,
-)
 from screener.screening.categories import (
     describe_clusters,
     load_categories,
@@ -72,7 +65,8 @@ from screener.screening.flags import (
     FlagRule,
 )
 from screener.screening.label import categorize, category_layer, cluster, cluster_fit_indices
-from screener.screening.ray_engine import Chunk, RayScoring, require_ray, worker_config
+from screener.screening.preflight import check_before_loading
+from screener.screening.ray_engine import Chunk, RayScoring, worker_config
 from screener.screening.result import (
     ScreenResult,
     generation_dtype_name,
@@ -84,39 +78,6 @@ from screener.screening.scoring import (
 from screener.screening.spill import ScoredSamples
 from screener.screening.write import second_read, write_run
 from screener.store import RunStore
-from screener.vectors.store import VectorFile, load_vectors
-
-DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")
-
-
-def choose_traits(vectors: VectorFile, traits: Sequence[str] | None) -> tuple[str, ...]:
-    """The traits to screen: those asked for (each must be in the file), else the default
-    three when the file has them, else every trait in the file."""
-    if traits:
-        for trait in traits:
-            vectors.trait(trait)  # raises naming the traits the file has
-        return tuple(dict.fromkeys(traits))
-    if all(t in vectors.traits for t in DEFAULT_TRAITS):
-        return DEFAULT_TRAITS
-    return tuple(vectors.traits)
-
-
-def resolve_calibration(
-    spec: str | Path | None, vectors_spec: str | Path, vectors: VectorFile, traits: tuple[str, ...]
-) -> tuple[Calibration | None, list[str]]:
-    """`auto`: the file beside the vectors if there is one; `none`/None: no calibration."""
-    if spec is None or str(spec) == "none":
-        return None, []
-    if str(spec) == "auto":
-        path = default_calibration_path(vectors_spec)
-        if not path.exists():
-            return None, [f"no calibration beside the vectors ({path}): run screener calibrate"]
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise ConfigError(f"--calibration {path}: no such file")
-    calibration, warnings = usable_calibration(load_calibration(path), vectors, traits)
-    return (calibration if calibration.traits else None), warnings
 
 
 def screen(
@@ -152,24 +113,18 @@ def screen(
     scoring = scoring or ScoringOptions()
     generation = generation or GenerationOptions()
     read = read or ReadOptions()
-    check_in_memory(data)  # before the model loads
-    if scoring.engine == "ray":
-        require_ray()
     out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out_dir(out)
-    loaded = resolve_model(model)
-    vector_file = load_vectors(scoring.vectors, model=loaded)
-    chosen = choose_traits(vector_file, traits)
+    checked = check_before_loading(data, traits, scoring, read, out, say)
+    loaded = resolve_model(model, say)
+    vector_file, chosen = checked.vectors, checked.traits
+    vector_file.check_model(loaded)
     settings = ScoringSettings.of(chosen, scoring, generation)
     generator = (
         generation_model(loaded, generation.dtype, trust_remote_code=loaded.trust_remote_code)
         if scoring.method == "delta"
         else None
     )
-    calibrated, notes = resolve_calibration(
-        scoring.calibration, scoring.vectors, vector_file, chosen
-    )
+    calibrated, notes = checked.calibration, list(checked.notes)
     styled = scoring.style_control and scoring.method == "delta"
     if calibrated is not None:
         calibrated = calibrated.for_scoring(styled)
@@ -197,7 +152,7 @@ def screen(
     renderer = Renderer(
         loaded.tokenizer, max_tokens=token_limit(loaded.model.config, scoring.max_tokens)
     )
-    with RunStore.open(scoring.store) as run_store:
+    with RunStore.open(scoring.store, progress=say) as run_store:
         scorer = Scorer(
             loaded,
             vector_file,
