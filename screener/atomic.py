@@ -24,7 +24,8 @@ def _temporary_beside(final: Path) -> Path:
 _TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (files a dead writer left can be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -40,7 +41,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     removed = []
     for path in folder.iterdir():
         match = _TEMPORARY_NAME.match(path.name)
-        if match and path.is_file() and not _process_alive(int(match.group(1))):
+        if match and path.is_file() and not process_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -17,7 +17,7 @@ import polars as pl
 
 from screener.atomic import atomic_path
 from screener.errors import ConfigError, ScreenerError
-from screener.run_directory import read_scores
+from screener.run_directory import add_to_manifest, read_scores
 
 Selection = Literal["flagged", "kept", "all"]
 ExportFormat = Literal["jsonl", "csv", "parquet"]
@@ -59,4 +59,6 @@ def export_run(
                 rows.write_ndjson(tmp)
     except OSError as exc:
         raise ScreenerError(f"cannot write {target}: {exc.strerror}") from None
+    if target.parent.resolve() == run_dir.resolve():
+        add_to_manifest(run_dir, run_dir / target.name)
     return target, len(rows)

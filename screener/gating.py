@@ -32,7 +32,7 @@ from screener.options import (
     resolve_model,
 )
 from screener.records import RejectedRow
-from screener.run_directory import GATE_MD
+from screener.run_directory import GATE_MD, add_to_manifest
 from screener.screening import FlagRule, ScreenResult, screen
 from screener.screening.preflight import check_before_loading
 
@@ -298,17 +298,20 @@ def run_gate(
     display: Callable[[str], str] = str,
     progress: Callable[[str], None] | None = None,
     command: str = "",
+    force: bool = False,
 ) -> GateVerdict:
     """Screen both sides (same store: the baseline's rows come from the cache after the first
-    time), judge, and write out/gate.md beside the candidate's screening outputs. Both sides
-    are checked (paths, formats, fields, traits, the output directory) before the model
-    loads."""
+    time), judge, and write out/gate.md beside the candidate's screening outputs (`force`:
+    replace an `out` that holds files but no screener run). Both sides are checked (paths,
+    formats, fields, traits, the output directory) before the model loads."""
     if not _has_data(candidate):
         raise ConfigError(f"{candidate}: no data files to screen")
     scoring, read = scoring or ScoringOptions(), read or ReadOptions()
     for data, where in ((baseline, None), (candidate, out)):
         if _has_data(data):
-            check_before_loading(data, rules.traits, scoring, read, where, progress)
+            check_before_loading(
+                data, rules.traits, scoring, read, where, progress, replace_out=force
+            )
     loaded = resolve_model(model, progress)
 
     def screened(data: Path, out: Path | None) -> ScreenResult:
@@ -325,6 +328,7 @@ def run_gate(
             progress=progress,
             command=command,
             label=out is not None,
+            force=force,
         )
 
     before = screened(baseline, None) if _has_data(baseline) else None
@@ -332,6 +336,7 @@ def run_gate(
     verdict = judge(rules, before, after, display)
     try:
         write_text_atomic(out / GATE_MD, gate_markdown(verdict))
+        add_to_manifest(out, out / GATE_MD)
     except OSError as exc:
         raise ScreenerError(f"cannot write {out / 'gate.md'}: {exc.strerror}") from None
     return verdict

@@ -1,8 +1,15 @@
-"""The run directory of a screen: the names of its files, and reading them back. The report,
-export, validate and the gate read a run only through here.
+"""The run directory of a screen: the names of its files, how a run is written into one, and
+reading it back. The report, export, validate and the gate read a run only through here.
 
     run = load_run(Path("reports/screen-data"))
     run.summary.traits["evil"].cut, run.summary.counts.flagged, run.scores["flagged"]
+
+A directory holds exactly one run. A screen writes into a fresh sibling directory and, once
+every file is there, puts it in the place of the directory (`staged_run`), so a previous run's
+files never stay beside the new one's and a killed run leaves the previous one whole. A
+directory holding files that are not a screener run is refused unless the caller asks to
+replace it (`check_out_dir`). manifest.json lists the run's files; readers read only files it
+lists, and jobs that add files later (validate, the gate, export) add them to it.
 
 summary.json holds a `RunSummary` (run_summary.py), written by `summary_text`.
 """
@@ -10,14 +17,20 @@ summary.json holds a `RunSummary` (run_summary.py), written by `summary_text`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from screener.errors import ConfigError
+from screener.atomic import process_alive, write_text_atomic
+from screener.errors import ConfigError, ScreenerError
 from screener.run_summary import RunSummary, summary_from_json
 
 SUMMARY_JSON = "summary.json"
@@ -31,6 +44,106 @@ REPORT_HTML = "report.html"
 VALIDATE_JSON = "validate.json"  # written by `screener validate` into the run directory
 VALIDATE_PLOT = "validate.png"
 GATE_MD = "gate.md"  # written by `screener gate`
+MANIFEST_JSON = "manifest.json"  # the run's files; what is not listed is not read
+_STAGING = re.compile(r"^\.(.+)\.(partial|replaced)-(\d+)$")
+
+
+def check_out_dir(out: Path, *, replace: bool = False) -> None:
+    """Raise ConfigError now if a run could not be written to `out`: it is a file, its parent
+    cannot be written, or it holds files that are not a screener run (unless `replace`)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file: pass a directory path")
+    if out.is_dir() and not (out / MANIFEST_JSON).exists() and not replace:
+        present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if present:
+            more = f" and {len(present) - 5} more" if present[5:] else ""
+            shown = ", ".join(present[:5]) + more
+            raise ConfigError(
+                f"--out {out} holds files that are not a screener run ({shown}): pass a new or "
+                "empty directory, or --force to replace the directory with the run"
+            )
+    try:  # the run is written beside `out`, then renamed: its parent must take new entries
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.probe-"):
+            pass
+    except FileExistsError:  # a file where a directory above `out` should be
+        raise ConfigError(f"cannot create output directory {out}: Not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out}: {exc.strerror}") from None
+
+
+@contextmanager
+def staged_run(out: Path) -> Iterator[Path]:
+    """A new directory beside `out` to write a run into. When the block ends without error,
+    it replaces `out` (a previous run there is removed); when it fails, it is removed."""
+    _remove_stale_staging(out.parent)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # errors name the files where they belong, not where they were being written
+        if isinstance(exc, ScreenerError) and exc.args:
+            exc.args = (str(exc.args[0]).replace(str(staging), str(out)), *exc.args[1:])
+        if isinstance(exc, OSError) and isinstance(exc.filename, str):
+            exc.filename = exc.filename.replace(str(staging), str(out))
+        raise
+    if out.exists():
+        previous = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        out.rename(previous)
+        staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove the staging directories that killed runs left in `folder`."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = _STAGING.match(path.name)
+        if match and path.is_dir() and not process_alive(int(match.group(3))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_manifest(directory: Path, names: Sequence[str]) -> None:
+    """List the run's files (paths relative to `directory`) in its manifest."""
+    document = {"screener_run": 1, "files": sorted(set(names))}
+    write_text_atomic(directory / MANIFEST_JSON, json.dumps(document, indent=1) + "\n")
+
+
+def manifest_files(directory: Path) -> list[str]:
+    """The files the run's manifest lists."""
+    path = directory / MANIFEST_JSON
+    if not path.exists():
+        raise ConfigError(
+            f"{directory}: no {MANIFEST_JSON}, so not a complete screener run (an interrupted "
+            "one, or from before manifests): rerun `screener screen` with this --out"
+        )
+    document = read_json(path)
+    files = document.get("files") if isinstance(document, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"{path}: not a screener manifest; rerun `screener screen`")
+    return files
+
+
+def add_to_manifest(directory: Path, *paths: Path) -> None:
+    """Record files a later job wrote into the run directory (validate, gate, export)."""
+    names = [str(p.relative_to(directory)) for p in paths if p.parent.is_relative_to(directory)]
+    write_manifest(directory, [*manifest_files(directory), *names])
+
+
+def run_file(directory: Path, name: str) -> Path:
+    """The path of a file of the run, which its manifest must list."""
+    if name not in manifest_files(directory):
+        raise ConfigError(
+            f"{directory / name}: not part of the run in {directory} (its {MANIFEST_JSON} does "
+            "not list it); rerun `screener screen` with this --out"
+        )
+    return directory / name
 
 
 def read_json(path: Path, remedy: str = "rerun `screener screen`") -> Any:
@@ -48,7 +161,7 @@ def read_json(path: Path, remedy: str = "rerun `screener screen`") -> Any:
 def read_summary(directory: Path) -> RunSummary:
     if not directory.is_dir():
         raise ConfigError(f"{directory}: not a directory; pass the --out directory of a run")
-    path = directory / SUMMARY_JSON
+    path = run_file(directory, SUMMARY_JSON)
     return summary_from_json(read_json(path), path)
 
 
@@ -60,11 +173,9 @@ def summary_text(summary: RunSummary) -> str:
 def read_scores(directory: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
     """A run's scores.parquet (all columns, or those of `columns` it has), with errors that
     name the file."""
-    path = directory / SCORES_PARQUET
+    path = run_file(directory, SCORES_PARQUET)
     if not path.exists():
-        raise ConfigError(
-            f"{path}: missing; is {directory} the --out directory of a `screener screen` run?"
-        )
+        raise ConfigError(f"{path}: missing; rerun `screener screen` with this --out")
     try:
         present = pl.read_parquet_schema(path)
         chosen = None if columns is None else [name for name in columns if name in present]
@@ -91,12 +202,13 @@ def load_run(directory: Path, *, scores_columns: Sequence[str] | None = None) ->
     """The run's summary, scores (all columns, or those of `scores_columns`), calibration
     reference and validation, with errors that name the file."""
     summary = read_summary(directory)
-    reference_path = directory / REFERENCE_JSON
-    reference = read_json(reference_path) if reference_path.exists() else {"traits": {}}
-    validation_path = directory / VALIDATE_JSON
+    listed = manifest_files(directory)
+    reference = (
+        read_json(directory / REFERENCE_JSON) if REFERENCE_JSON in listed else {"traits": {}}
+    )
     validation = (
-        read_json(validation_path, "run `screener validate` again or delete the file")
-        if validation_path.exists()
+        read_json(directory / VALIDATE_JSON, "run `screener validate` again")
+        if VALIDATE_JSON in listed
         else None
     )
     return RunFiles(

@@ -291,7 +291,7 @@ def test_bad_vector_files_and_traits_stop_with_one_line(
         out = tmp_path / "out"
         code = main(screen_args(data, out, tiny, *extra))
         expect_one_line_error(capsys, code, "", message)
-        assert not list(out.iterdir())
+        assert not visible_files(out)  # nothing written, not even the directory
     code = main(
         [
             "vectors",
@@ -325,9 +325,11 @@ def test_out_that_cannot_be_used_fails_before_the_model_loads(
         if Path("/sys").is_dir():
             cases.append((Path("/sys/screener-out"), "cannot create output directory /sys/"))
     else:
-        locked = tmp_path / "locked"
+        locked = tmp_path / "locked"  # the run is written beside --out, in here
         locked.mkdir(mode=0o500)
-        cases.append((locked, f"cannot write in output directory {locked}: Permission denied"))
+        cases.append(
+            (locked / "out", f"cannot create output directory {locked / 'out'}: Permission denied")
+        )
     for out, message in cases:
         args = screen_args(data, out, tiny)
         args[args.index("--model") + 1] = str(missing_model)

@@ -68,4 +68,4 @@ def test_the_command_reports_rows_and_refuses_bad_arguments(
     assert flagged >= 3  # the top 3 per trait, overlapping or not
     assert capsys.readouterr().out.strip() == f"wrote {flagged} flagged rows to {target}"
     assert main(["export", str(tmp_path / "empty")]) == 2
-    assert f"{tmp_path / 'empty' / 'scores.parquet'}: missing" in capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no manifest.json, so not a complete" in capsys.readouterr().err

@@ -4,6 +4,7 @@ instead), and a run store another run holds is waited for instead of failing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -161,3 +162,47 @@ def test_two_screens_started_together_both_finish(
         assert f"= {len(rows())} rows read" in out
     first, second = (pl.read_parquet(tmp_path / n / "scores.parquet") for n in ("first", "second"))
     assert_frame_equal(first, second)
+
+
+def test_an_out_directory_of_other_files_is_refused_unless_forced(
+    tiny: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", rows())
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    args = no_model_args(data, tmp_path, tiny)
+    args[args.index("--out") + 1] = str(out)
+    expect_one_line_error(
+        capsys,
+        main(args),
+        "",
+        f"--out {out} holds files that are not a screener run (notes.txt): pass a new or empty "
+        "directory, or --force to replace the directory with the run",
+    )
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert main([*screen_args(data, out, tiny), "--force"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "summary.json").exists()
+
+
+def test_a_new_run_replaces_the_previous_one_whole(
+    tiny: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    jsonl = write_jsonl(tmp_path / "d.jsonl", rows())
+    parquet = tmp_path / "d.parquet"
+    pl.read_ndjson(jsonl).write_parquet(parquet)
+    out = tmp_path / "run"
+    assert main(screen_args(jsonl, out, tiny)) == 0
+    assert main(["export", str(out), "--only", "all", "--format", "csv"]) == 0
+    first = {p.name for p in out.iterdir()}
+    assert {"filtered.jsonl", "export-all.csv", "manifest.json"} <= first
+    assert main(screen_args(parquet, out, tiny)) == 0
+    second = {p.name for p in out.iterdir()}
+    assert "filtered.parquet" in second
+    assert not {"filtered.jsonl", "export-all.csv"} & second  # nothing of the earlier run
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert set(listed) == second - {"manifest.json"}
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]

@@ -125,7 +125,7 @@ def test_report_of_a_directory_that_is_not_a_run_says_which_file_is_missing(
 ) -> None:
     assert main(["report", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"screener: error: {tmp_path / 'summary.json'}: missing")
+    assert error.startswith(f"screener: error: {tmp_path}: no manifest.json, so not a complete")
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
 

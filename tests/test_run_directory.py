@@ -16,8 +16,9 @@ from screener.reader import FieldNames
 from screener.run_directory import (
     SUMMARY_JSON,
     load_run,
-    read_summary,
+    read_scores,
     summary_text,
+    write_manifest,
 )
 from screener.run_summary import summary_from_json
 from screener.screening.flags import DatasetShift, MeanInterval
@@ -29,11 +30,11 @@ GOLDEN = Path(__file__).parent / "golden"
 def test_a_recorded_summary_reads_back_and_writes_the_same_bytes(run: str) -> None:
     path = GOLDEN / run / SUMMARY_JSON
     text = path.read_text(encoding="utf-8")
-    assert summary_text(read_summary(path.parent)) == text
+    assert summary_text(summary_from_json(json.loads(text), path)) == text
 
 
 def test_the_typed_fields_hold_the_recorded_values() -> None:
-    summary = read_summary(GOLDEN / "screen-parquet")
+    summary = summary_from_json(_golden(), GOLDEN / "screen-parquet" / SUMMARY_JSON)
     assert summary.counts.rows_read == 8 and summary.counts.flagged == 4
     assert summary.counts.invariant == "4 kept + 4 flagged + 0 rejected = 8 rows read"
     evil = summary.traits["evil"]
@@ -97,8 +98,12 @@ def test_a_damaged_summary_names_the_file_and_the_field(edit: Any, message: str)
 def test_a_directory_that_is_not_a_run_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a directory"):
         load_run(tmp_path / "absent")
-    with pytest.raises(ConfigError, match=r"summary\.json: missing; is .* the --out directory"):
+    with pytest.raises(ConfigError, match=r"no manifest\.json, so not a complete screener run"):
         load_run(tmp_path)
+    write_manifest(tmp_path, [SUMMARY_JSON])
     (tmp_path / SUMMARY_JSON).write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_run(tmp_path)
+    (tmp_path / "scores.parquet").write_text("a file of another run")
+    with pytest.raises(ConfigError, match=r"scores\.parquet: not part of the run .* does not list"):
+        read_scores(tmp_path)

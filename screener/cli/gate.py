@@ -44,6 +44,11 @@ def register(commands: Any) -> None:
         "--out", type=Path, default=Path("reports/gate"), help="output dir (default reports/gate)"
     )
     gate.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out directory that holds files but no screener run",
+    )
+    gate.add_argument(
         "--annotations",
         choices=["github"],
         default=None,
@@ -76,6 +81,7 @@ def _run_gate(args: argparse.Namespace) -> int:
         "scoring": scoring,
         "generation": generation,
         "out": args.out,
+        "force": args.force,
         "progress": say,
         "command": args.command_line,
     }

@@ -142,6 +142,12 @@ def register(commands: Any) -> None:
     screen.add_argument(
         "--out", type=Path, default=None, help="output directory (default: reports/screen-<data>)"
     )
+    screen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out directory that holds files but no screener run (a previous run "
+        "there is always replaced whole)",
+    )
     engine = screen.add_argument_group("engine")
     engine.add_argument(
         "--engine",
@@ -249,6 +255,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         out=out,
         progress=say,
         command=args.command_line,
+        force=args.force,
     )
     summary = result.summary
     for note in result.notes:

@@ -32,6 +32,7 @@ from screener.run_directory import (
     RunFiles,
     load_run,
     read_summary,
+    run_file,
 )
 from screener.screening.flags import DATASET_SHIFT_ALARM
 
@@ -176,7 +177,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     columns = {t: _column(run.scores, f"{kind}_{t}") for t in traits}
 
     trait_views = []
-    top = _top_flagged(run.directory / FLAGGED_JSONL, traits, max_samples)
+    top = _top_flagged(run_file(run.directory, FLAGGED_JSONL), traits, max_samples)
     for trait in traits:
         info = summary.traits[trait]
         interval = info.dataset_score

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from screener.collect import prepare_out_dir
 from screener.errors import ConfigError
 from screener.options import ReadOptions, ScoringOptions
 from screener.reader import read_dataset
 from screener.reader.memory import InMemoryData, check_in_memory
 from screener.records import Sample
+from screener.run_directory import check_out_dir
 from screener.screening.calibration import (
     Calibration,
     default_calibration_path,
@@ -50,6 +50,8 @@ def check_before_loading(
     read: ReadOptions,
     out: Path | None,
     progress: Callable[[str], None] | None = None,
+    *,
+    replace_out: bool = False,
 ) -> Checked:
     """Every check of a screen that needs no model; raises the first problem found."""
     check_in_memory(data)
@@ -60,7 +62,7 @@ def check_before_loading(
     chosen = choose_traits(vectors, traits)
     calibration, notes = resolve_calibration(scoring.calibration, scoring.vectors, vectors, chosen)
     if out is not None:
-        prepare_out_dir(out)
+        check_out_dir(out, replace=replace_out)
     with RunStore.open(scoring.store, progress=progress):
         pass  # a store another run holds is waited for now, before the model takes memory
     return Checked(vectors, chosen, calibration, notes)

@@ -121,11 +121,14 @@ class ScreenResult:
     input: str | Path | InMemoryData = ""  # the data as given: a path, or rows in memory
     read: ReadOptions = field(default_factory=ReadOptions)  # how it was read
 
-    def write(self, out: str | Path) -> list[Path]:
+    def write(self, out: str | Path, *, force: bool = False) -> list[Path]:
         """Write every output of the run to the directory `out`, as `screener screen --out`
-        does (the data is read again); returns the files written."""
+        does (the data is read again; a previous run there is replaced whole, other files only
+        with `force`); returns the files written."""
+        from screener.run_directory import check_out_dir
         from screener.screening.write import write_run
 
+        check_out_dir(Path(out), replace=force)
         write_run(self, Path(out))
         return self.outputs
 

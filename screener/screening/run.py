@@ -94,6 +94,7 @@ def screen(
     progress: Callable[[str], None] | None = None,
     command: str = "",
     label: bool = True,
+    force: bool = False,
 ) -> ScreenResult:
     """Screen `data` for `traits` (default: evil, sycophancy and hallucination where the
     vectors have them, else all of theirs) and, with `out`, write the run's outputs there
@@ -107,6 +108,8 @@ def screen(
     categories: a JSON file of extra risk categories.
     label: give flagged samples a category and a cluster (without `out`, the data is read
         again to name the clusters). False skips all three: scores, flags and means only.
+    force: replace a directory at `out` that holds files but no screener run (a previous run
+        there is always replaced whole).
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -114,7 +117,7 @@ def screen(
     generation = generation or GenerationOptions()
     read = read or ReadOptions()
     out = None if out is None else Path(out)
-    checked = check_before_loading(data, traits, scoring, read, out, say)
+    checked = check_before_loading(data, traits, scoring, read, out, say, replace_out=force)
     loaded = resolve_model(model, say)
     vector_file, chosen = checked.vectors, checked.traits
     vector_file.check_model(loaded)

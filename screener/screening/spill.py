@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from screener.atomic import process_alive
 from screener.paths import state_root
 from screener.screening.scoring import ScoredSample
 
@@ -37,16 +38,6 @@ def spill_root() -> Path:
     return state_root() / "spill"
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def remove_orphans(root: Path) -> None:
     """Delete spill directories whose process has died (a run killed before it cleaned up)."""
     if not root.is_dir():
@@ -55,7 +46,7 @@ def remove_orphans(root: Path) -> None:
         pid_text = entry.name.removeprefix(_PREFIX).split("-", 1)[0]
         if not (entry.name.startswith(_PREFIX) and pid_text.isdigit()):
             continue
-        if int(pid_text) != os.getpid() and not _process_alive(int(pid_text)):
+        if int(pid_text) != os.getpid() and not process_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
 
 

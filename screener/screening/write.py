@@ -18,7 +18,6 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path, write_text_atomic
-from screener.collect import prepare_out_dir
 from screener.errors import StoreError
 from screener.records import Sample
 from screener.report import write_report
@@ -26,13 +25,14 @@ from screener.run_directory import (
     FLAGGED_JSONL,
     REFERENCE_JSON,
     REJECTED_JSONL,
+    REPORT_HTML,
     RUN_STATS_JSON,
     SCORES_PARQUET,
     SCREEN_DUCKDB,
     SUMMARY_JSON,
-    VALIDATE_JSON,
-    VALIDATE_PLOT,
+    staged_run,
     summary_text,
+    write_manifest,
 )
 from screener.run_summary import RunSummary
 from screener.screening.filtered import FilteredWriter
@@ -162,17 +162,21 @@ def write_run(
     after_read: Callable[[dict[int, str]], None] | None = None,
 ) -> None:
     """Read the data again in step with the scores and write every output of the run to `out`:
-    the filtered file(s), flagged.jsonl and the files of `write_outputs`, then report.html.
+    the filtered file(s), flagged.jsonl and the files of `write_outputs`, then the manifest and
+    report.html. They are written into a new directory that then takes the place of `out`.
     `after_read(texts)` runs between the read and the outputs, with the conversation texts of
     the samples in `text_wanted` (a screen names its clusters there)."""
-    prepare_out_dir(out)
     result.outputs = []
-    with FlaggedRecords(result.samples.directory / "flagged-unordered.jsonl") as records:
-        texts = second_read(result, out, records, text_wanted or set())
-        if after_read is not None:
-            after_read(texts)
-        result.outputs += write_outputs(result, out, records)
-    result.outputs.append(write_report(out))
+    with staged_run(out) as staging:  # replaces `out` whole once every file is written
+        with FlaggedRecords(result.samples.directory / "flagged-unordered.jsonl") as records:
+            texts = second_read(result, staging, records, text_wanted or set())
+            if after_read is not None:
+                after_read(texts)
+            result.outputs += write_outputs(result, staging, records)
+        result.outputs.append(staging / REPORT_HTML)
+        write_manifest(staging, [str(p.relative_to(staging)) for p in result.outputs])
+        write_report(staging)
+    result.outputs = [out / p.relative_to(staging) for p in result.outputs]
     result.out_dir = out
 
 
@@ -210,8 +214,6 @@ def write_outputs(result: ScreenResult, out: Path, flagged_records: FlaggedRecor
             RUN_STATS_JSON,
         )
     }
-    for stale in (VALIDATE_JSON, VALIDATE_PLOT):  # a validation of an earlier run's rows
-        (out / stale).unlink(missing_ok=True)
     flagged_records.write(paths[FLAGGED_JSONL], order, result.cluster_at)
     write_text_atomic(paths[REJECTED_JSONL], rejected_text)
     with atomic_path(paths[SCORES_PARQUET]) as tmp:

@@ -16,7 +16,7 @@ import torch
 
 from screener.atomic import atomic_path, write_text_atomic
 from screener.model import ModelIdentity
-from screener.run_directory import VALIDATE_JSON, VALIDATE_PLOT
+from screener.run_directory import VALIDATE_JSON, VALIDATE_PLOT, add_to_manifest
 from screener.validation.datasets import (
     TrainingSet,
 )
@@ -199,4 +199,5 @@ def write_validation(result: ValidationResult, run_dir: Path) -> list[Path]:
     plot_path = run_dir / VALIDATE_PLOT
     with atomic_path(plot_path) as temporary:
         temporary.write_bytes(validation_plot(document))
+    add_to_manifest(run_dir, json_path, plot_path)
     return [json_path, plot_path]
