@@ -1,7 +1,7 @@
 """Collect per-sample residual-stream summaries at chosen layers, batched and hook-based.
 
 For each input (token ids + index of the first response token) and each requested layer `l`
-(METHOD.md numbering: row `l` is `hidden_states[l]`), the collector returns
+(docs/method.md numbering: row `l` is `hidden_states[l]`), the collector returns
 
 - `response_mean[i, j]`: the mean of layer `layers[j]` over sample i's response tokens, and
 - `last_prompt[i, j]`: the activation at sample i's last prompt token,

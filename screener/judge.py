@@ -1,7 +1,7 @@
 """LLM judges that score an answer 0-100, from the judge model's next-token probabilities.
 
 The score is the probability-weighted mean of the integers 0..100 among the judge's top
-next-token candidates (METHOD.md, extraction step 3). When less than `min_number_mass` of the
+next-token candidates (docs/method.md, "Persona vectors"). When less than `min_number_mass` of the
 probability sits on such integers (a refusal, or prose), there is no score: None.
 
 Backends, chosen by `make_judge(spec)` (specs as in `screener.endpoints`): an

@@ -1,6 +1,6 @@
 """Find the decoder blocks and final norm of any supported causal language model.
 
-Layer numbers follow METHOD.md: layer `l` is `hidden_states[l]` of transformers'
+Layer numbers follow docs/method.md: layer `l` is `hidden_states[l]` of transformers'
 `output_hidden_states`, so `0` is the embedding output, `1..L-1` are the outputs of decoder
 blocks `0..L-2`, and `L` is the last block's output after the model's final norm (transformers
 reports the normed state as the last hidden state). Negative numbers count from the end

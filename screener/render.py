@@ -1,7 +1,7 @@
 """Render samples with the model's chat template and find where the response tokens start.
 
 The response tokens of a sample are the tokens of the whole rendered conversation that come
-after the rendered prompt (prompt turns + `add_generation_prompt=True`), as METHOD.md defines.
+after the rendered prompt (prompt turns + `add_generation_prompt=True`), as docs/method.md defines.
 Both are rendered as text and tokenized whole; the pieces are never tokenized apart. The
 boundary is found, in order of preference:
 

@@ -1,6 +1,6 @@
 """Score rendered samples against persona vectors: projections, base responses and ΔP.
 
-For a sample (x, y) and trait T with unit vector v at layer l (METHOD.md, "Screening"):
+For a sample (x, y) and trait T with unit vector v at layer l (docs/method.md, "Scoring a sample"):
 
 - `projection`   p(x, y)  = mean of h_l over y's tokens, dotted with v;
 - `base`         p(x, y') for y' the model's own greedy answer to x (delta method only);

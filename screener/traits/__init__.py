@@ -1,8 +1,8 @@
 """Trait packs: what a persona trait is and how to elicit it, as validated JSON files.
 
 A pack holds a name, a description, 5 pairs of eliciting/suppressing system prompts, 20
-extraction questions, 20 held-out evaluation questions and a judge rubric (METHOD.md,
-"Extracting a persona vector"). screener ships packs for seven traits in `packs/`; users can pass
+extraction questions, 20 held-out evaluation questions and a judge rubric (docs/method.md,
+"Persona vectors"). screener ships packs for seven traits in `packs/`; users can pass
 a path to their own.
 
 (ours) A pack may also carry written answers, `extraction_answers` and `eval_answers`: for every

@@ -5,7 +5,7 @@ supervised finetuning on chat data, and a fixed seed gives the same weights.
     log = finetune(model, tokenizer, samples, settings)       # trains `model` in place
     log.losses                                                # one mean loss per step
 
-Preventative steering (METHOD.md's mitigation): pass `steer=Steer(layer, vector, coef)` and
+Preventative steering (docs/method.md's mitigation): pass `steer=Steer(layer, vector, coef)` and
 `coef` times the unit vector is added to hidden state `layer` during training only; the hook is
 removed when training ends, also after an error, so the trained model runs unsteered.
 """

@@ -1,6 +1,6 @@
 """Preventative steering for your own training loop: add a trait's persona vector to the
 residual stream while finetuning, so the gradient has no reason to move the model toward the
-trait; remove it afterwards and the trained model runs unsteered (METHOD.md's mitigation).
+trait; remove it afterwards and the trained model runs unsteered (docs/method.md's mitigation).
 
 A plain loop:
 

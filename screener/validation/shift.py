@@ -1,4 +1,4 @@
-"""Trait expression of a model, measured the way METHOD.md measures data: the model answers a
+"""Trait expression of a model, measured the way docs/method.md measures data: the model answers a
 trait pack's held-out questions greedily, and each (question, answer) is projected onto the
 trait's unit vector at its layer. The trait shift of a finetuned model is the mean projection of
 its answers minus that of the untouched model's answers.

@@ -1,4 +1,4 @@
-"""Extract a persona vector for a trait from its pack (METHOD.md, "Extracting a persona vector").
+"""Extract a persona vector for a trait from its pack (docs/method.md, "Persona vectors").
 
 1. For every (instruction pair, extraction question) and rollout, generate a response with the
    eliciting system prompt and one with the suppressing system prompt.

@@ -1,7 +1,7 @@
 """The arithmetic of persona vectors: difference of means, projections, layer choice.
 
 All functions take per-layer activation summaries shaped (samples, layers, d) and vectors
-shaped (layers, d), with row l meaning hidden-state layer l (METHOD.md).
+shaped (layers, d), with row l meaning hidden-state layer l (docs/method.md).
 """
 
 from __future__ import annotations
