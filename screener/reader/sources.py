@@ -312,6 +312,19 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
+def saved_splits(path: Path) -> list[str]:
+    """The split names of a `save_to_disk` DatasetDict directory (none for anything else);
+    its rows come with the source `<path>[<split>]`."""
+    index = path / "dataset_dict.json"
+    if not (path.is_dir() and index.exists()):
+        return []
+    try:
+        splits = json.loads(index.read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a readable DatasetDict index ({exc})", source=str(index)) from None
+    return [str(split) for split in splits]
+
+
 def iter_saved_dataset(path: Path) -> Iterator[RawRow]:
     """Rows of a `save_to_disk` directory (memory-mapped); every split of a DatasetDict in turn."""
     from datasets import Dataset, load_from_disk

@@ -1,9 +1,10 @@
 """Write kept rows back in the input's own format and field order.
 
-A single input file gives `filtered.<ext>` (a `save_to_disk` dataset gives `filtered.parquet`);
-a directory gives `filtered/<file name>` per data file in it. Rows in memory give
-`filtered.parquet` with their schema (a polars DataFrame, a datasets.Dataset) or
-`filtered.jsonl` (a list of dicts). Every file is written under a
+A single input file gives `filtered.<ext>`; a `save_to_disk` dataset gives `filtered.parquet`,
+a `save_to_disk` DatasetDict `filtered/<split>.parquet` for each split. A directory gives
+`filtered/<file name>` per data file in it (`<name>-<split>.parquet` for a DatasetDict there).
+Rows in memory give `filtered.parquet` with their schema (a polars DataFrame, a
+datasets.Dataset) or `filtered.jsonl` (a list of dicts). Every file is written under a
 temporary name and renamed into place only when complete, so a crash leaves no partial file
 under its final name. Rows are streamed: memory does not grow with the dataset.
 """
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
 from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
-from screener.reader.sources import FILE_TYPES, list_data_files
+from screener.reader.sources import FILE_TYPES, list_data_files, saved_splits
 
 _PARQUET_BATCH = 1024
 
@@ -133,6 +134,13 @@ class FilteredWriter:
             self._open(MEMORY_SOURCE, kind, self.out_dir / f"filtered.{kind}", None, schema)
             return self
         for file in list_data_files(self.data):
+            splits = saved_splits(file)
+            if splits:  # a DatasetDict: each split keeps its own output
+                for split in splits:
+                    name = split if file == self.data else f"{file.name}-{split}"
+                    final = self.out_dir / "filtered" / _safe_name(f"{name}.parquet")
+                    self._open(f"{file}[{split}]", "parquet", final, None, None)
+                continue
             kind, final = self._target(file)
             self._open(str(file), kind, final, file if file.is_file() else None, None)
         return self
@@ -152,10 +160,7 @@ class FilteredWriter:
         self.paths.append(final)
 
     def write(self, source: str, record: dict[str, Any]) -> None:
-        writer = self.writers.get(source)
-        if writer is None:  # a split of a save_to_disk DatasetDict: "<dir>[split]"
-            writer = self.writers[source.rsplit("[", 1)[0]]
-        writer.write(record)
+        self.writers[source].write(record)
 
     def __exit__(
         self,
