@@ -51,6 +51,7 @@ from screener.options import (
     ScoringOptions,
     resolve_model,
 )
+from screener.progress import Rate
 from screener.reader import read_dataset
 from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
@@ -190,12 +191,16 @@ def screen(
                 chunks: Iterator[Chunk] = iter(lambda: list(islice(stream, scoring.chunk_size)), [])
                 if ray_scoring is not None:  # each chunk comes once the workers have scored it
                     chunks = ray_scoring.computed(chunks, scorer.pending)
+                rate = Rate()
                 for chunk in chunks:
                     rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
                     ready = [r for r in chunk if isinstance(r, RenderedSample)]
                     if ready:
                         samples.append(scorer.score(ready))
-                    say(f"scored {len(samples)} samples, rejected {len(rejected)} rows")
+                    say(
+                        f"scored {len(samples)} samples ({rate.of(len(samples))}), "
+                        f"rejected {len(rejected)} rows"
+                    )
             samples.finish()
         except BaseException:
             samples.close()

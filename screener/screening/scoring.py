@@ -32,6 +32,7 @@ from screener.options import (
     Method,
     ScoringOptions,
 )
+from screener.progress import Rate
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.store import LayerActivations, RunStore, token_hash
@@ -206,12 +207,15 @@ class Scorer:
         self.counters["generation_cached"] += len(keys) - len(todo)
         self.counters["generated"] += len(todo)
         if todo:
+            rate = Rate()
             texts = generate_responses(
                 self.generator,
                 list(todo.values()),
                 self.settings.generation,
                 batch_size=self.settings.generation_batch_size,
-                progress=lambda done: self.say(f"  base responses {done}/{len(todo)}"),
+                progress=lambda done: self.say(
+                    f"  base responses {done}/{len(todo)} ({rate.of(done, len(todo))})"
+                ),
             )
             fresh = dict(zip(todo, texts, strict=True))
             self.store.put_base_responses(self.base_key, self.generation_key, fresh)
