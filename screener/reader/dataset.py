@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from screener.errors import ConfigError, InputError, RowError
+from screener.reader.files import iter_path, skipped_files
 from screener.reader.formats import (
     FORMATS,
     FieldNames,
@@ -34,7 +35,7 @@ from screener.reader.memory import (
     iter_memory,
 )
 from screener.reader.seen import SeenIds
-from screener.reader.sources import RawRow, iter_path, json_kind, skipped_files
+from screener.reader.sources import RawRow, json_kind
 from screener.records import Message, RejectedRow, Sample
 
 MAX_ROW_CHARS = 16_000_000  # about 4M tokens: beyond every model's context window

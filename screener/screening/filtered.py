@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
+from screener.reader.files import list_data_files
 from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
-from screener.reader.sources import FILE_TYPES, list_data_files, saved_splits
+from screener.reader.sources import FILE_TYPES, saved_splits
 
 _PARQUET_BATCH = 1024
 

@@ -1,0 +1,80 @@
+"""Which data files a path names: a file, a `save_to_disk` directory, or a directory of data
+files (each read by its own type; other files are listed as skipped), and their rows in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from screener.errors import InputError
+from screener.reader.sources import (
+    FILE_TYPES,
+    RawRow,
+    is_saved_dataset,
+    iter_file,
+    iter_saved_dataset,
+)
+
+
+def list_data_files(path: Path) -> list[Path]:
+    """The data files under `path`: itself, or the supported files in a directory (sorted)."""
+    if not path.exists():
+        raise InputError(f"no such file or directory{_hub_hint(path)}", source=str(path))
+    if path.is_file() or is_saved_dataset(path):
+        return [path]
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if (p.is_file() and p.suffix.lower() in FILE_TYPES) or is_saved_dataset(p)
+    )
+    if not files:
+        raise InputError(
+            f"no data files here (looked for {', '.join(FILE_TYPES)} files and "
+            "save_to_disk directories)",
+            source=str(path),
+        )
+    return files
+
+
+def _hub_hint(path: Path) -> str:
+    """For a missing path that reads like a Hugging Face dataset id (`owner/name`), how to
+    screen that dataset: nothing is downloaded here."""
+    parts = str(path).split("/")
+    if len(parts) != 2 or not all(parts) or path.suffix or str(path).startswith((".", "~")):
+        return ""
+    return (
+        f" (a Hugging Face dataset id? screener reads local data only: save it with "
+        f"datasets.load_dataset({str(path)!r}).save_to_disk(DIR) or to_json(FILE.jsonl) on a "
+        "machine that can download it, and screen that)"
+    )
+
+
+def _is_documentation(path: Path) -> bool:
+    name = path.name.lower()
+    return name.startswith(("readme", "license", "licence")) or path.suffix.lower() in (
+        ".md",
+        ".rst",
+    )
+
+
+def skipped_files(path: Path) -> list[Path]:
+    """Files in a data directory that are not read because of their type (say `notes.txt` or
+    `part-0.jsonl.gz`), so a caller can say so. Hidden files and documentation (README,
+    LICENSE, .md, .rst) are not listed."""
+    if not path.is_dir() or is_saved_dataset(path):
+        return []
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and not _is_documentation(p)
+        and p.suffix.lower() not in FILE_TYPES
+    )
+
+
+def iter_path(path: Path) -> Iterator[RawRow]:
+    """Rows of every data file at `path`, file after file."""
+    for file in list_data_files(path):
+        yield from (iter_saved_dataset(file) if is_saved_dataset(file) else iter_file(file))
