@@ -28,8 +28,6 @@ One process writes at a time (DuckDB locks the file); the default store lives un
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from screener.errors import ConfigError, StoreError
+from screener.errors import StoreError
 from screener.paths import state_root
+from screener.store_connection import connect_waiting
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS base_responses_v2 (
@@ -72,9 +71,6 @@ _OLD_TABLES = {
 # grows (benchmarks/bench_scale.py measures screening memory up to a million rows; from 10k to
 # 1M rows RSS grew 17 MiB under 32MB against 47 MiB under 64MB, at the same speed).
 DUCKDB_MEMORY_LIMIT_MIB = 32
-STORE_WAIT_SECONDS = 600.0  # a run waits this long for a store another run holds
-STORE_POLL_SECONDS = 0.5
-STORE_WAIT_MESSAGE_EVERY = 30.0
 # ...raised for large vectors (`make_room_for_vectors`): DuckDB moves rows 2,048 at a time and
 # an activation row holds two float32 vectors. Reading them back needed 4 such batches' worth
 # (measured at hidden sizes 576, 4096 and 8192); the limit allows 6.
@@ -174,54 +170,6 @@ def migrate(connection: Any, path: str) -> None:
             connection.execute("INSERT INTO schema_version VALUES (?)", [number])
 
 
-def store_wait_seconds() -> float:
-    """How long a run waits for a store another process holds ($SCREENER_STORE_WAIT)."""
-    text = os.environ.get("SCREENER_STORE_WAIT", "")
-    try:
-        return float(text) if text else STORE_WAIT_SECONDS
-    except ValueError:
-        raise ConfigError(f"SCREENER_STORE_WAIT={text!r}: expected a number of seconds") from None
-
-
-def _connect_waiting(
-    where: str, progress: Callable[[str], None] | None, wait_seconds: float | None
-) -> Any:
-    """A DuckDB connection to `where`, waiting while another process holds its lock."""
-    import duckdb
-
-    say = progress or (lambda message: None)
-    limit = store_wait_seconds() if wait_seconds is None else wait_seconds
-    config: dict[str, str | bool | int | float | list[str]] = (
-        {} if where == ":memory:" else {"memory_limit": f"{DUCKDB_MEMORY_LIMIT_MIB}MiB"}
-    )
-    started = time.monotonic()
-    next_message = started
-    while True:
-        try:
-            return duckdb.connect(where, config=config)
-        except duckdb.IOException as exc:
-            first_line = str(exc).splitlines()[0]
-            waited = time.monotonic() - started
-            if "lock" not in first_line.lower() or waited >= limit:
-                raise ConfigError(
-                    f"cannot open the run store {where}: {first_line} (another screener run is "
-                    f"using it{f' and did not finish within {limit:g} s' if waited else ''}: "
-                    "wait for it, or pass --store with a path of this run's own)"
-                ) from exc
-            if time.monotonic() >= next_message:
-                say(
-                    f"the run store {where} is in use by another screener run: waiting for it "
-                    f"(up to {limit:g} s; --store PATH gives this run a store of its own)"
-                )
-                next_message = time.monotonic() + STORE_WAIT_MESSAGE_EVERY
-            time.sleep(min(STORE_POLL_SECONDS, max(0.0, limit - waited)))
-        except duckdb.Error as exc:
-            raise ConfigError(
-                f"the run store {where} is not a usable DuckDB file ({exc}): delete it (it is "
-                "only a cache) or pass --store with another path"
-            ) from exc
-
-
 class RunStore:
     """Cached base responses and activations in one DuckDB file."""
 
@@ -244,7 +192,10 @@ class RunStore:
         where = str(path) if path is not None else str(default_store_path())
         if where != ":memory:":
             Path(where).parent.mkdir(parents=True, exist_ok=True)
-        connection = _connect_waiting(where, progress, wait_seconds)
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {} if where == ":memory:" else {"memory_limit": f"{DUCKDB_MEMORY_LIMIT_MIB}MiB"}
+        )
+        connection = connect_waiting(where, config, progress, wait_seconds)
         try:
             migrate(connection, where)
             yield cls(connection, where)
