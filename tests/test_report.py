@@ -165,3 +165,19 @@ def traits_table_cells(html: str) -> dict[str, list[str]]:
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in table.split("<tr>")[2:]]
     text = [[" ".join(re.sub(r"<[^>]+>", "", cell).split()) for cell in row] for row in rows]
     return {row[0]: row for row in text}
+
+
+def test_the_contents_link_every_section_and_the_page_says_how_to_read_it(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    page = Page((screen_everything(loaded, tmp_path) / "report.html").read_text(encoding="utf-8"))
+    ids = {attrs.get("id") for tag, attrs in page.tags if tag in ("section", "h3")} - {None}
+    start = next(i for i, (tag, attrs) in enumerate(page.tags) if attrs.get("id") == "contents")
+    end = next(i for i, (tag, _) in enumerate(page.tags[start:], start) if tag == "section")
+    links = {attrs["href"] for tag, attrs in page.tags[start:end] if tag == "a"}
+    assert {f"#{name}" for name in ids} == links  # every section and per-trait part, no other
+    assert {"#flagged-evil", "#flagged-sycophancy", "#reading"} <= links
+    text = " ".join(page.text)
+    for term in ("ΔP (projection difference)", "Cut and flag", "Risk", "Percentile", "Scatter"):
+        assert term in text

@@ -207,7 +207,8 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             }
         )
     pairs = list(combinations(traits[:MAX_SCATTER_TRAITS], 2))
-    scatter = plots.scatter(pairs, columns, flagged) if pairs and len(run.scores) else None
+    short = "ΔP" if kind == "delta" else "last-prompt projection"
+    scatter = plots.scatter(pairs, columns, flagged, short) if pairs and len(run.scores) else None
     categories = (
         pl.DataFrame(
             {

@@ -79,17 +79,20 @@ def histogram(
     if mean is not None:
         axes.axvline(mean, color=DATASET_COLOUR, linewidth=1.0)
     axes.set_title(trait)
-    axes.set_xlabel(score_name)
-    axes.set_ylabel("density")
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small", frameon=False)
+    axes.set_xlabel(f"{score_name} [activation units]")
+    axes.set_ylabel("density [share of rows per unit]")
+    if axes.get_legend_handles_labels()[0]:  # below the plot: it never covers the bars
+        figure.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     else:  # every row was rejected: nothing to draw
         axes.text(0.5, 0.5, "no scores", ha="center", va="center", transform=axes.transAxes)
     return _data_uri(figure)
 
 
 def scatter(
-    pairs: list[tuple[str, str]], columns: dict[str, np.ndarray], flagged: np.ndarray
+    pairs: list[tuple[str, str]],
+    columns: dict[str, np.ndarray],
+    flagged: np.ndarray,
+    score_name: str = "ΔP",
 ) -> str:
     """One panel per pair of traits; flagged samples in colour. Kept samples are subsampled
     (evenly, the same every time) beyond MAX_SCATTER_POINTS."""
@@ -103,9 +106,15 @@ def scatter(
         x, y = columns[x_trait], columns[y_trait]
         axes.scatter(x[kept_index], y[kept_index], s=6, color=KEPT_COLOUR, label="kept")
         axes.scatter(x[flagged_index], y[flagged_index], s=8, color=FLAGGED_COLOUR, label="flagged")
-        axes.set_xlabel(x_trait)
-        axes.set_ylabel(y_trait)
-    grid[0][0].legend(fontsize="small", frameon=False)
+        axes.set_xlabel(f"{x_trait} {score_name} [activation units]")
+        axes.set_ylabel(f"{y_trait} {score_name} [activation units]")
+    figure.legend(
+        *grid[0][0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncols=2,
+        fontsize="small",
+        frameon=False,
+    )
     return _data_uri(figure)
 
 
