@@ -53,7 +53,7 @@ def check_out_dir(out: Path, *, replace: bool = False) -> None:
     cannot be written, or it holds files that are not a screener run (unless `replace`)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file: pass a directory path")
-    if out.is_dir() and not (out / MANIFEST_JSON).exists() and not replace:
+    if out.is_dir() and not is_run(out) and not replace:
         present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         if present:
             more = f" and {len(present) - 5} more" if present[5:] else ""
@@ -70,6 +70,14 @@ def check_out_dir(out: Path, *, replace: bool = False) -> None:
         raise ConfigError(f"cannot create output directory {out}: Not a directory") from None
     except OSError as exc:
         raise ConfigError(f"cannot create output directory {out}: {exc.strerror}") from None
+
+
+def is_run(directory: Path) -> bool:
+    """Whether `directory` holds a screener run: its manifest, or (written before manifests)
+    both summary.json and scores.parquet."""
+    if (directory / MANIFEST_JSON).exists():
+        return True
+    return (directory / SUMMARY_JSON).exists() and (directory / SCORES_PARQUET).exists()
 
 
 @contextmanager

@@ -206,3 +206,16 @@ def test_a_new_run_replaces_the_previous_one_whole(
     listed = json.loads((out / "manifest.json").read_text())["files"]
     assert set(listed) == second - {"manifest.json"}
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+
+
+def test_a_run_from_before_manifests_is_replaced_not_refused(
+    tiny: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", rows())
+    out = tmp_path / "old-run"
+    assert main(screen_args(data, out, tiny)) == 0
+    (out / "manifest.json").unlink()  # as an earlier version left it
+    (out / "export-all.csv").write_text("id\n")
+    assert main(screen_args(data, out, tiny)) == 0
+    assert (out / "manifest.json").exists() and not (out / "export-all.csv").exists()

@@ -80,7 +80,7 @@ def histogram(
         axes.axvline(mean, color=DATASET_COLOUR, linewidth=1.0)
     axes.set_title(trait)
     axes.set_xlabel(f"{score_name} [activation units]")
-    axes.set_ylabel("density [share of rows per unit]")
+    axes.set_ylabel("density [1 / unit]")
     if axes.get_legend_handles_labels()[0]:  # below the plot: it never covers the bars
         figure.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     else:  # every row was rejected: nothing to draw
