@@ -14,7 +14,7 @@ import pytest
 
 from screener.cli import main
 from screener.model import LoadedModel
-from screener.report import write_report
+from screener.report import PREVIEW_CHARS, write_report
 from screener.screening import FlagRule
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
 
@@ -181,3 +181,24 @@ def test_the_contents_link_every_section_and_the_page_says_how_to_read_it(
     text = " ".join(page.text)
     for term in ("ΔP (projection difference)", "Cut and flag", "Risk", "Percentile", "Scatter"):
         assert term in text
+
+
+def test_long_texts_show_a_preview_and_the_whole_text_on_demand(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = rows()
+    long_answer = "word " * 300 + "THE-END"  # 1,507 characters
+    records[0]["messages"][1]["content"] = long_answer
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    run(loaded, data, tmp_path, "run", rule=FlagRule({"evil": -1e9, "sycophancy": -1e9}))
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "max-height" not in html  # no text scrolls inside a small box
+    page = Page(html)
+    assert "show all 1,507 characters" in page.text
+    whole = [t for t in page.text if t.endswith("THE-END")]
+    assert whole and all(t == long_answer for t in whole)  # the whole text, in <details> only
+    previews = [t for t in page.text if t.startswith("word word") and t.endswith("…")]
+    assert previews and all(len(t) == PREVIEW_CHARS + 1 for t in previews)
+    assert len(page.all("details")) == len(whole)

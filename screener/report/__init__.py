@@ -37,6 +37,7 @@ from screener.run_directory import (
 from screener.screening.flags import DATASET_SHIFT_ALARM
 
 DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
+PREVIEW_CHARS = 600  # longer texts show this much, and the whole text on demand
 MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
 SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
 
@@ -237,6 +238,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             categories=categories,
             clusters=summary.clusters,
             max_samples=max_samples,
+            preview_chars=PREVIEW_CHARS,
             validation=None if run.validation is None else _validation_view(run.validation),
         )
     )
