@@ -202,3 +202,29 @@ def test_long_texts_show_a_preview_and_the_whole_text_on_demand(
     previews = [t for t in page.text if t.startswith("word word") and t.endswith("…")]
     assert previews and all(len(t) == PREVIEW_CHARS + 1 for t in previews)
     assert len(page.all("details")) == len(whole)
+
+
+def test_the_category_by_trait_table_counts_the_flagged_rows(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows())
+    run(loaded, data, tmp_path, "run", rule=FlagRule(top_k=3))
+    scores = pl.read_parquet(tmp_path / "run" / "scores.parquet").filter(pl.col("flagged"))
+    expected: dict[str, list[int]] = {}
+    for category, flag_traits in scores.select("category", "flag_traits").iter_rows():
+        counts = expected.setdefault(category, [0, 0, 0])
+        counts[0] += 1
+        for position, trait in enumerate(("evil", "sycophancy"), 1):
+            counts[position] += trait in flag_traits
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    table = html.split('<table id="category-by-trait">', 1)[1].split("</table>", 1)[0]
+    shown = {
+        cells[0]: [int(c) for c in cells[1:]]
+        for cells in (
+            re.findall(r"<td[^>]*>(?:<a [^>]*>)?([^<]*)", row) for row in table.split("<tr>")[2:]
+        )
+    }
+    assert shown == expected and sum(v[0] for v in shown.values()) == scores.height
+    assert sum(v[1] for v in shown.values()) == 3  # top 3 per trait

@@ -46,7 +46,8 @@ def load_for_report(directory: Path) -> RunFiles:
     """The run, with only the scores columns the report draws (not a large run's whole
     table)."""
     summary = read_summary(directory)
-    drawn = ["flagged", *(f"{summary.score}_{trait}" for trait in summary.traits)]
+    drawn = ["flagged", "flag_traits", "category"]
+    drawn += [f"{summary.score}_{trait}" for trait in summary.traits]
     return load_run(directory, scores_columns=drawn)
 
 
@@ -107,6 +108,28 @@ def _sample_view(record: dict[str, Any], traits: list[str], kind: str) -> dict[s
         "reasons": record.get("reasons", []),
         "scores": [(t, (record.get("scores", {}).get(t) or {}).get(kind)) for t in traits],
     }
+
+
+def category_breakdown(
+    scores: pl.DataFrame, counts: dict[str, int], traits: list[str]
+) -> list[dict[str, Any]]:
+    """Per category (most flagged first): its flagged rows in all, and for each trait how many
+    of them are flagged for it (a row flagged for two traits counts under both)."""
+    by_trait: dict[tuple[str, str], int] = {}
+    if {"category", "flag_traits"} <= set(scores.columns):
+        flagged = scores.filter(pl.col("flagged")).select("category", "flag_traits")
+        for category, flag_traits in flagged.iter_rows():
+            for trait in flag_traits or []:
+                by_trait[(category, trait)] = by_trait.get((category, trait), 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        {
+            "category": category,
+            "flagged": total,
+            "traits": [by_trait.get((category, trait), 0) for trait in traits],
+        }
+        for category, total in ordered
+    ]
 
 
 def _validation_view(document: dict[str, Any]) -> dict[str, Any]:
@@ -210,17 +233,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     pairs = list(combinations(traits[:MAX_SCATTER_TRAITS], 2))
     short = "ΔP" if kind == "delta" else "last-prompt projection"
     scatter = plots.scatter(pairs, columns, flagged, short) if pairs and len(run.scores) else None
-    categories = (
-        pl.DataFrame(
-            {
-                "category": list(summary.categories),
-                "flagged": list(summary.categories.values()),
-            },
-            schema={"category": pl.String, "flagged": pl.Int64},
-        )
-        .sort(["flagged", "category"], descending=[True, False])
-        .rows(named=True)
-    )
+    categories = category_breakdown(run.scores, summary.categories, traits)
     return (
         _environment()
         .get_template("report.html.j2")
