@@ -78,3 +78,43 @@ def iter_path(path: Path) -> Iterator[RawRow]:
     """Rows of every data file at `path`, file after file."""
     for file in list_data_files(path):
         yield from (iter_saved_dataset(file) if is_saved_dataset(file) else iter_file(file))
+
+
+def expected_rows(path: Path) -> int | None:
+    """About how many rows `path` holds, cheaply, for progress (None when only reading would
+    tell: a .json array). Lines of JSONL (blank ones excepted) and CSV (less the header; a
+    quoted field across lines makes it an over-estimate), parquet and save_to_disk metadata."""
+    total = 0
+    for file in list_data_files(path):
+        if is_saved_dataset(file):
+            from datasets import Dataset, load_from_disk
+
+            loaded = load_from_disk(str(file))
+            splits = [loaded] if isinstance(loaded, Dataset) else list(loaded.values())
+            total += sum(split.num_rows for split in splits)
+            continue
+        kind = FILE_TYPES[file.suffix.lower()]
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            total += pq.ParquetFile(file).metadata.num_rows
+        elif kind in ("jsonl", "csv"):
+            lines = _non_blank_lines(file)
+            total += max(0, lines - 1) if kind == "csv" else lines
+        else:
+            return None
+    return total
+
+
+def _non_blank_lines(file: Path) -> int:
+    """Lines holding anything but whitespace, read 1 MiB at a time."""
+    count, line_has_text = 0, False
+    with file.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            parts = chunk.split(b"\n")
+            for position, part in enumerate(parts):
+                line_has_text = line_has_text or bool(part.strip())
+                if position < len(parts) - 1:  # the line ends here
+                    count += line_has_text
+                    line_has_text = False
+    return count + line_has_text

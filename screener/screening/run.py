@@ -53,6 +53,7 @@ from screener.options import (
 )
 from screener.progress import Rate
 from screener.reader import read_dataset
+from screener.reader.files import expected_rows
 from screener.reader.memory import InMemoryData
 from screener.records import RejectedRow
 from screener.render import RenderedSample, Renderer, token_limit
@@ -192,14 +193,17 @@ def screen(
                 if ray_scoring is not None:  # each chunk comes once the workers have scored it
                     chunks = ray_scoring.computed(chunks, scorer.pending)
                 rate = Rate()
+                total = expected_rows(Path(data)) if isinstance(data, str | Path) else len(data)
                 for chunk in chunks:
                     rejected.extend(r for r in chunk if isinstance(r, RejectedRow))
                     ready = [r for r in chunk if isinstance(r, RenderedSample)]
                     if ready:
                         samples.append(scorer.score(ready))
+                    done = len(samples) + len(rejected)
+                    read_so_far = "" if total is None else f"{done:,} of about {total:,} rows, "
                     say(
-                        f"scored {len(samples)} samples ({rate.of(len(samples))}), "
-                        f"rejected {len(rejected)} rows"
+                        f"scored {len(samples)} samples, rejected {len(rejected)} rows "
+                        f"({read_so_far}{rate.of(done, total)})"
                     )
             samples.finish()
         except BaseException:
