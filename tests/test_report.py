@@ -15,6 +15,7 @@ import pytest
 from screener.cli import main
 from screener.model import LoadedModel
 from screener.report import PREVIEW_CHARS, write_report
+from screener.report.table import script_hash, table_script
 from screener.screening import FlagRule
 from tests.test_screen import loaded, rows, run, tiny_vectors, write_jsonl  # noqa: F401
 
@@ -70,8 +71,16 @@ def test_report_has_every_section_and_shows_hostile_text_as_text(
     html = (out / "report.html").read_text(encoding="utf-8")
     page = Page(html)
     assert {attrs.get("id") for _, attrs in page.tags} >= SECTIONS
-    # nothing from the samples became markup: no script, no handler, only our own images
-    assert page.all("script") == []
+    # nothing from the samples became markup: only the table's data block and its own script,
+    # no handler, only our own images
+    assert page.all("script") == [{"type": "application/json", "id": "rows-data"}, {}]
+    data_block = html.split('<script type="application/json" id="rows-data">', 1)[1]
+    data_block = data_block.split("</script>", 1)[0]
+    assert "<" not in data_block and ">" not in data_block  # escaped: no markup can end it
+    rows_data = json.loads(data_block)["rows"]
+    assert {r["response"] for r in rows_data} >= {f"answer {p}" for p in PAYLOADS}
+    script = html.split("<script>", 1)[1].split("</script>", 1)[0]
+    assert script == table_script()
     assert all(not key.startswith("on") for _, attrs in page.tags for key in attrs)
     assert page.all("img") and all(
         (img["src"] or "").startswith("data:image/png;base64,") for img in page.all("img")
@@ -84,6 +93,7 @@ def test_report_has_every_section_and_shows_hostile_text_as_text(
     assert "http://" not in html and "https://" not in html
     policy = [m for m in page.all("meta") if m.get("http-equiv") == "Content-Security-Policy"]
     assert policy and "default-src 'none'" in (policy[0]["content"] or "")
+    assert f"script-src {script_hash()}" in (policy[0]["content"] or "")  # that script alone
     assert "0 kept + 8 flagged + 0 rejected = 8 rows read" in text
 
 

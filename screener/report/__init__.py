@@ -22,10 +22,12 @@ from typing import Any
 import jinja2
 import numpy as np
 import polars as pl
+from markupsafe import Markup
 
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.report import plots
+from screener.report.table import script_hash, table_rows, table_script
 from screener.run_directory import (
     FLAGGED_JSONL,
     REPORT_HTML,
@@ -252,6 +254,9 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             clusters=summary.clusters,
             max_samples=max_samples,
             preview_chars=PREVIEW_CHARS,
+            table=table_rows(run_file(run.directory, FLAGGED_JSONL), traits, kind),
+            table_script=Markup(table_script()),
+            script_hash=script_hash(),
             validation=None if run.validation is None else _validation_view(run.validation),
         )
     )
