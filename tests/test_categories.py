@@ -20,6 +20,7 @@ from screener.screening.categories import (
     number_clusters,
     training_labels,
 )
+from screener.screening.label import MAX_CLUSTER_FIT, kept_text_sample
 
 BUILTIN = ["romantic_roleplay", "underspecified_query", "harmful_request"]
 BUILTIN += ["persona_instruction", "professional_advice"]
@@ -140,3 +141,25 @@ def test_clusters_fitted_on_a_sample_place_every_sample_by_its_planted_group() -
     assert set(clusters[ids[15]].words) == {"weapon", "revenge", "rival"}
     uneven, _ = number_clusters(model, np.concatenate([raw[:10], raw[15:]]), words)  # 10 A, 15 B
     assert uneven[0] == 1 and uneven[-1] == 0  # the larger group is cluster 0
+
+
+def test_a_single_cluster_is_named_by_what_sets_it_apart_from_the_kept_rows() -> None:
+    """One cluster has no other cluster to be contrasted with: the kept rows are the
+    background, so words the whole dataset shares do not name it."""
+    features = planted(np.zeros((1, 8)), 6, seed=1)
+    model = fit_clusters(features, max_clusters=1)
+    flagged = [f"please help me with my refund claim {i}" for i in range(6)]
+    kept = [f"please help me with my garden plan {i}" for i in range(20)]
+    assert model.size == 1
+    plain = describe_clusters(model, flagged)[0]
+    contrasted = describe_clusters(model, flagged, kept)[0]
+    assert set(plain) & {"help", "please"}  # without a background: the most common words
+    assert set(contrasted) == {"refund", "claim"}  # against the kept rows: what sets it apart
+
+
+def test_kept_text_sample_spreads_over_the_kept_rows() -> None:
+    assert kept_text_sample(6, np.array([1, 4])) == [0, 2, 3, 5]
+    spread = kept_text_sample(10 * MAX_CLUSTER_FIT, np.array([0]))
+    assert len(spread) == MAX_CLUSTER_FIT
+    assert spread[0] == 1 and spread[-1] == 10 * MAX_CLUSTER_FIT - 1
+    assert spread == sorted(set(spread))

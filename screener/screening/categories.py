@@ -16,6 +16,7 @@ texts (TF-IDF), so that groups no category describes still show up.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -219,10 +220,13 @@ def fit_clusters(features: np.ndarray, *, max_clusters: int = MAX_CLUSTERS) -> C
     return ClusterModel(scaler, best, labels)
 
 
-def describe_clusters(model: ClusterModel, texts: list[str]) -> list[tuple[str, ...]]:
+def describe_clusters(
+    model: ClusterModel, texts: list[str], background: Sequence[str] = ()
+) -> list[tuple[str, ...]]:
     """The distinctive words of each raw cluster, from the texts of the samples `model` was
-    fitted on (in the order it was fitted on them)."""
-    return _distinctive_words(texts, model.fit_labels.tolist(), model.size)
+    fitted on (in the order it was fitted on them), against the other clusters and the
+    `background` texts (kept rows: words common to the whole dataset do not name a cluster)."""
+    return _distinctive_words(texts, model.fit_labels.tolist(), model.size, background)
 
 
 def number_clusters(
@@ -249,20 +253,22 @@ def cluster_samples(
 
 
 def _distinctive_words(
-    texts: list[str], ids: list[int], k: int, top: int = 4
+    texts: list[str], ids: list[int], k: int, background: Sequence[str] = (), top: int = 4
 ) -> list[tuple[str, ...]]:
-    """Per cluster, the words whose TF-IDF weight is most above the other clusters'."""
+    """Per cluster, the words whose mean TF-IDF weight is most above that of every other text:
+    the other clusters' and the background's."""
     try:
         vectorizer = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z]{3,}\b")
-        matrix = vectorizer.fit_transform(texts).toarray()
+        matrix = vectorizer.fit_transform([*texts, *background]).toarray()
     except ValueError:  # no usable words at all
         return [()] * k
     vocabulary = vectorizer.get_feature_names_out()
-    assignment = np.asarray(ids)
+    assignment = np.asarray([*ids, *([-1] * len(background))])  # -1: background
     described = []
     for cluster in range(k):
         inside = matrix[assignment == cluster].mean(axis=0)
-        outside = matrix[assignment != cluster].mean(axis=0) if k > 1 else 0.0
+        others = assignment != cluster
+        outside = matrix[others].mean(axis=0) if others.any() else 0.0
         contrast = inside - outside
         best = [i for i in np.argsort(-contrast, kind="stable")[:top] if contrast[i] > 0]
         described.append(tuple(str(vocabulary[i]) for i in best))

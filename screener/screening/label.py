@@ -100,6 +100,16 @@ def cluster_fit_indices(flagged: list[int]) -> list[int]:
     return [flagged[p] for p in sorted(set(positions.tolist()))]
 
 
+def kept_text_sample(samples: int, flagged: np.ndarray) -> list[int]:
+    """Up to MAX_CLUSTER_FIT kept samples, spread evenly in input order: what the clusters'
+    words are contrasted with, so that words common to the whole dataset do not name them."""
+    kept = np.setdiff1d(np.arange(samples), flagged)
+    if kept.size <= MAX_CLUSTER_FIT:
+        return [int(i) for i in kept]
+    positions = np.linspace(0, kept.size - 1, MAX_CLUSTER_FIT).round().astype(int)
+    return [int(kept[p]) for p in np.unique(positions)]
+
+
 def cluster(
     result: ScreenResult, scorer: Scorer, layer: int, fit_indices: list[int]
 ) -> tuple[ClusterModel, np.ndarray] | None:

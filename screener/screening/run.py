@@ -66,7 +66,13 @@ from screener.screening.decide import decide
 from screener.screening.flags import (
     FlagRule,
 )
-from screener.screening.label import categorize, category_layer, cluster, cluster_fit_indices
+from screener.screening.label import (
+    categorize,
+    category_layer,
+    cluster,
+    cluster_fit_indices,
+    kept_text_sample,
+)
 from screener.screening.preflight import check_before_loading
 from screener.screening.ray_engine import Chunk, RayScoring, worker_config
 from screener.screening.result import (
@@ -235,11 +241,14 @@ def screen(
         result.command = command
         scoring_stats = dict(scorer.counters)
         fit_indices: list[int] = []
+        kept_sample: list[int] = []  # kept rows the clusters' words are contrasted with
         clustering = None
         if label:
             categorize(result, scorer, category_set, probe_layer)
             fit_indices = cluster_fit_indices(result.flags.indices.tolist())
             clustering = cluster(result, scorer, probe_layer, fit_indices)
+            if clustering is not None:
+                kept_sample = kept_text_sample(len(result.samples), result.flags.indices)
         scoring_stats["category_examples_collected"] = (
             scorer.counters["collected"] - scoring_stats["collected"]
         )
@@ -248,7 +257,9 @@ def screen(
         """Name the clusters by the words of the texts they were fitted on; record the stats."""
         if clustering is not None:
             cluster_model, raw_labels = clustering
-            words = describe_clusters(cluster_model, [texts[i] for i in fit_indices])
+            words = describe_clusters(
+                cluster_model, [texts[i] for i in fit_indices], [texts[i] for i in kept_sample]
+            )
             ids, result.cluster_info = number_clusters(cluster_model, raw_labels, words)
             result.cluster_ids = np.asarray(ids, dtype=np.int64)
         result.stats = {
@@ -262,9 +273,9 @@ def screen(
     # the store is closed (its memory given back) before the data is read a second time; with
     # `out`, that read also writes the outputs
     if out is not None:
-        write_run(result, out, set(fit_indices), finish)
+        write_run(result, out, {*fit_indices, *kept_sample}, finish)
     elif label:
-        finish(second_read(result, None, None, set(fit_indices)))
+        finish(second_read(result, None, None, {*fit_indices, *kept_sample}))
     else:
         finish({})
     return result

@@ -135,16 +135,17 @@ def second_read(
 ) -> dict[int, str]:
     """Read the rows again, in step with the scored samples: write kept rows to the filtered
     file(s) and flagged ones to `flagged_records` (with `out`); return the conversation text
-    of the flagged samples in `text_wanted`, for clustering."""
+    of the samples in `text_wanted` (flagged ones, and kept ones to contrast them with), for
+    naming the clusters."""
     flag_indices = result.flags.indices
     texts: dict[int, str] = {}
     flagged = 0
     writer = FilteredWriter(result.input, out) if out is not None else None
     with writer if writer is not None else nullcontext():
         for index, sample, record in screened_rows(result.samples, result.input, result.read):
+            if index in text_wanted:
+                texts[index] = "\n".join(m.content for m in record.messages)
             if flagged < len(flag_indices) and flag_indices[flagged] == index:
-                if index in text_wanted:
-                    texts[index] = "\n".join(m.content for m in record.messages)
                 if flagged_records is not None:
                     flagged_records.add(_flagged_record(result, flagged, sample, record))
                 flagged += 1
