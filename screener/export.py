@@ -59,6 +59,5 @@ def export_run(
                 rows.write_ndjson(tmp)
     except OSError as exc:
         raise ScreenerError(f"cannot write {target}: {exc.strerror}") from None
-    if target.parent.resolve() == run_dir.resolve():
-        add_to_manifest(run_dir, run_dir / target.name)
+    add_to_manifest(run_dir, target)  # when it is inside the run directory
     return target, len(rows)

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +139,10 @@ def manifest_files(directory: Path) -> list[str]:
 
 
 def add_to_manifest(directory: Path, *paths: Path) -> None:
-    """Record files a later job wrote into the run directory (validate, gate, export)."""
-    names = [str(p.relative_to(directory)) for p in paths if p.parent.is_relative_to(directory)]
+    """Record files a later job wrote into the run directory (validate, gate, export); paths
+    outside it are not the run's and are left out."""
+    root = directory.resolve()
+    names = [str(p.resolve().relative_to(root)) for p in paths if p.resolve().is_relative_to(root)]
     write_manifest(directory, [*manifest_files(directory), *names])
 
 
@@ -206,9 +208,11 @@ class RunFiles:
     validation: dict[str, Any] | None = None  # validate.json, after `screener validate`
 
 
-def load_run(directory: Path, *, scores_columns: Sequence[str] | None = None) -> RunFiles:
-    """The run's summary, scores (all columns, or those of `scores_columns`), calibration
-    reference and validation, with errors that name the file."""
+def load_run(
+    directory: Path, *, scores_columns: Callable[[RunSummary], Sequence[str]] | None = None
+) -> RunFiles:
+    """The run's summary, scores (all columns, or those `scores_columns(summary)` names),
+    calibration reference and validation, with errors that name the file."""
     summary = read_summary(directory)
     listed = manifest_files(directory)
     reference = (
@@ -219,6 +223,5 @@ def load_run(directory: Path, *, scores_columns: Sequence[str] | None = None) ->
         if VALIDATE_JSON in listed
         else None
     )
-    return RunFiles(
-        directory, summary, read_scores(directory, scores_columns), reference, validation
-    )
+    columns = None if scores_columns is None else scores_columns(summary)
+    return RunFiles(directory, summary, read_scores(directory, columns), reference, validation)

@@ -12,8 +12,6 @@ script backs that up.
 
 from __future__ import annotations
 
-import heapq
-import json
 import math
 from itertools import combinations
 from pathlib import Path
@@ -27,30 +25,33 @@ from markupsafe import Markup
 from screener.atomic import write_text_atomic
 from screener.errors import ConfigError, ScreenerError
 from screener.report import plots
-from screener.report.table import script_hash, table_rows, table_script
+from screener.report.flagged import (
+    TopFlagged,
+    conversation_parts,
+    flagged_records,
+    record_scores,
+)
+from screener.report.table import FlaggedTable, script_hash, table_script
 from screener.run_directory import (
     FLAGGED_JSONL,
     REPORT_HTML,
     RunFiles,
     load_run,
-    read_summary,
     run_file,
 )
+from screener.run_summary import RunSummary
 from screener.screening.flags import DATASET_SHIFT_ALARM
 
 DEFAULT_MAX_SAMPLES = 10  # flagged samples shown per trait
 PREVIEW_CHARS = 600  # longer texts show this much, and the whole text on demand
 MAX_SCATTER_TRAITS = 4  # scatter panels for the first traits only (6 pairs at most)
 SCORE_NAMES = {"delta": "ΔP (projection difference)", "prompt_last": "last-prompt projection"}
+SHORT_SCORE_NAMES = {"delta": "ΔP", "prompt_last": "last-prompt projection"}
 
 
-def load_for_report(directory: Path) -> RunFiles:
-    """The run, with only the scores columns the report draws (not a large run's whole
-    table)."""
-    summary = read_summary(directory)
-    drawn = ["flagged", "flag_traits", "category"]
-    drawn += [f"{summary.score}_{trait}" for trait in summary.traits]
-    return load_run(directory, scores_columns=drawn)
+def drawn_columns(summary: RunSummary) -> list[str]:
+    """The scores columns the report draws (not a large run's whole table)."""
+    return ["flagged", "flag_traits", "category", *(f"{summary.score}_{t}" for t in summary.traits)]
 
 
 def _column(scores: pl.DataFrame, name: str) -> np.ndarray:
@@ -67,36 +68,9 @@ def _reference_values(entry: dict[str, Any] | None) -> np.ndarray | None:
     return None if not values else np.asarray(values, dtype=np.float64)
 
 
-def _top_flagged(path: Path, traits: list[str], limit: int) -> dict[str, list[dict[str, Any]]]:
-    """Per trait, the `limit` flagged samples with the highest score for it (read streaming)."""
-    heaps: dict[str, list[tuple[float, int, dict[str, Any]]]] = {t: [] for t in traits}
-    if not path.exists():
-        raise ConfigError(f"{path}: missing; rerun `screener screen` with this --out")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc})") from None
-            for reason in record.get("reasons", []):
-                trait = reason.get("trait")
-                if trait in heaps:
-                    entry = (float(reason["score"]), -number, record)
-                    if len(heaps[trait]) < limit:
-                        heapq.heappush(heaps[trait], entry)
-                    else:
-                        heapq.heappushpop(heaps[trait], entry)
-    return {
-        trait: [r for _, _, r in sorted(heap, key=lambda e: (-e[0], -e[1]))]
-        for trait, heap in heaps.items()
-    }
-
-
 def _sample_view(record: dict[str, Any], traits: list[str], kind: str) -> dict[str, Any]:
     """The parts of a flagged record the template shows (text stays raw: Jinja escapes it)."""
-    conversation = record.get("conversation") or []
-    prompt = conversation[:-1]
-    response = conversation[-1]["content"] if conversation else ""
+    prompt, response = conversation_parts(record)
     return {
         "id": str(record.get("id")),
         "where": f"{record.get('source')}:{record.get('line')}",
@@ -104,11 +78,11 @@ def _sample_view(record: dict[str, Any], traits: list[str], kind: str) -> dict[s
         "category": record.get("category"),
         "category_probability": record.get("category_probability"),
         "cluster": record.get("cluster"),
-        "prompt": [(m.get("role", ""), m.get("content", "")) for m in prompt],
+        "prompt": prompt,
         "response": response,
         "base_response": record.get("base_response"),
         "reasons": record.get("reasons", []),
-        "scores": [(t, (record.get("scores", {}).get(t) or {}).get(kind)) for t in traits],
+        "scores": list(record_scores(record, traits, kind).items()),
     }
 
 
@@ -202,8 +176,12 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     )
     columns = {t: _column(run.scores, f"{kind}_{t}") for t in traits}
 
+    top_flagged, table = TopFlagged(traits, max_samples), FlaggedTable(traits, kind)
+    for number, record in flagged_records(run_file(run.directory, FLAGGED_JSONL)):
+        top_flagged.add(number, record)  # one pass over flagged.jsonl feeds both
+        table.add(number, record)
+    top = top_flagged.records()
     trait_views = []
-    top = _top_flagged(run_file(run.directory, FLAGGED_JSONL), traits, max_samples)
     for trait in traits:
         info = summary.traits[trait]
         interval = info.dataset_score
@@ -233,8 +211,11 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             }
         )
     pairs = list(combinations(traits[:MAX_SCATTER_TRAITS], 2))
-    short = "ΔP" if kind == "delta" else "last-prompt projection"
-    scatter = plots.scatter(pairs, columns, flagged, short) if pairs and len(run.scores) else None
+    scatter = (
+        plots.scatter(pairs, columns, flagged, SHORT_SCORE_NAMES.get(kind, kind))
+        if pairs and len(run.scores)
+        else None
+    )
     categories = category_breakdown(run.scores, summary.categories, traits)
     return (
         _environment()
@@ -254,7 +235,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
             clusters=summary.clusters,
             max_samples=max_samples,
             preview_chars=PREVIEW_CHARS,
-            table=table_rows(run_file(run.directory, FLAGGED_JSONL), traits, kind),
+            table=table.as_json(),
             table_script=Markup(table_script()),
             script_hash=script_hash(),
             validation=None if run.validation is None else _validation_view(run.validation),
@@ -267,7 +248,7 @@ def write_report(
 ) -> Path:
     """Render the run in `directory` to `out` (default: report.html inside it)."""
     target = out if out is not None else directory / REPORT_HTML
-    html = render_report(load_for_report(directory), max_samples=max_samples)
+    html = render_report(load_run(directory, scores_columns=drawn_columns), max_samples=max_samples)
     try:
         write_text_atomic(target, html)
     except OSError as exc:

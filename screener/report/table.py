@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from screener.errors import ConfigError
+from screener.report.flagged import conversation_parts, record_scores
 
 MAX_TABLE_ROWS = 2000  # flagged rows embedded in the page, highest risk first
 TEXT_CHARS = 300  # of the prompt and the response, per row
@@ -35,43 +34,43 @@ def script_hash() -> str:
     return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
-def table_rows(flagged: Path, traits: list[str], kind: str) -> dict[str, Any]:
-    """The flagged rows of flagged.jsonl (already in risk order), the first MAX_TABLE_ROWS of
-    them, with the choices each filter offers."""
-    rows: list[dict[str, Any]] = []
-    total = 0
-    with flagged.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            total += 1
-            if len(rows) >= MAX_TABLE_ROWS:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{flagged}:{number}: not valid JSON ({exc})") from None
-            conversation = record.get("conversation") or []
-            prompt = " / ".join(str(turn.get("content", "")) for turn in conversation[:-1])
-            response = str(conversation[-1].get("content", "")) if conversation else ""
-            scores = record.get("scores", {})
-            rows.append(
-                {
-                    "order": number,
-                    "id": str(record.get("id")),
-                    "file": Path(str(record.get("source"))).name,
-                    "line": record.get("line"),
-                    "risk": record.get("risk"),
-                    "category": record.get("category"),
-                    "cluster": record.get("cluster"),
-                    "traits": [r.get("trait") for r in record.get("reasons", [])],
-                    "scores": {t: (scores.get(t) or {}).get(kind) for t in traits},
-                    "prompt": prompt[:TEXT_CHARS],
-                    "response": response[:TEXT_CHARS],
-                }
-            )
-    options = {
-        "trait": list(traits),
-        "category": sorted({str(r["category"]) for r in rows}),
-        "cluster": sorted({str(r["cluster"]) for r in rows if r["cluster"] is not None}, key=int),
-        "file": sorted({r["file"] for r in rows}),
-    }
-    return {"rows": rows, "traits": list(traits), "options": options, "total": total}
+class FlaggedTable:
+    """The table's rows, from flagged.jsonl's records in their order (highest risk first):
+    the first MAX_TABLE_ROWS, with the choices each filter offers and the count of all."""
+
+    def __init__(self, traits: list[str], kind: str) -> None:
+        self.traits, self.kind = traits, kind
+        self.rows: list[dict[str, Any]] = []
+        self.total = 0
+
+    def add(self, number: int, record: dict[str, Any]) -> None:
+        self.total += 1
+        if len(self.rows) >= MAX_TABLE_ROWS:
+            return
+        prompt, response = conversation_parts(record)
+        self.rows.append(
+            {
+                "order": number,
+                "id": str(record.get("id")),
+                "file": Path(str(record.get("source"))).name,
+                "line": record.get("line"),
+                "risk": record.get("risk"),
+                "category": record.get("category"),
+                "cluster": record.get("cluster"),
+                "traits": [r.get("trait") for r in record.get("reasons", [])],
+                "scores": record_scores(record, self.traits, self.kind),
+                "prompt": " / ".join(content for _, content in prompt)[:TEXT_CHARS],
+                "response": response[:TEXT_CHARS],
+            }
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        rows = self.rows
+        clusters = {str(r["cluster"]) for r in rows if r["cluster"] is not None}
+        options = {
+            "trait": list(self.traits),
+            "category": sorted({str(r["category"]) for r in rows}),
+            "cluster": sorted(clusters, key=int),
+            "file": sorted({r["file"] for r in rows}),
+        }
+        return {"rows": rows, "traits": list(self.traits), "options": options, "total": self.total}
