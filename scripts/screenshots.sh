@@ -8,14 +8,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 run_dir="$(cd "${1:-$root/reports/screen-chat_mixed}" && pwd)"
 shift || true
-parts=("${@:-summary flagged}")
-read -r -a parts <<< "${parts[*]}"
+[ $# -gt 0 ] || set -- summary flagged
 browser="$(command -v chromium || command -v chromium-browser || true)"
 [ -n "$browser" ] || { echo "screenshots: no chromium (apt-get install chromium)" >&2; exit 2; }
 "$root/.venv/bin/screener" report "$run_dir" >/dev/null  # the current template
 profile="$(mktemp -d)"
 trap 'rm -rf "$profile"' EXIT
-for part in "${parts[@]}"; do
+for part in "$@"; do
     # headless Chromium does not scroll to an anchor before its screenshot: a copy of the page
     # shows only the part wanted (the summary: everything from the top)
     case "$part" in

@@ -312,9 +312,14 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
+def split_source(path: Path, split: str) -> str:
+    """The `source` of the rows of one split of a `save_to_disk` DatasetDict."""
+    return f"{path}[{split}]"
+
+
 def saved_splits(path: Path) -> list[str]:
     """The split names of a `save_to_disk` DatasetDict directory (none for anything else);
-    its rows come with the source `<path>[<split>]`."""
+    its rows come with the source `split_source(path, split)`."""
     index = path / "dataset_dict.json"
     if not (path.is_dir() and index.exists()):
         return []
@@ -333,7 +338,7 @@ def iter_saved_dataset(path: Path) -> Iterator[RawRow]:
     splits = (
         [(str(path), loaded)]
         if isinstance(loaded, Dataset)
-        else [(f"{path}[{name}]", split) for name, split in loaded.items()]
+        else [(split_source(path, name), split) for name, split in loaded.items()]
     )
     for source, split in splits:
         batches = (

@@ -36,7 +36,7 @@ from screener.screening.calibration import (
     Distribution,
     vector_digest,
 )
-from screener.screening.preflight import choose_traits, peek
+from screener.screening.preflight import choose_traits, peek, wait_for_store
 from screener.screening.result import generation_dtype_name
 from screener.screening.scoring import Scorer, ScoringSettings
 from screener.screening.style import (
@@ -80,8 +80,7 @@ def calibrate(
         peek(path, read)
     vector_file = load_vectors(scoring.vectors)
     chosen = choose_traits(vector_file, traits)
-    with RunStore.open(scoring.store, progress=say):
-        pass
+    wait_for_store(scoring.store, say)
     loaded = resolve_model(model, say)
     vector_file.check_model(loaded)
     settings = ScoringSettings.of(chosen, scoring, generation)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from screener.atomic import atomic_path
 from screener.reader.files import list_data_files
 from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
-from screener.reader.sources import FILE_TYPES, saved_splits
+from screener.reader.sources import FILE_TYPES, saved_splits, split_source
 
 _PARQUET_BATCH = 1024
 
@@ -140,7 +140,7 @@ class FilteredWriter:
                 for split in splits:
                     name = split if file == self.data else f"{file.name}-{split}"
                     final = self.out_dir / "filtered" / _safe_name(f"{name}.parquet")
-                    self._open(f"{file}[{split}]", "parquet", final, None, None)
+                    self._open(split_source(file, split), "parquet", final, None, None)
                 continue
             kind, final = self._target(file)
             self._open(str(file), kind, final, file if file.is_file() else None, None)

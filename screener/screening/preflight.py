@@ -63,9 +63,15 @@ def check_before_loading(
     calibration, notes = resolve_calibration(scoring.calibration, scoring.vectors, vectors, chosen)
     if out is not None:
         check_out_dir(out, replace=replace_out)
-    with RunStore.open(scoring.store, progress=progress):
-        pass  # a store another run holds is waited for now, before the model takes memory
+    wait_for_store(scoring.store, progress)
     return Checked(vectors, chosen, calibration, notes)
+
+
+def wait_for_store(store: str | Path | None, progress: Callable[[str], None] | None) -> None:
+    """Open the run store and close it: one that another run holds is waited for now, before
+    the model takes memory (its open raises when it cannot be used)."""
+    with RunStore.open(store, progress=progress):
+        pass
 
 
 def peek(data: str | Path | InMemoryData, read: ReadOptions) -> None:
