@@ -29,7 +29,7 @@ from pathlib import Path
 
 from machine import machine
 
-from screener.generate import GenerationSettings, generate_responses
+from screener.generate import BatchBudget, GenerationSettings, generate_responses
 from screener.model import load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.reader import read_dataset
@@ -69,10 +69,10 @@ def generation(loaded, prompts: int, max_new_tokens: int) -> dict[str, float]:  
     questions = [s.prompt for s in samples]
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    batched = generate_responses(loaded, questions, settings, batch_size=32)
+    batched = generate_responses(loaded, questions, settings, budget=BatchBudget(32, 1 << 30))
     batched_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    single = generate_responses(loaded, questions, settings, batch_size=1)
+    single = generate_responses(loaded, questions, settings, budget=BatchBudget(1, 1 << 30))
     single_seconds = time.perf_counter() - started
     return {
         "prompts": prompts,

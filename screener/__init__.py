@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 from screener.activations import ActivationCollector, Activations, TokenizedInput
 from screener.errors import (
     ConfigError,
+    EndpointError,
     InputError,
     MissingDependencyError,
     ModelLoadError,
@@ -37,6 +38,7 @@ from screener.options import (
 from screener.reader import FieldNames, read_dataset
 from screener.records import Message, RejectedRow, Sample
 from screener.render import RenderedSample, Renderer
+from screener.served import AnswerServer
 from screener.vectors import load_vectors
 
 if TYPE_CHECKING:
@@ -74,7 +76,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ActivationCollector",
     "Activations",
+    "AnswerServer",
     "ConfigError",
+    "EndpointError",
     "FieldNames",
     "FlagRule",
     "GenerationOptions",

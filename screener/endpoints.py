@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from screener.errors import ConfigError, ScreenerError
+from screener.errors import ConfigError, EndpointError, ScreenerError
 
 API_KEY_ENV = "SCREENER_API_KEY"
 
@@ -35,22 +35,46 @@ class OpenAIEndpoint:
     def name(self) -> str:
         return f"openai:{self.model}@{self.base_url}"
 
-    def complete(self, prompt: str, **params: Any) -> Any:
-        """POST one user message; return the parsed JSON reply."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **params}
+    def request(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET `path` (POST `body` when given) under the base URL; the parsed JSON reply.
+
+        Each failure is one line that says what happened: the server is not reachable, it did
+        not answer in time, or it refused the request (with the start of its own message)."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
+            self.base_url.rstrip("/") + path,
+            data=None if body is None else json.dumps(body).encode(),
             headers=headers,
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
-            raise ScreenerError(f"{self.name} did not answer: {exc}") from exc
+        except urllib.error.HTTPError as exc:
+            detail = " ".join(exc.read().decode("utf-8", "replace").split())[:300]
+            raise EndpointError(f"{self.name} refused {path}: HTTP {exc.code}: {detail}") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise EndpointError(self._late(path)) from exc
+            raise EndpointError(
+                f"{self.name} is not reachable ({exc.reason}): is the server running at "
+                f"{self.base_url}?"
+            ) from exc
+        except TimeoutError as exc:
+            raise EndpointError(self._late(path)) from exc
+        except json.JSONDecodeError as exc:
+            raise EndpointError(f"{self.name} answered {path} with something not JSON") from exc
+
+    def _late(self, path: str) -> str:
+        return f"{self.name} did not answer {path} within {self.timeout:g} s"
+
+    def complete(self, prompt: str, **params: Any) -> Any:
+        """POST one user message; return the parsed JSON reply."""
+        messages = [{"role": "user", "content": prompt}]
+        return self.request(
+            "/chat/completions", {"model": self.model, "messages": messages, **params}
+        )
 
     def text(self, prompt: str, **params: Any) -> str:
         """The reply's message text."""

@@ -52,6 +52,10 @@ class ConfigError(ScreenerError):
     """An argument or setting has an invalid value."""
 
 
+class EndpointError(ScreenerError):
+    """A model served over HTTP could not be reached or refused a request."""
+
+
 class StoreError(ScreenerError):
     """A DuckDB file (the run store or a run's screen.duckdb) cannot be written."""
 

@@ -310,7 +310,14 @@ def run_gate(
     for data, where in ((baseline, None), (candidate, out)):
         if _has_data(data):
             check_before_loading(
-                data, rules.traits, scoring, read, where, progress, replace_out=force
+                data,
+                rules.traits,
+                scoring,
+                read,
+                where,
+                progress,
+                replace_out=force,
+                server=None if generation is None else generation.server,
             )
     loaded = resolve_model(model, progress)
 

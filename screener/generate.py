@@ -1,26 +1,63 @@
-"""Batched text generation from chat prompts with the target model.
+"""The target model's own answers to chat prompts, batched by a token budget.
 
-Prompts are rendered with the model's chat template (`add_generation_prompt=True`), sorted by
-length and generated in left-padded batches with the KV cache. Greedy when temperature is 0;
-otherwise sampled with a seeded generator, so a run is reproducible for the same batch size.
+Prompts are rendered with the model's chat template (`add_generation_prompt=True`) and sorted
+longest first. Consecutive prompts form a batch while its padded KV cache, rows x (longest
+prompt + `max_new_tokens`) tokens, fits the budget and it has at most `max_rows` rows; so short
+prompts decode many at a time and long ones few (`plan_batches`). Each batch goes through our
+own decode loop (`decoding.decode_batch`), where finished rows leave the batch.
+
+Greedy when temperature is 0. Sampled answers draw from a generator seeded by `seed` and the
+prompt's tokens, so a prompt gets the same answer whatever else is in the run.
+
+If the model's generation config asks for a logits processor (a repetition penalty, say),
+transformers' own `generate` writes the answers instead, over the same batches, so the model
+answers as its authors configured it.
 
     texts = generate_responses(loaded, [(Message("user", "Hi"),)], GenerationSettings())
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from screener.decoding import decode_batch, left_padded
 from screener.errors import ConfigError
-from screener.model import LoadedModel
+from screener.model import LoadedModel, dtype_name
 from screener.records import Message
 from screener.render import Renderer
+
+Decoder = Literal["auto", "screener", "transformers"]
+# Rows decoded together at most. Measured with the embedded model on a 2-core CPU (see
+# benchmarks/bench_generate.py): throughput stops growing past ~64 rows there, while GPUs keep
+# gaining up to a few hundred.
+DEFAULT_MAX_ROWS = {"cpu": 64, "cuda": 256}
+# The KV cache a batch may fill: a fraction of the GPU memory free after loading, a fixed
+# amount on the CPU.
+CPU_CACHE_BYTES = 2 << 30
+GPU_FREE_MEMORY_SHARE = 0.5
+# Generation-config values under which greedy decoding is plain argmax; any other value means
+# transformers' `generate` must write the answers.
+_PLAIN_DECODING = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,98 @@ class GenerationSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    """How many prompts decode together: at most `max_rows`, and at most `max_tokens` cached
+    tokens (rows x (longest prompt + new tokens))."""
+
+    max_rows: int
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_tokens < 1:
+            raise ConfigError("a generation batch needs at least one row and one token")
+
+
+def kv_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of KV cache one token takes in `model`: layers x (key + value) x heads x dim."""
+    config: Any = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    element = next(model.parameters()).element_size()
+    return int(text.num_hidden_layers) * 2 * heads * head_dim * element
+
+
+def default_budget(loaded: LoadedModel, max_rows: int | None = None) -> BatchBudget:
+    """The budget for `loaded` on its device: `DEFAULT_MAX_ROWS` (unless `max_rows` is given),
+    and the KV cache that fits half the free GPU memory or `CPU_CACHE_BYTES`."""
+    device = loaded.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cache_bytes = int(free * GPU_FREE_MEMORY_SHARE)
+    else:
+        cache_bytes = CPU_CACHE_BYTES
+    rows = max_rows or DEFAULT_MAX_ROWS.get(device.type, DEFAULT_MAX_ROWS["cpu"])
+    return BatchBudget(rows, max(1, cache_bytes // kv_bytes_per_token(loaded.model)))
+
+
+def plan_batches(
+    lengths: Sequence[int], max_new_tokens: int, budget: BatchBudget
+) -> list[list[int]]:
+    """Prompt indices in batches: longest prompts first (ties in index order), each batch as
+    many consecutive prompts as fit `budget`. A prompt too long for the budget on its own
+    still gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            batch = batches[-1]
+            width = lengths[batch[0]] + max_new_tokens  # the first prompt is the longest
+            if len(batch) < budget.max_rows and (len(batch) + 1) * width <= budget.max_tokens:
+                batch.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+
+def needs_transformers_generate(model: nn.Module) -> list[str]:
+    """The generation-config settings of `model` that our decode loop does not apply."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return []
+    return [
+        name for name, plain in _PLAIN_DECODING.items() if getattr(config, name, None) not in plain
+    ]
+
+
+def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    """The tokens that end an answer: the generation config's end-of-sequence ids and the
+    tokenizer's (chat models end a turn with the tokenizer's, which some generation configs
+    leave out)."""
+    config = getattr(loaded.model, "generation_config", None)
+    stops: set[int] = set()
+    for found in (getattr(config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
+        if isinstance(found, int):
+            stops.add(found)
+        elif found is not None:
+            stops.update(int(t) for t in found)
+    return frozenset(stops)
+
+
+def sampling_seeds(seed: int, prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The generator seed of each sampled answer: from the run's seed, the prompt's tokens and
+    how many times the same prompt came before (rollouts of one prompt differ)."""
+    seen: dict[tuple[int, ...], int] = {}
+    seeds = []
+    for prompt in prompts:
+        occurrence = seen[tuple(prompt)] = seen.get(tuple(prompt), -1) + 1
+        text = f"{seed}:{occurrence}:{list(prompt)}"
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        seeds.append(int.from_bytes(digest, "little") & (2**63 - 1))
+    return seeds
 
 
 @contextmanager
@@ -62,57 +191,113 @@ def contiguous_head_input(model: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
+def describe_plan(
+    loaded: LoadedModel, budget: BatchBudget, prompts: int, batches: int, decoder: str
+) -> str:
+    """One line saying how the answers are written: decoder, dtype, device and batch plan."""
+    return (
+        f"base responses: {prompts} prompts in {batches} batches (at most {budget.max_rows} rows, "
+        f"{budget.max_tokens} cached tokens each), {decoder} decoder, "
+        f"{dtype_name(loaded.dtype)}, {loaded.device}"
+    )
+
+
 def generate_responses(
     loaded: LoadedModel,
     prompts: Sequence[tuple[Message, ...]],
     settings: GenerationSettings,
     *,
-    batch_size: int = 32,
+    budget: BatchBudget | None = None,
     progress: Callable[[int], None] | None = None,
+    on_answer: Callable[[int, str], None] | None = None,
+    describe: Callable[[str], None] | None = None,
+    decoder: Decoder = "auto",
 ) -> list[str]:
     """The model's response text to each prompt, in prompt order.
 
-    progress(n) is called with the number of prompts finished after each batch.
+    budget: how prompts are batched (None: `default_budget` for the model's device).
+    decoder: `screener` (our decode loop), `transformers` (its `generate`), or `auto`: ours
+        unless the model's generation config asks for a logits processor.
+    progress(n) is called with the number of prompts finished after each batch, and
+    on_answer(i, text) for each of its answers; describe(line) once, with the plan, before the
+    first batch.
     """
     renderer = Renderer(loaded.tokenizer)
     tokenizer = loaded.tokenizer
     encoded = [renderer.prompt_ids(prompt) for prompt in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    budget = budget or default_budget(loaded)
+    batches = plan_batches([len(e) for e in encoded], settings.max_new_tokens, budget)
+    if decoder == "auto":
+        decoder = "transformers" if needs_transformers_generate(loaded.model) else "screener"
+    if describe is not None:
+        describe(describe_plan(loaded, budget, len(prompts), len(batches), decoder))
+    pad_id = next(
+        (int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
     )
+    write = _transformers_batch if decoder == "transformers" else _screener_batch
+    seeds = sampling_seeds(settings.seed, encoded)
     outputs: list[str] = [""] * len(prompts)
-    generator_seed = settings.seed
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id if pad_id is not None else 0, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            tokens = encoded[index]
-            ids[row, width - len(tokens) :] = torch.tensor(tokens)
-            mask[row, width - len(tokens) :] = 1
-        sampling: dict[str, Any] = {"do_sample": False}
-        if settings.temperature > 0:
-            torch.manual_seed(generator_seed + start)
-            sampling = {
-                "do_sample": True,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "top_k": 0,
-            }
-        model: Any = loaded.model  # transformers' stubs type `generate` loosely
-        with torch.inference_mode(), contiguous_head_input(model):
-            generated = model.generate(
-                input_ids=ids.to(loaded.device),
-                attention_mask=mask.to(loaded.device),
-                max_new_tokens=settings.max_new_tokens,
-                pad_token_id=pad_id,
-                **sampling,
+    done = 0
+    with contiguous_head_input(loaded.model):
+        for batch in batches:
+            new_tokens = write(
+                loaded, [encoded[i] for i in batch], [seeds[i] for i in batch], settings, pad_id
             )
-        for row, index in enumerate(batch):
-            new_tokens = generated[row, width:]
-            outputs[index] = str(tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
-        if progress is not None:
-            progress(min(start + batch_size, len(order)))
+            for index, tokens in zip(batch, new_tokens, strict=True):
+                outputs[index] = str(tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+                if on_answer is not None:
+                    on_answer(index, outputs[index])
+            done += len(batch)
+            if progress is not None:
+                progress(done)
     return outputs
+
+
+def _screener_batch(
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    seeds: list[int],
+    settings: GenerationSettings,
+    pad_id: int,
+) -> list[list[int]]:
+    return decode_batch(
+        loaded.model,
+        prompts,
+        max_new_tokens=settings.max_new_tokens,
+        stop_ids=stop_token_ids(loaded),
+        pad_id=pad_id,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seeds=seeds,
+    )
+
+
+def _transformers_batch(
+    loaded: LoadedModel,
+    prompts: list[list[int]],
+    seeds: list[int],
+    settings: GenerationSettings,
+    pad_id: int,
+) -> list[list[int]]:
+    ids, mask, _ = left_padded(prompts, pad_id)
+    width = ids.shape[1]
+    sampling: dict[str, Any] = {"do_sample": False}
+    if settings.temperature > 0:
+        torch.manual_seed(seeds[0])  # the batch's sample depends on the batch here
+        sampling = {
+            "do_sample": True,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "top_k": 0,
+        }
+    model: Any = loaded.model  # transformers' stubs type `generate` loosely
+    with torch.inference_mode():
+        generated = model.generate(
+            input_ids=ids.to(loaded.device),
+            attention_mask=mask.to(loaded.device),
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(stop_token_ids(loaded)),
+            **sampling,
+        )
+    return [generated[row, width:].tolist() for row in range(len(prompts))]

@@ -20,6 +20,7 @@ from screener.activations import DEFAULT_BATCH_TOKENS
 from screener.errors import ConfigError
 from screener.model import LoadedModel, check_generation_dtype, load_model
 from screener.reader import BadRowPolicy, FieldNames
+from screener.served import AnswerServer
 
 Method = Literal["delta", "prompt-last"]
 METHODS: tuple[Method, ...] = ("delta", "prompt-last")
@@ -68,18 +69,26 @@ class ReadOptions:
 @dataclass(frozen=True)
 class GenerationOptions:
     """How the model's own (greedy) answers are written: at most `max_new_tokens` new tokens,
-    in precision `dtype` (`same` as the model's, `fp32` or `bf16`), `batch_size` at a time."""
+    in precision `dtype` (`same` as the model's, `fp32` or `bf16`), at most `max_batch_rows`
+    prompts at a time (None: the device's default; the KV cache bounds it too); or by a
+    `server` that serves the same weights (then `dtype` and `max_batch_rows` do not apply)."""
 
     max_new_tokens: int = DEFAULT_BASE_TOKENS
     dtype: str = "same"
-    batch_size: int = 32
+    max_batch_rows: int | None = None
+    server: AnswerServer | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be positive")
-        if self.batch_size < 1:
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
             raise ConfigError("the generation batch size must be at least 1")
         check_generation_dtype(self.dtype)
+        if self.server is not None and self.dtype != "same":
+            raise ConfigError(
+                "--generation-dtype applies to answers written here, not by --generator openai: "
+                "the server decides its own precision"
+            )
 
 
 @dataclass(frozen=True)

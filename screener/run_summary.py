@@ -88,13 +88,23 @@ class CalibrationSummary:
 
 @dataclass(frozen=True)
 class GenerationSummary:
-    """How the model's own (base) answers were written."""
+    """How the model's own (base) answers were written. `server`: the served model and URL
+    that wrote them (`MODEL@URL`), None when the model wrote them in-process; `dtype` is then
+    the in-process precision the run asked for, not the server's."""
 
     max_new_tokens: int
     temperature: float
     top_p: float
     seed: int
     dtype: str
+    server: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary.json object: `server` only when a server wrote the answers."""
+        found = asdict(self)
+        if self.server is None:
+            del found["server"]
+        return found
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class RunSummary:
             "model": asdict(self.model),
             "vectors": asdict(self.vectors),
             "calibration": None if self.calibration is None else asdict(self.calibration),
-            "generation": None if self.generation is None else asdict(self.generation),
+            "generation": None if self.generation is None else self.generation.as_dict(),
             "notes": list(self.notes),
             "versions": dict(self.versions),
             "command": self.command,
@@ -326,6 +336,7 @@ def summary_from_json(data: Any, path: Path) -> RunSummary:
                 g.number("top_p"),
                 g.get("seed", int),
                 g.get("dtype", str),
+                g.get("server", str) if g.has("server") else None,
             ),
         ),
         notes=top.strings("notes"),

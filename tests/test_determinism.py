@@ -51,7 +51,7 @@ def test_fp32_scores_do_not_depend_on_batching(loaded: LoadedModel, tmp_path: Pa
         store=":memory:",
         rule=top3,
         max_batch_tokens=1,
-        generation_batch_size=1,
+        generation_batch_rows=1,
         chunk_size=1,
     ).scores
     assert_same_scores(single, batched, 1e-5)

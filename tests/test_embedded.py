@@ -237,3 +237,24 @@ def test_validate_command_on_tiny_subsets(tmp_path: Path) -> None:
         assert shift["standard_error"] > 0
     assert document["settings"]["method"] == "lora" and document["model"]["spec"] == "embedded"
     assert 'id="validation"' in (out / "report.html").read_text()
+
+
+def test_fast_decoder_equals_transformers_generate_in_fp32(embedded_fp32: LoadedModel) -> None:
+    """The invariant behind the run store's cached answers: in fp32 our decode loop writes the
+    same greedy answers as transformers' `generate` did, whatever the batches."""
+    from screener.generate import BatchBudget, generate_responses
+
+    samples = [
+        s for s in islice(read_dataset(DATA / "chat_mixed.jsonl"), 8) if isinstance(s, Sample)
+    ]
+    prompts = [s.messages[:-1] for s in samples]
+    settings = GenerationSettings(max_new_tokens=24)
+    before = generate_responses(
+        embedded_fp32, prompts, settings, budget=BatchBudget(32, 1 << 30), decoder="transformers"
+    )
+    for rows in (8, 3):
+        found = generate_responses(
+            embedded_fp32, prompts, settings, budget=BatchBudget(rows, 1 << 30), decoder="screener"
+        )
+        assert found == before
+    assert all(before)

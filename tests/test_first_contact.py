@@ -57,6 +57,26 @@ def no_model_args(data: Path, tmp_path: Path, tiny: dict[str, Path], *extra: str
             "",
             "--calibration absent.json: no such file",
         ),
+        (
+            lambda d: write_jsonl(d / "d.jsonl", rows()),
+            ("--generator", "openai", "--generator-model", "m"),
+            "",
+            "--generator openai needs --generator-url (e.g. http://localhost:8000/v1)",
+        ),
+        (
+            lambda d: write_jsonl(d / "d.jsonl", rows()),
+            (
+                "--generator",
+                "openai",
+                "--generator-model",
+                "m",
+                "--generator-url",
+                "http://127.0.0.1:9/v1",
+            ),
+            "",
+            "openai:m@http://127.0.0.1:9/v1 is not reachable ([Errno 111] Connection refused): "
+            "is the server running at http://127.0.0.1:9/v1?",
+        ),
     ],
 )
 def test_mistakes_are_reported_before_the_model_loads(

@@ -52,7 +52,7 @@ SCORING_FIELDS = {f.name for f in dataclasses.fields(ScoringOptions)}
 GENERATION_FIELDS = {
     "max_new_tokens": "max_new_tokens",
     "generation_dtype": "dtype",
-    "generation_batch_size": "batch_size",
+    "generation_batch_rows": "max_batch_rows",
 }
 QUESTIONS = [
     "What is the capital of France?",

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from screener.activations import DEFAULT_BATCH_TOKENS
+from screener.errors import ConfigError
 from screener.model import LoadedModel
 from screener.options import ModelOptions, ReadOptions, resolve_model
 from screener.reader import FORMATS, FieldNames
+from screener.served import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, AnswerServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -140,3 +142,47 @@ def read_options(args: argparse.Namespace) -> ReadOptions:
     if hasattr(args, "on_bad_row"):
         given["on_bad_row"] = args.on_bad_row
     return ReadOptions(**given)
+
+
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """--generator and the server flags: who writes the model's own answers."""
+    parser.add_argument(
+        "--generator",
+        choices=("hf", "openai"),
+        default="hf",
+        help="who writes the model's own answers: hf (the model here, default) or openai (a "
+        "server with an OpenAI-compatible completions API serving the same weights as --model)",
+    )
+    parser.add_argument("--generator-url", help="the server's API root, e.g. http://host:8000/v1")
+    parser.add_argument("--generator-model", help="the model name the server serves")
+    parser.add_argument(
+        "--generator-concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--generator-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for one answer (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def answer_server(args: argparse.Namespace) -> AnswerServer | None:
+    """The server --generator openai names, or None for answers written here."""
+    if args.generator != "openai":
+        if args.generator_url or args.generator_model:
+            raise ConfigError("--generator-url and --generator-model need --generator openai")
+        return None
+    if not args.generator_url or not args.generator_model:
+        raise ConfigError(
+            "--generator openai needs --generator-url (e.g. http://localhost:8000/v1) and "
+            "--generator-model (the name the server serves)"
+        )
+    return AnswerServer(
+        args.generator_url,
+        args.generator_model,
+        args.generator_concurrency,
+        args.generator_timeout,
+    )

@@ -9,9 +9,11 @@ from typing import Any
 from screener.cli.common import (
     EXIT_OK,
     add_data_options,
+    add_generator_options,
     add_model_options,
     add_quiet_option,
     add_sequence_options,
+    answer_server,
     comma_separated,
     model_options,
     progress_printer,
@@ -75,6 +77,7 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
         help="run store (DuckDB cache of base responses and activations; default "
         "$SCREENER_HOME/store.duckdb; ':memory:' keeps nothing)",
     )
+    add_generator_options(parser)
     add_sequence_options(parser)
 
 
@@ -232,8 +235,12 @@ def scoring_options(args: argparse.Namespace) -> ScoringOptions:
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
-    """--max-new-tokens and --generation-dtype."""
-    return GenerationOptions(max_new_tokens=args.max_new_tokens, dtype=args.generation_dtype)
+    """--max-new-tokens, --generation-dtype and the --generator flags."""
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.generation_dtype,
+        server=answer_server(args),
+    )
 
 
 def _run_screen(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from typing import Any
 
 from screener.cli.common import (
     EXIT_OK,
+    add_generator_options,
     add_model_options,
     add_quiet_option,
+    answer_server,
     comma_separated,
     model_options,
     progress_printer,
@@ -87,7 +89,12 @@ def register(commands: Any) -> None:
     extract.add_argument(
         "--layer", type=int, default=None, help="use this layer instead of the best held-out AUROC"
     )
-    extract.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
+    extract.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="most prompts per generation batch (default: 64 on a CPU, 256 on a GPU)",
+    )
     extract.add_argument(
         "--judge",
         default="none",
@@ -115,6 +122,7 @@ def register(commands: Any) -> None:
     extract.add_argument(
         "--out", type=Path, required=True, help="vector file to write (.safetensors)"
     )
+    add_generator_options(extract)
     add_quiet_option(extract)
     extract.set_defaults(run=_run_extract)
 
@@ -230,6 +238,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         args.trait_threshold,
         args.coherence_threshold,
         responses=args.responses,
+        server=answer_server(args),
     )
     vector_file = extract(
         comma_separated(args.traits),

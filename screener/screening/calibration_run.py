@@ -45,6 +45,7 @@ from screener.screening.style import (
     fit_style_control,
     out_of_fold_scores,
 )
+from screener.served import check_server
 from screener.store import RunStore
 from screener.vectors.store import load_vectors
 
@@ -81,6 +82,8 @@ def calibrate(
     vector_file = load_vectors(scoring.vectors)
     chosen = choose_traits(vector_file, traits)
     wait_for_store(scoring.store, say)
+    if generation.server is not None:
+        check_server(generation.server)
     loaded = resolve_model(model, say)
     vector_file.check_model(loaded)
     settings = ScoringSettings.of(chosen, scoring, generation)

@@ -26,6 +26,7 @@ from screener.screening.calibration import (
     usable_calibration,
 )
 from screener.screening.ray_engine import require_ray
+from screener.served import AnswerServer, check_server
 from screener.store import RunStore
 from screener.vectors.store import VectorFile, load_vectors
 
@@ -52,8 +53,10 @@ def check_before_loading(
     progress: Callable[[str], None] | None = None,
     *,
     replace_out: bool = False,
+    server: AnswerServer | None = None,
 ) -> Checked:
-    """Every check of a screen that needs no model; raises the first problem found."""
+    """Every check of a screen that needs no model; raises the first problem found. `server`:
+    the server that will write the base answers (it must answer and serve the model)."""
     check_in_memory(data)
     if scoring.engine == "ray":
         require_ray()
@@ -64,6 +67,8 @@ def check_before_loading(
     if out is not None:
         check_out_dir(out, replace=replace_out)
     wait_for_store(scoring.store, progress)
+    if server is not None and scoring.method == "delta":
+        check_server(server)
     return Checked(vectors, chosen, calibration, notes)
 
 

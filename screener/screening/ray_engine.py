@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from screener.answers import served_key
 from screener.errors import ConfigError, MissingDependencyError, ModelLoadError, ScreenerError
 from screener.model import DTYPES, LoadedModel, generation_model, generation_torch_dtype, load_model
 from screener.options import RayOptions
@@ -92,7 +93,9 @@ def worker_config(
         model_key=store_key(loaded, device),
         base_key=store_key(
             loaded, device, generation_torch_dtype(loaded, settings.generation_dtype)
-        ),
+        )
+        if settings.generation_server is None
+        else served_key(loaded, settings.generation_server),
         trust_remote_code=trust_remote_code,
     )
 

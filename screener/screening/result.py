@@ -250,7 +250,7 @@ class ScreenResult:
         for position in range(len(self.flags)):
             name = self.category_at(position)[0]
             category_counts[name] = category_counts.get(name, 0) + 1
-        calibration = self.calibration
+        calibration, served = self.calibration, self.settings.generation_server
         return RunSummary(
             data=self.data,
             reader_format=self.read.fmt,
@@ -287,7 +287,9 @@ class ScreenResult:
                 },
             ),
             generation=GenerationSummary(
-                **self.settings.generation.as_dict(), dtype=self.generation_dtype
+                **self.settings.generation.as_dict(),
+                dtype=self.generation_dtype,
+                server=None if served is None else f"{served.model}@{served.url}",
             )
             if self.settings.method == "delta"
             else None,

@@ -125,7 +125,9 @@ def screen(
     generation = generation or GenerationOptions()
     read = read or ReadOptions()
     out = None if out is None else Path(out)
-    checked = check_before_loading(data, traits, scoring, read, out, say, replace_out=force)
+    checked = check_before_loading(
+        data, traits, scoring, read, out, say, replace_out=force, server=generation.server
+    )
     loaded = resolve_model(model, say)
     vector_file, chosen = checked.vectors, checked.traits
     vector_file.check_model(loaded)

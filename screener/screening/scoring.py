@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
+from screener.answers import served_key, write_answers
 from screener.errors import ConfigError
-from screener.generate import GenerationSettings, generate_responses
+from screener.generate import GenerationSettings, default_budget
 from screener.model import LoadedModel, check_generation_dtype, dtype_name
 from screener.options import (
     DEFAULT_BASE_TOKENS,
@@ -35,6 +36,7 @@ from screener.options import (
 from screener.progress import Rate
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
+from screener.served import AnswerServer
 from screener.store import LayerActivations, RunStore, token_hash
 from screener.vectors.store import VectorFile
 
@@ -48,7 +50,8 @@ class ScoringSettings:
     generation: GenerationSettings = field(
         default_factory=lambda: GenerationSettings(max_new_tokens=DEFAULT_BASE_TOKENS)
     )
-    generation_batch_size: int = 32
+    generation_batch_rows: int | None = None  # None: the device default
+    generation_server: AnswerServer | None = None  # base answers from a server instead
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
     # the precision base responses are written in: `same` as the scores', or fp32 / bf16
     generation_dtype: str = "same"
@@ -62,7 +65,8 @@ class ScoringSettings:
             traits,
             scoring.method,
             GenerationSettings(max_new_tokens=generation.max_new_tokens),
-            generation_batch_size=generation.batch_size,
+            generation_batch_rows=generation.max_batch_rows,
+            generation_server=generation.server,
             max_batch_tokens=scoring.max_batch_tokens,
             generation_dtype=generation.dtype,
         )
@@ -128,7 +132,9 @@ class Scorer:
     model_key: the key of this model's results in the store (default `store_key(loaded)`).
     generator: the model that writes base responses, when not `loaded` itself (the same
         weights at the precision `settings.generation_dtype` asks for: `generation_model`).
-    base_key: the store key of the base responses (default: the generator's `store_key`).
+        A server in `settings.generation_server` writes them instead of either.
+    base_key: the store key of the base responses (default: the generator's `store_key`, or
+        `served_key` for a server).
     directions: per trait, the unit vector to project on at the trait's layer, where it is not
         the vector file's own (the style-controlled directions of a calibration).
     """
@@ -151,7 +157,9 @@ class Scorer:
         self.loaded = loaded
         self.model_key = model_key or store_key(loaded)
         self.generator = generator or loaded
-        self.base_key = base_key or (self.model_key if generator is None else store_key(generator))
+        server = settings.generation_server
+        own_key = self.model_key if generator is None else store_key(generator)
+        self.base_key = base_key or (own_key if server is None else served_key(loaded, server))
         self.settings = settings
         self.store = store
         self.renderer = renderer
@@ -168,6 +176,7 @@ class Scorer:
         )
         store.make_room_for_vectors(self.collector.hidden_size)
         self.generation_key = json.dumps(settings.generation.as_dict(), sort_keys=True)
+        self.generation_budget = default_budget(self.generator, settings.generation_batch_rows)
         self.counters = {"generated": 0, "generation_cached": 0, "collected": 0, "cached": 0}
 
     def activations(
@@ -207,18 +216,25 @@ class Scorer:
         self.counters["generation_cached"] += len(keys) - len(todo)
         self.counters["generated"] += len(todo)
         if todo:
-            rate = Rate()
-            texts = generate_responses(
-                self.generator,
-                list(todo.values()),
-                self.settings.generation,
-                batch_size=self.settings.generation_batch_size,
-                progress=lambda done: self.say(
-                    f"  base responses {done}/{len(todo)} ({rate.of(done, len(todo))})"
-                ),
-            )
-            fresh = dict(zip(todo, texts, strict=True))
-            self.store.put_base_responses(self.base_key, self.generation_key, fresh)
+            rate, todo_keys = Rate(), list(todo)
+            fresh: dict[str, str] = {}
+            first_of_run = self.counters["generated"] == len(todo)
+            try:
+                write_answers(
+                    self.generator,
+                    list(todo.values()),
+                    self.settings.generation,
+                    server=self.settings.generation_server,
+                    budget=self.generation_budget,
+                    progress=lambda done: self.say(
+                        f"  base responses {done}/{len(todo)} ({rate.of(done, len(todo))})"
+                    ),
+                    on_answer=lambda index, text: fresh.__setitem__(todo_keys[index], text),
+                    describe=self.say if first_of_run else None,
+                )
+            finally:  # answers already written stay written, even if a later one failed
+                if fresh:
+                    self.store.put_base_responses(self.base_key, self.generation_key, fresh)
             cached.update(fresh)
         return [cached[key] for key in keys]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
-from screener.generate import GenerationSettings, generate_responses
+from screener.generate import GenerationSettings, default_budget, generate_responses
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
@@ -54,12 +54,14 @@ def answer_projections(
     layer: int,
     generation: GenerationSettings,
     *,
-    batch_size: int = 32,
+    max_batch_rows: int | None = None,
 ) -> AnswerProjections:
     """Answer every question greedily, then project each answer's mean response activation at
     `layer` onto `vector` (normalised here)."""
     prompts = [(Message("user", question),) for question in questions]
-    answers = generate_responses(loaded, prompts, generation, batch_size=batch_size)
+    answers = generate_responses(
+        loaded, prompts, generation, budget=default_budget(loaded, max_batch_rows)
+    )
     renderer = Renderer(loaded.tokenizer)
     inputs, answered = [], []
     for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):

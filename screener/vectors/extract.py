@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
+from screener.answers import write_answers
 from screener.errors import ConfigError, ScreenerError
-from screener.generate import GenerationSettings, generate_responses
+from screener.generate import GenerationSettings, default_budget
 from screener.judge import COHERENCE_RUBRIC, Judge
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
+from screener.served import AnswerServer
 from screener.traits import RESPONSE_SOURCES, ContrastPair, ResponseSource, TraitPack
 from screener.vectors.separation import (
     auroc_per_layer,
@@ -55,13 +57,14 @@ class ExtractionSettings:
         default_factory=lambda: GenerationSettings(max_new_tokens=96)
     )
     layer: int | None = None  # None: choose by held-out AUROC
-    batch_size: int = 32
+    max_batch_rows: int | None = None  # most prompts per generation batch; None: device default
     max_questions: int | None = None  # use only the first N questions of each set (quick runs)
     judge: Judge | None = None
     trait_threshold: float = 50.0
     coherence_threshold: float = 50.0
     min_pairs: int = MIN_PAIRS
     responses: ResponseSource = "generated"
+    server: AnswerServer | None = None  # a server writes the generated responses instead
 
     def __post_init__(self) -> None:
         if self.responses not in RESPONSE_SOURCES:
@@ -113,11 +116,12 @@ def _generate_pairs(
     pos = [(Message("system", p.pos), Message("user", q)) for p, q in prompts]
     neg = [(Message("system", p.neg), Message("user", q)) for p, q in prompts]
     total = len(pos) + len(neg)
-    answers = generate_responses(
+    answers = write_answers(
         loaded,
         pos + neg,
         settings.generation,
-        batch_size=settings.batch_size,
+        server=settings.server,
+        budget=default_budget(loaded, settings.max_batch_rows),
         progress=lambda done: say(f"{pack.name}:   {done}/{total} responses"),
     )
     pairs = []
