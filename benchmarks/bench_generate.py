@@ -35,13 +35,8 @@ import torch
 from machine import machine
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from screener.generate import (
-    BatchBudget,
-    Decoder,
-    GenerationSettings,
-    default_budget,
-    generate_responses,
-)
+from screener.batch_plan import BatchBudget, default_budget
+from screener.generate import Decoder, GenerationSettings, generate_responses
 from screener.model import DTYPES, LoadedModel, cpu_supports_bf16, fingerprint, load_model
 from screener.reader import read_dataset
 from screener.records import Message, Sample

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from machine import machine
 
-from screener.generate import BatchBudget, GenerationSettings, generate_responses
+from screener.batch_plan import BatchBudget
+from screener.generate import GenerationSettings, generate_responses
 from screener.model import load_model
 from screener.options import GenerationOptions, ScoringOptions
 from screener.reader import read_dataset

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from screener.generate import BatchBudget, GenerationSettings, generate_responses
+from screener.batch_plan import BatchBudget
+from screener.generate import GenerationSettings, generate_responses
 from screener.model import LoadedModel
 from screener.records import Message
 from screener.render import Renderer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class OpenAIEndpoint:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            detail = " ".join(exc.read().decode("utf-8", "replace").split())[:300]
+            text = re.sub(r"<[^>]*>", " ", exc.read().decode("utf-8", "replace"))  # HTML pages
+            detail = " ".join(text.split())[:300]
             raise EndpointError(f"{self.name} refused {path}: HTTP {exc.code}: {detail}") from exc
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):

@@ -1,10 +1,9 @@
 """The target model's own answers to chat prompts, batched by a token budget.
 
-Prompts are rendered with the model's chat template (`add_generation_prompt=True`) and sorted
-longest first. Consecutive prompts form a batch while its padded KV cache, rows x (longest
-prompt + `max_new_tokens`) tokens, fits the budget and it has at most `max_rows` rows; so short
-prompts decode many at a time and long ones few (`plan_batches`). Each batch goes through our
-own decode loop (`decoding.decode_batch`), where finished rows leave the batch.
+Prompts are rendered with the model's chat template (`add_generation_prompt=True`) and
+batched longest first under a KV-cache token budget and a row limit (`batch_plan.py`). Each
+batch goes through our own decode loop (`decoding.decode_batch`), where finished rows leave
+the batch.
 
 Greedy when temperature is 0. Sampled answers draw from a generator seeded by `seed` and the
 prompt's tokens, so a prompt gets the same answer whatever else is in the run.
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from screener.batch_plan import BatchBudget, default_budget, plan_batches
 from screener.decoding import decode_batch, left_padded
 from screener.errors import ConfigError
 from screener.model import LoadedModel, dtype_name
@@ -34,14 +34,6 @@ from screener.records import Message
 from screener.render import Renderer
 
 Decoder = Literal["auto", "screener", "transformers"]
-# Rows decoded together at most. Measured with the embedded model on a 2-core CPU (see
-# benchmarks/bench_generate.py): throughput stops growing past ~64 rows there, while GPUs keep
-# gaining up to a few hundred.
-DEFAULT_MAX_ROWS = {"cpu": 64, "cuda": 256}
-# The KV cache a batch may fill: a fraction of the GPU memory free after loading, a fixed
-# amount on the CPU.
-CPU_CACHE_BYTES = 2 << 30
-GPU_FREE_MEMORY_SHARE = 0.5
 # Generation-config values under which greedy decoding is plain argmax; any other value means
 # transformers' `generate` must write the answers.
 _PLAIN_DECODING = {
@@ -77,61 +69,6 @@ class GenerationSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class BatchBudget:
-    """How many prompts decode together: at most `max_rows`, and at most `max_tokens` cached
-    tokens (rows x (longest prompt + new tokens))."""
-
-    max_rows: int
-    max_tokens: int
-
-    def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_tokens < 1:
-            raise ConfigError("a generation batch needs at least one row and one token")
-
-
-def kv_bytes_per_token(model: nn.Module) -> int:
-    """Bytes of KV cache one token takes in `model`: layers x (key + value) x heads x dim."""
-    config: Any = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    element = next(model.parameters()).element_size()
-    return int(text.num_hidden_layers) * 2 * heads * head_dim * element
-
-
-def default_budget(loaded: LoadedModel, max_rows: int | None = None) -> BatchBudget:
-    """The budget for `loaded` on its device: `DEFAULT_MAX_ROWS` (unless `max_rows` is given),
-    and the KV cache that fits half the free GPU memory or `CPU_CACHE_BYTES`."""
-    device = loaded.device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cache_bytes = int(free * GPU_FREE_MEMORY_SHARE)
-    else:
-        cache_bytes = CPU_CACHE_BYTES
-    rows = max_rows or DEFAULT_MAX_ROWS.get(device.type, DEFAULT_MAX_ROWS["cpu"])
-    return BatchBudget(rows, max(1, cache_bytes // kv_bytes_per_token(loaded.model)))
-
-
-def plan_batches(
-    lengths: Sequence[int], max_new_tokens: int, budget: BatchBudget
-) -> list[list[int]]:
-    """Prompt indices in batches: longest prompts first (ties in index order), each batch as
-    many consecutive prompts as fit `budget`. A prompt too long for the budget on its own
-    still gets a batch of its own."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            batch = batches[-1]
-            width = lengths[batch[0]] + max_new_tokens  # the first prompt is the longest
-            if len(batch) < budget.max_rows and (len(batch) + 1) * width <= budget.max_tokens:
-                batch.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 
 def needs_transformers_generate(model: nn.Module) -> list[str]:
@@ -202,25 +139,24 @@ def describe_plan(
     )
 
 
-def generate_responses(
+def generate_token_ids(
     loaded: LoadedModel,
     prompts: Sequence[tuple[Message, ...]],
     settings: GenerationSettings,
     *,
     budget: BatchBudget | None = None,
-    progress: Callable[[int], None] | None = None,
-    on_answer: Callable[[int, str], None] | None = None,
+    on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
     describe: Callable[[str], None] | None = None,
     decoder: Decoder = "auto",
-) -> list[str]:
-    """The model's response text to each prompt, in prompt order.
+) -> list[list[int]]:
+    """The new token ids of the model's answer to each prompt, in prompt order, without the
+    token that ended it.
 
     budget: how prompts are batched (None: `default_budget` for the model's device).
     decoder: `screener` (our decode loop), `transformers` (its `generate`), or `auto`: ours
         unless the model's generation config asks for a logits processor.
-    progress(n) is called with the number of prompts finished after each batch, and
-    on_answer(i, text) for each of its answers; describe(line) once, with the plan, before the
-    first batch.
+    on_batch(indices, token_ids) is called as each batch finishes; describe(line) once, with
+    the plan, before the first batch.
     """
     renderer = Renderer(loaded.tokenizer)
     tokenizer = loaded.tokenizer
@@ -236,21 +172,64 @@ def generate_responses(
     )
     write = _transformers_batch if decoder == "transformers" else _screener_batch
     seeds = sampling_seeds(settings.seed, encoded)
-    outputs: list[str] = [""] * len(prompts)
-    done = 0
+    answers: list[list[int]] = [[] for _ in prompts]
     with contiguous_head_input(loaded.model):
         for batch in batches:
             new_tokens = write(
                 loaded, [encoded[i] for i in batch], [seeds[i] for i in batch], settings, pad_id
             )
             for index, tokens in zip(batch, new_tokens, strict=True):
-                outputs[index] = str(tokenizer.decode(tokens, skip_special_tokens=True)).strip()
-                if on_answer is not None:
-                    on_answer(index, outputs[index])
-            done += len(batch)
-            if progress is not None:
-                progress(done)
+                answers[index] = tokens
+            if on_batch is not None:
+                on_batch(batch, new_tokens)
+    return answers
+
+
+def generate_responses(
+    loaded: LoadedModel,
+    prompts: Sequence[tuple[Message, ...]],
+    settings: GenerationSettings,
+    *,
+    budget: BatchBudget | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_answer: Callable[[int, str], None] | None = None,
+    describe: Callable[[str], None] | None = None,
+    decoder: Decoder = "auto",
+) -> list[str]:
+    """The model's response text to each prompt, in prompt order (`generate_token_ids`,
+    decoded without special tokens and stripped).
+
+    progress(n) is called with the number of prompts finished after each batch, and
+    on_answer(i, text) for each of its answers.
+    """
+    outputs: list[str] = [""] * len(prompts)
+    done = 0
+
+    def finished(batch: list[int], new_tokens: list[list[int]]) -> None:
+        nonlocal done
+        for index, tokens in zip(batch, new_tokens, strict=True):
+            outputs[index] = answer_text(loaded, tokens)
+            if on_answer is not None:
+                on_answer(index, outputs[index])
+        done += len(batch)
+        if progress is not None:
+            progress(done)
+
+    generate_token_ids(
+        loaded,
+        prompts,
+        settings,
+        budget=budget,
+        on_batch=finished,
+        describe=describe,
+        decoder=decoder,
+    )
     return outputs
+
+
+def answer_text(loaded: LoadedModel, tokens: Sequence[int]) -> str:
+    """An answer's text as stored and scored: decoded without special tokens, stripped."""
+    return str(loaded.tokenizer.decode(list(tokens), skip_special_tokens=True)).strip()
 
 
 def _screener_batch(
@@ -300,4 +279,10 @@ def _transformers_batch(
             eos_token_id=sorted(stop_token_ids(loaded)),
             **sampling,
         )
-    return [generated[row, width:].tolist() for row in range(len(prompts))]
+    stops = stop_token_ids(loaded)
+    answers = []
+    for row in range(len(prompts)):
+        tokens = generated[row, width:].tolist()
+        end = next((i for i, token in enumerate(tokens) if token in stops), len(tokens))
+        answers.append(tokens[:end])  # what follows the stop token is padding
+    return answers

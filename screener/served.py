@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from screener.endpoints import API_KEY_ENV, OpenAIEndpoint
@@ -102,24 +102,31 @@ def served_responses(
     stops the requests not yet sent and is raised."""
     endpoint = server.endpoint()
     answers: list[str | None] = [None] * len(prompt_texts)
+    report_every = max(1, len(prompt_texts) // 20)  # about 20 progress lines per call
+    finished = 0
     with ThreadPoolExecutor(max_workers=server.concurrency) as pool:
         pending = {
             pool.submit(_answer, endpoint, text, settings): index
             for index, text in enumerate(prompt_texts)
         }
-        finished = 0
         while pending:
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            failure: BaseException | None = None
+            for future in done:  # keep every answer that arrived before raising a failure
                 index = pending.pop(future)
                 if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()  # type: ignore[misc]
+                    failure = failure or future.exception()
+                    continue
                 answers[index] = future.result()
                 if on_answer is not None:
                     on_answer(index, future.result())
                 finished += 1
-            if progress is not None:
-                progress(finished)
+                if progress is not None and (
+                    finished % report_every == 0 or finished == len(prompt_texts)
+                ):
+                    progress(finished)
+            if failure is not None:
+                for other in pending:
+                    other.cancel()
+                raise failure
     return [a or "" for a in answers]

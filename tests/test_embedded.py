@@ -242,7 +242,8 @@ def test_validate_command_on_tiny_subsets(tmp_path: Path) -> None:
 def test_fast_decoder_equals_transformers_generate_in_fp32(embedded_fp32: LoadedModel) -> None:
     """The invariant behind the run store's cached answers: in fp32 our decode loop writes the
     same greedy answers as transformers' `generate` did, whatever the batches."""
-    from screener.generate import BatchBudget, generate_responses
+    from screener.batch_plan import BatchBudget
+    from screener.generate import generate_responses
 
     samples = [
         s for s in islice(read_dataset(DATA / "chat_mixed.jsonl"), 8) if isinstance(s, Sample)

@@ -9,15 +9,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from screener.batch_plan import BatchBudget, kv_bytes_per_token, plan_batches
 from screener.decoding import decode_batch, top_p_probabilities
-from screener.generate import (
-    BatchBudget,
-    GenerationSettings,
-    generate_responses,
-    kv_bytes_per_token,
-    needs_transformers_generate,
-    plan_batches,
-)
+from screener.generate import GenerationSettings, generate_responses, needs_transformers_generate
 from screener.model import LoadedModel
 from screener.records import Message
 from screener.render import Renderer

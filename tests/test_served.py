@@ -4,6 +4,7 @@ model name, no answer in time), each one clear line, with answers already writte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -168,15 +169,60 @@ def test_a_late_answer_stops_the_run_and_keeps_the_answers_already_written(
     assert slow not in arrived and len(arrived) >= 1
 
 
+def test_a_screen_that_timed_out_resumes_with_only_the_missing_answers(
+    served_tiny: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The answers that arrived before a timeout are in the store; the rerun asks the server
+    only for the rest, and scores as a run that never failed."""
+    from screener.screening import FlagRule, screen
+    from tests.test_screen import QUESTIONS, rows, tiny_vectors, write_jsonl
+
+    folder, url = served_tiny
+    loaded = load_model(str(folder), dtype="fp32", device="cpu")
+    data = write_jsonl(tmp_path / "data.jsonl", rows()[:6])
+    slow_word = QUESTIONS[4].split()[-1]  # a word of the fifth row's prompt only
+    assert sum(slow_word in q for q in QUESTIONS[:6]) == 1
+    scoring = ScoringOptions(
+        vectors=tiny_vectors(loaded, tmp_path / "v.safetensors"),
+        calibration=None,
+        store=tmp_path / "store.duckdb",
+    )
+    common = {"model": loaded, "scoring": scoring, "rule": FlagRule({}, 90.0), "label": False}
+    with _DelayingProxy(url, slow_word, delay_s=4) as proxy:
+        late = AnswerServer(proxy.url, str(folder), concurrency=1, timeout_s=1)
+        with pytest.raises(EndpointError, match="did not answer"):
+            screen(data, generation=GenerationOptions(8, server=late), **common)
+    renderer = Renderer(loaded.tokenizer)
+    keys = [token_hash(renderer.prompt_ids((Message("user", q),))) for q in QUESTIONS[:6]]
+    settings = json.dumps(GenerationSettings(8).as_dict(), sort_keys=True)
+    with RunStore.open(scoring.store) as opened:
+        kept = opened.get_base_responses(served_key(loaded, late), keys, settings)
+    assert len(kept) == 4 and keys[4] not in kept  # the four answers before the late one
+    with _DelayingProxy(url, "no such word", delay_s=0) as proxy:
+        server = AnswerServer(proxy.url, str(folder))
+        resumed = screen(data, generation=GenerationOptions(8, server=server), **common)
+        assert proxy.completions == 2  # the late one and the one after it
+    fresh = screen(
+        data,
+        generation=GenerationOptions(8, server=AnswerServer(url, str(folder))),
+        **{**common, "scoring": dataclasses.replace(scoring, store=":memory:")},
+    )
+    assert resumed.scores["risk"].to_list() == fresh.scores["risk"].to_list()
+
+
 class _DelayingProxy:
     """Forwards requests to `target`, waiting `delay_s` first when the body holds `word`."""
 
     def __init__(self, target: str, word: str, delay_s: float) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        proxy = self
+        self.completions = 0  # /completions requests seen
+
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.completions += self.path.endswith("/completions")
                 if word.encode() in body:
                     time.sleep(delay_s)
                 request = urllib.request.Request(
@@ -193,6 +239,14 @@ class _DelayingProxy:
                     self.wfile.write(answer)
                 except OSError:  # the client gave up waiting
                     pass
+
+            def do_GET(self) -> None:
+                with urllib.request.urlopen(target + self.path.removeprefix("/v1")) as reply:
+                    answer = reply.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -93,7 +93,7 @@ def register(commands: Any) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="most prompts per generation batch (default: 64 on a CPU, 256 on a GPU)",
+        help="most prompts per generation batch (default: 128 on a CPU, 256 on a GPU)",
     )
     extract.add_argument(
         "--judge",

@@ -23,8 +23,9 @@ import torch
 
 from screener.activations import DEFAULT_BATCH_TOKENS, ActivationCollector, TokenizedInput
 from screener.answers import served_key, write_answers
+from screener.batch_plan import default_budget
 from screener.errors import ConfigError
-from screener.generate import GenerationSettings, default_budget
+from screener.generate import GenerationSettings
 from screener.model import LoadedModel, check_generation_dtype, dtype_name
 from screener.options import (
     DEFAULT_BASE_TOKENS,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
-from screener.generate import GenerationSettings, default_budget, generate_responses
+from screener.batch_plan import default_budget
+from screener.generate import GenerationSettings, generate_responses
 from screener.model import LoadedModel
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer

@@ -29,8 +29,9 @@ import torch
 
 from screener.activations import ActivationCollector, TokenizedInput
 from screener.answers import write_answers
+from screener.batch_plan import default_budget
 from screener.errors import ConfigError, ScreenerError
-from screener.generate import GenerationSettings, default_budget
+from screener.generate import GenerationSettings
 from screener.judge import COHERENCE_RUBRIC, Judge
 from screener.model import LoadedModel
 from screener.records import Message, Sample
