@@ -143,9 +143,15 @@ def main() -> None:
     dtypes = (args.dtypes or ("fp32,bf16" if fast_bf16 else "fp32")).split(",")
     results = [row for dtype in dtypes for row in measure(args, dtype)]
     info = machine()
+    # the kernels torch runs: ATEN_CPU_CAPABILITY=avx2 (with ONEDNN_MAX_CPU_ISA=AVX2 and
+    # MKL_ENABLE_INSTRUCTIONS=AVX2) measures a CPU without AVX-512 on one that has it
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(args.device)
-    key = f"{info['cpu']} | {args.shape} | {args.device} | {args.prompts} prompts"
+    key = (
+        f"{info['cpu']} ({info['cpu_capability']} kernels) | {args.shape} | {args.device} | "
+        f"{args.prompts} prompts"
+    )
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     saved[key] = {
         "machine": info,

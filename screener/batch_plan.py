@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from screener.errors import ConfigError
-from screener.model import LoadedModel
+from screener.model import LoadedModel, cpu_supports_bf16
 
-# Rows decoded together at most. Measured with the embedded model on a 2-core CPU (see
-# benchmarks/bench_generate.py): 128 rows beat 64 by 7% (fp32) and 14% (bf16) on the 200 demo
-# prompts. GPUs keep gaining up to a few hundred rows (the per-step cost barely grows there).
-DEFAULT_MAX_ROWS = {"cpu": 128, "cuda": 256}
+# Rows decoded together at most (benchmarks/bench_generate.py, embedded model, 2-core CPU).
+# In bf16 on matrix units a row costs little, and 128 rows beat 64 by 14% on the 200 demo
+# prompts. In fp32 a step's cost grows nearly with its rows, so bigger batches mostly add
+# padding: with AVX2 kernels 64 rows beat 128 by 28% (and 32 by 19%). GPUs keep gaining up to a
+# few hundred rows (a decode step costs about the same at 32 and 256 there).
+CPU_ROWS_BF16, CPU_ROWS, GPU_ROWS = 128, 64, 256
 # The KV cache a batch may fill: a fraction of the GPU memory free after loading, a fixed
 # amount on the CPU.
 CPU_CACHE_BYTES = 2 << 30
@@ -54,15 +56,18 @@ def kv_bytes_per_token(model: nn.Module) -> int:
 
 
 def default_budget(loaded: LoadedModel, max_rows: int | None = None) -> BatchBudget:
-    """The budget for `loaded` on its device: `DEFAULT_MAX_ROWS` (unless `max_rows` is given),
-    and the KV cache that fits half the free GPU memory or `CPU_CACHE_BYTES`."""
+    """The budget for `loaded` on its device: at most `max_rows` rows (None: the measured
+    default for the device and precision, above), and the KV cache that fits half the free GPU
+    memory or `CPU_CACHE_BYTES`."""
     device = loaded.device
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        cache_bytes = int(free * GPU_FREE_MEMORY_SHARE)
+        cache_bytes, rows = int(free * GPU_FREE_MEMORY_SHARE), GPU_ROWS
     else:
         cache_bytes = CPU_CACHE_BYTES
-    rows = max_rows or DEFAULT_MAX_ROWS.get(device.type, DEFAULT_MAX_ROWS["cpu"])
+        fast_bf16 = loaded.dtype == torch.bfloat16 and cpu_supports_bf16()
+        rows = CPU_ROWS_BF16 if fast_bf16 else CPU_ROWS
+    rows = max_rows or rows
     return BatchBudget(rows, max(1, cache_bytes // kv_bytes_per_token(loaded.model)))
 
 

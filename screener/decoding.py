@@ -49,7 +49,8 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
 
 def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Softmax at `temperature`, keeping the smallest set of most likely tokens whose mass
-    reaches `top_p` (at least one)."""
+    reaches `top_p` (at least one); the others are zeroed, the kept ones not rescaled (a draw
+    needs only their proportions)."""
     probabilities = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1:
         return probabilities
@@ -59,12 +60,14 @@ def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float) 
     return torch.zeros_like(probabilities).scatter(-1, order, ordered)
 
 
-def _next_tokens(
+def next_tokens(
     logits: torch.Tensor,
     temperature: float,
     top_p: float,
     generators: Sequence[torch.Generator] | None,
 ) -> torch.Tensor:
+    """Each row's next token: the argmax when `generators` is None, else a draw at
+    temperature/top-p from the row's own generator."""
     if generators is None:
         return logits.argmax(dim=-1).cpu()
     probabilities = top_p_probabilities(logits, temperature, top_p).cpu()
@@ -118,7 +121,7 @@ def decode_batch(
     next_position = positions[:, -1:] + 1
     mask = mask.to(device)
     for step in range(max_new_tokens):
-        tokens = _next_tokens(output.logits[:, -1, :], temperature, top_p, generators)
+        tokens = next_tokens(output.logits[:, -1, :], temperature, top_p, generators)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             if ended[row]:
                 continue

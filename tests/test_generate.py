@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from screener.batch_plan import BatchBudget, kv_bytes_per_token, plan_batches
-from screener.decoding import decode_batch, top_p_probabilities
+from screener.batch_plan import BatchBudget, default_budget, kv_bytes_per_token, plan_batches
+from screener.decoding import decode_batch, next_tokens, top_p_probabilities
 from screener.generate import GenerationSettings, generate_responses, needs_transformers_generate
 from screener.model import LoadedModel
 from screener.records import Message
@@ -151,10 +151,13 @@ def test_batch_plan_by_hand() -> None:
     assert plan_batches([50, 2], 10, BatchBudget(max_rows=8, max_tokens=30)) == [[0], [1]]
 
 
-def test_kv_cache_size_by_hand(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+def test_kv_cache_size_and_default_budget_by_hand(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
     loaded = tiny_loaded("llama", tiny_tokenizer)
     # 3 layers x (key + value) x 2 KV heads x head dim 64/4 x 4 bytes
     assert kv_bytes_per_token(loaded.model) == 3 * 2 * 2 * 16 * 4
+    # fp32 on a CPU: 64 rows, and the tokens 2 GiB of that cache holds
+    assert default_budget(loaded) == BatchBudget(64, (2 << 30) // (3 * 2 * 2 * 16 * 4))
+    assert default_budget(loaded, max_rows=5).max_rows == 5
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:
@@ -162,6 +165,18 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:
     kept = top_p_probabilities(logits, 1.0, 0.7)
     assert kept[0].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
     assert top_p_probabilities(logits, 1.0, 0.5)[0].tolist() == pytest.approx([0.5, 0, 0, 0])
+
+
+def test_draws_follow_the_probabilities() -> None:
+    """3,000 rows, one generator each: token frequencies match p within 0.03; at top-p 0.7 the
+    least likely token is never drawn and the other two keep their 5:3 ratio."""
+    p = torch.tensor([0.5, 0.3, 0.2])
+    logits = torch.log(p).repeat(3000, 1)
+    generators = [torch.Generator().manual_seed(i) for i in range(3000)]
+    counts = torch.bincount(next_tokens(logits, 1.0, 1.0, generators), minlength=3) / 3000
+    assert torch.allclose(counts, p, atol=0.03)
+    nucleus = torch.bincount(next_tokens(logits, 1.0, 0.7, generators), minlength=3) / 3000
+    assert nucleus[2] == 0 and abs(float(nucleus[0]) - 0.625) < 0.03
 
 
 def test_sampling_is_seeded_per_prompt_not_per_batch(
