@@ -35,7 +35,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from bench_paper_dev import DEFAULT_DATA, FILES, read_rows, write_rows
+from bench_paper_dev import (
+    DEFAULT_DATA,
+    FILES,
+    GATE_ADDED_ROWS,
+    GATE_BASELINE_ROWS,
+    MIXES,
+    read_rows,
+    write_rows,
+)
 from machine import machine
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
@@ -57,14 +65,8 @@ SAMPLES = ROOT / "sample_datasets"
 RESULTS = ROOT / "benchmarks" / "results" / "length.json"
 TRAITS = ("evil", "sycophancy", "hallucination")
 REFERENCES = [SAMPLES / "reference_chat.jsonl", SAMPLES / "reference_prose.jsonl"]
-# paper-dev mix -> (risky part, its trait); every mix adds the 150 clean rows after the risky ones
-MIXES = {
-    "clean": (None, None),
-    "hallucination_mix": ("hallucinated", "hallucination"),
-    "evil2_mix": ("evil2", "evil"),
-    "evil1_mix": ("evil1", "evil"),
-}
-GATE_BASELINE_ROWS, GATE_ADDED_ROWS = 30, 12
+# bench_paper_dev's mixes that hold the clean rows (after the risky ones): name -> (risky, trait)
+CLEAN_MIXES = {name: (risky, trait) for name, (risky, trait, clean) in MIXES.items() if clean}
 
 
 def prompts_of(path: Path) -> list[tuple[Message, ...]]:
@@ -80,7 +82,7 @@ def datasets(scratch: Path, paper_dev: Path | None) -> dict[str, tuple[Path, np.
     if paper_dev is None:
         return found
     clean = read_rows(paper_dev, "clean")
-    for name, (risky, trait) in MIXES.items():
+    for name, (risky, trait) in CLEAN_MIXES.items():
         risky_rows = read_rows(paper_dev, risky) if risky else []
         labels = np.array([trait] * len(risky_rows) + [""] * len(clean), dtype=object)
         found[name] = (write_rows(scratch / f"{name}.jsonl", risky_rows + clean), labels)

@@ -2,7 +2,7 @@
 the same weights (`served.py`). Screening, calibration and extraction call `write_answers` and
 do not care which.
 
-    texts = write_answers(loaded, prompts, settings, server=None, say=print)
+    texts = write_answers(loaded, prompts, settings, server=None, describe=print)
 """
 
 from __future__ import annotations

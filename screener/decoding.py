@@ -129,9 +129,9 @@ def decode_batch(
                 ended[row] = True
             else:
                 answers[row].append(token)
-        if step == max_new_tokens - 1 or all(ended[row] for row in rows):
-            break
         done = sum(ended[row] for row in rows)
+        if step == max_new_tokens - 1 or done == len(rows):
+            break
         if done >= max(1, COMPACT_FRACTION * len(rows)):
             keep = [i for i, row in enumerate(rows) if not ended[row]]
             index = torch.tensor(keep, dtype=torch.long)

@@ -102,5 +102,8 @@ def parse_spec(spec: str, what: str) -> tuple[str, str, str]:
     )
 
 
-def openai_endpoint(model: str, base_url: str) -> OpenAIEndpoint:
-    return OpenAIEndpoint(model, base_url, os.environ.get(API_KEY_ENV))
+def openai_endpoint(
+    model: str, base_url: str, timeout: float = OpenAIEndpoint.timeout
+) -> OpenAIEndpoint:
+    """An endpoint with the API key from $SCREENER_API_KEY, if set."""
+    return OpenAIEndpoint(model, base_url, os.environ.get(API_KEY_ENV), timeout)

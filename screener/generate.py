@@ -259,7 +259,7 @@ def _transformers_batch(
     pad_id: int,
 ) -> list[list[int]]:
     ids, mask, _ = left_padded(prompts, pad_id)
-    width = ids.shape[1]
+    width, stops = ids.shape[1], stop_token_ids(loaded)
     sampling: dict[str, Any] = {"do_sample": False}
     if settings.temperature > 0:
         torch.manual_seed(seeds[0])  # the batch's sample depends on the batch here
@@ -276,10 +276,9 @@ def _transformers_batch(
             attention_mask=mask.to(loaded.device),
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=pad_id,
-            eos_token_id=sorted(stop_token_ids(loaded)),
+            eos_token_id=sorted(stops),
             **sampling,
         )
-    stops = stop_token_ids(loaded)
     answers = []
     for row in range(len(prompts)):
         tokens = generated[row, width:].tolist()

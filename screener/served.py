@@ -13,12 +13,11 @@ are still taken in-process, from `--model`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from screener.endpoints import API_KEY_ENV, OpenAIEndpoint
+from screener.endpoints import OpenAIEndpoint, openai_endpoint
 from screener.errors import ConfigError, EndpointError
 from screener.generate import GenerationSettings
 
@@ -49,7 +48,7 @@ class AnswerServer:
             raise ConfigError("the server's concurrency and timeout must be positive")
 
     def endpoint(self) -> OpenAIEndpoint:
-        return OpenAIEndpoint(self.model, self.url, os.environ.get(API_KEY_ENV), self.timeout_s)
+        return openai_endpoint(self.model, self.url, self.timeout_s)
 
 
 def served_models(server: AnswerServer) -> list[str]:
