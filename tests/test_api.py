@@ -18,6 +18,7 @@ from screener.errors import ConfigError
 from screener.model import LoadedModel
 from screener.reader.memory import MEMORY_SOURCE
 from screener.screening import FlagRule
+from tests.test_reader import prepare_hub_cache
 from tests.test_screen import (  # noqa: F401
     STEPS,
     loaded,
@@ -220,3 +221,25 @@ def test_the_splits_of_a_saved_dataset_dict_stay_splits(
         assert written.columns == list(part[0])
         assert written["id"].to_list() == [r["id"] for r in part if r["id"] in kept]
     assert 0 < len(kept) < len(records)
+
+
+def test_a_hub_dataset_in_the_local_cache_is_screened_split_by_split(
+    loaded: LoadedModel,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    records = flat(rows())
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    prepare_hub_cache(cache, "acme/chats", {"train": records[:6], "test": records[6:]})
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    result = screener.screen("acme/chats", model=loaded, out=out, **options(tmp_path))
+    assert result.summary.counts.rows_read == len(records)
+    assert sorted(p.name for p in (out / "filtered").iterdir()) == ["test.parquet", "train.parquet"]
+    kept = set(result.scores.filter(~pl.col("flagged"))["id"])
+    for split, part in (("train", records[:6]), ("test", records[6:])):
+        written = pl.read_parquet(out / "filtered" / f"{split}.parquet")
+        assert written["id"].to_list() == [r["id"] for r in part if r["id"] in kept]
+    assert set(result.scores["source"]) == {"acme/chats[train]", "acme/chats[test]"}

@@ -449,15 +449,87 @@ def test_a_missing_id_field_is_an_error_that_lists_the_columns(tmp_path: Path) -
     assert len(list(read_dataset(no_ids))) == 1
 
 
-def test_a_hub_dataset_id_says_how_to_screen_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def prepare_hub_cache(cache: Path, name: str, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Leave `name` (owner/name) in the datasets cache `cache` as `datasets.load_dataset(name)`
+    leaves a hub dataset: prepared by a real builder (json here, parquet for most hub datasets)
+    under CACHE/owner___name/default/0.0.0/HASH. Offline, `load_dataset(name)` then reads it."""
+    from datasets.packaged_modules.json.json import Json
+
+    owner, short = name.split("/")
+    files = {
+        split: str(write_jsonl(cache.parent / f"{short}-{split}.jsonl", rows))
+        for split, rows in splits.items()
+    }
+    builder = Json(cache_dir=str(cache), dataset_name=short, data_files=files, hash="0123abcd")
+    builder.download_and_prepare()
+    # a hub builder names its folder owner___name and its configuration `default`; from local
+    # files the json builder writes name/default-DATAFILESHASH
+    (cache / short).rename(cache / f"{owner}___{short}")
+    [config] = (cache / f"{owner}___{short}").iterdir()
+    config.rename(config.parent / "default")
+
+
+@pytest.fixture
+def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import datasets
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def test_a_hub_dataset_in_the_local_cache_is_read_split_by_split(
+    datasets_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+
+    rows = [{"id": f"r{i}", "prompt": f"Q{i}", "response": f"A{i}"} for i in range(5)]
+    prepare_hub_cache(datasets_cache, "acme/chats", {"train": rows[:3], "test": rows[3:]})
+    monkeypatch.chdir(tmp_path)
+    samples, rejected = read_all("acme/chats")
+    assert rejected == []
+    # the rows `datasets` itself loads from that cache, offline, split by split and in order
+    loaded = datasets.load_dataset("acme/chats", cache_dir=str(datasets_cache))
+    expected = [
+        (f"acme/chats[{split}]", line, row["id"], row["response"])
+        for split in ("train", "test")
+        for line, row in enumerate(loaded[split], 1)
+    ]
+    assert [(s.source, s.line, s.id, s.response) for s in samples] == expected
+    assert [e[2] for e in expected] == ["r0", "r1", "r2", "r3", "r4"]
+
+
+def test_a_hub_dataset_with_several_cached_configurations_asks_for_one(
+    datasets_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{"prompt": "Q", "response": "A"}]
+    prepare_hub_cache(datasets_cache, "acme/chats", {"train": rows})
+    root = datasets_cache / "acme___chats"
+    (root / "default").rename(root / "en")
+    prepare_hub_cache(datasets_cache / "other", "acme/chats", {"train": rows})
+    (datasets_cache / "other" / "acme___chats" / "default").rename(root / "fr")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as info:
+        list(read_dataset("acme/chats"))
+    assert str(info.value) == (
+        f"acme/chats: the local datasets cache ({root}) holds several configurations of this "
+        "dataset (en, fr): save the one to screen with datasets.load_dataset('acme/chats', "
+        "CONFIG).save_to_disk(DIR) and screen DIR"
+    )
+
+
+def test_a_hub_dataset_id_not_in_the_cache_says_how_to_make_it_available(
+    datasets_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError) as info:
         list(read_dataset("HuggingFaceH4/ultrachat_200k"))
-    message = str(info.value)
-    assert message.startswith("HuggingFaceH4/ultrachat_200k: no such file or directory (a Hugging")
-    assert "save_to_disk(DIR)" in message and "\n" not in message
+    assert str(info.value) == (
+        "HuggingFaceH4/ultrachat_200k: no such file or directory (a Hugging Face dataset id? it "
+        f"is not in the local datasets cache ({datasets_cache}) and screener downloads nothing: "
+        "run datasets.load_dataset('HuggingFaceH4/ultrachat_200k') here while online, or save "
+        "it elsewhere with .save_to_disk(DIR) or .to_json(FILE.jsonl) and screen that)"
+    )
     with pytest.raises(InputError) as info:
         list(read_dataset("data/missing.jsonl"))  # a file path: no hint
     assert str(info.value) == "data/missing.jsonl: no such file or directory"

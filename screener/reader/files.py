@@ -1,5 +1,6 @@
-"""Which data files a path names: a file, a `save_to_disk` directory, or a directory of data
-files (each read by its own type; other files are listed as skipped), and their rows in turn.
+"""Which data files a path names: a file, a `save_to_disk` directory, a directory of data
+files (each read by its own type; other files are listed as skipped), or a hub dataset id in
+the local datasets cache; and their rows in turn.
 """
 
 from __future__ import annotations
@@ -8,19 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from screener.errors import InputError
+from screener.reader.hub_cache import find_cached, iter_cached, not_found_hint
 from screener.reader.sources import (
     FILE_TYPES,
     RawRow,
     is_saved_dataset,
     iter_file,
     iter_saved_dataset,
+    saved_splits,
 )
 
 
 def list_data_files(path: Path) -> list[Path]:
-    """The data files under `path`: itself, or the supported files in a directory (sorted)."""
+    """The data files under `path`: itself, or the supported files in a directory (sorted). A
+    hub dataset id (`owner/name`) that the local datasets cache holds is its own data file."""
     if not path.exists():
-        raise InputError(f"no such file or directory{_hub_hint(path)}", source=str(path))
+        if find_cached(path) is not None:
+            return [path]
+        raise InputError(f"no such file or directory{not_found_hint(path)}", source=str(path))
     if path.is_file() or is_saved_dataset(path):
         return [path]
     files = sorted(
@@ -37,17 +43,14 @@ def list_data_files(path: Path) -> list[Path]:
     return files
 
 
-def _hub_hint(path: Path) -> str:
-    """For a missing path that reads like a Hugging Face dataset id (`owner/name`), how to
-    screen that dataset: nothing is downloaded here."""
-    parts = str(path).split("/")
-    if len(parts) != 2 or not all(parts) or path.suffix or str(path).startswith((".", "~")):
-        return ""
-    return (
-        f" (a Hugging Face dataset id? screener reads local data only: save it with "
-        f"datasets.load_dataset({str(path)!r}).save_to_disk(DIR) or to_json(FILE.jsonl) on a "
-        "machine that can download it, and screen that)"
-    )
+def splits_of(file: Path) -> list[str]:
+    """The splits of a data file from `list_data_files` that holds several (a `save_to_disk`
+    DatasetDict or a cached hub dataset); none for anything else. The rows of split S come with
+    the source `split_source(file, S)`."""
+    if not file.exists():
+        cached = find_cached(file)
+        return list(cached.splits) if cached is not None else []
+    return saved_splits(file)
 
 
 def _is_documentation(path: Path) -> bool:
@@ -77,15 +80,26 @@ def skipped_files(path: Path) -> list[Path]:
 def iter_path(path: Path) -> Iterator[RawRow]:
     """Rows of every data file at `path`, file after file."""
     for file in list_data_files(path):
-        yield from (iter_saved_dataset(file) if is_saved_dataset(file) else iter_file(file))
+        cached = None if file.exists() else find_cached(file)
+        if cached is not None:
+            yield from iter_cached(cached)
+        elif is_saved_dataset(file):
+            yield from iter_saved_dataset(file)
+        else:
+            yield from iter_file(file)
 
 
 def expected_rows(path: Path) -> int | None:
     """About how many rows `path` holds, cheaply, for progress (None when only reading would
     tell: a .json array). Lines of JSONL (blank ones excepted) and CSV (less the header; a
-    quoted field across lines makes it an over-estimate), parquet and save_to_disk metadata."""
+    quoted field across lines makes it an over-estimate), parquet, save_to_disk and cached hub
+    dataset metadata."""
     total = 0
     for file in list_data_files(path):
+        cached = None if file.exists() else find_cached(file)
+        if cached is not None:
+            total += cached.num_rows
+            continue
         if is_saved_dataset(file):
             from datasets import Dataset, load_from_disk
 

@@ -13,9 +13,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from screener.errors import InputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 FILE_TYPES = {
     ".jsonl": "jsonl",
@@ -341,14 +344,16 @@ def iter_saved_dataset(path: Path) -> Iterator[RawRow]:
         else [(split_source(path, name), split) for name, split in loaded.items()]
     )
     for source, split in splits:
-        batches = (
-            [
-                dict(zip(columns, values, strict=True))
-                for values in zip(*columns.values(), strict=True)
-            ]
-            for columns in split.iter(batch_size=_BATCH_ROWS)
-        )
-        yield from _rows_from_batches(source, batches)
+        yield from rows_of_dataset(source, split)
+
+
+def rows_of_dataset(source: str, dataset: Dataset) -> Iterator[RawRow]:
+    """Rows of a `datasets.Dataset`, read in batches; line numbers count from 1."""
+    batches = (
+        [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        for columns in dataset.iter(batch_size=_BATCH_ROWS)
+    )
+    yield from _rows_from_batches(source, batches)
 
 
 def iter_file(path: Path) -> Iterator[RawRow]:

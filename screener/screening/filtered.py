@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
-from screener.reader.files import list_data_files
+from screener.reader.files import list_data_files, splits_of
 from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
-from screener.reader.sources import FILE_TYPES, saved_splits, split_source
+from screener.reader.sources import FILE_TYPES, split_source
 
 _PARQUET_BATCH = 1024
 
@@ -135,8 +135,8 @@ class FilteredWriter:
             self._open(MEMORY_SOURCE, kind, self.out_dir / f"filtered.{kind}", None, schema)
             return self
         for file in list_data_files(self.data):
-            splits = saved_splits(file)
-            if splits:  # a DatasetDict: each split keeps its own output
+            splits = splits_of(file)
+            if splits:  # a DatasetDict or hub dataset: each split keeps its own output
                 for split in splits:
                     name = split if file == self.data else f"{file.name}-{split}"
                     final = self.out_dir / "filtered" / _safe_name(f"{name}.parquet")
