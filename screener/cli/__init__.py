@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from screener import __version__
-from screener.cli import data, gate, report, screen, validate, vectors
+from screener.cli import data, gate, monitor, report, screen, validate, vectors
 from screener.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from screener.errors import ScreenerError
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register(commands)
     gate.register(commands)
     validate.register(commands)
+    monitor.register(commands)
     return parser
 
 

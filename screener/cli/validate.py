@@ -132,6 +132,14 @@ def register(commands: Any) -> None:
         help="also score every answer 0-100 with the trait pack's rubric: none (default), "
         "openai:MODEL@BASE_URL (key from $SCREENER_API_KEY) or local:MODEL",
     )
+    validate.add_argument(
+        "--save-models",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep every trained model in DIR/<training set> (the LoRA adapter, or the full "
+        "model), e.g. for screener monitor checkpoints",
+    )
     add_model_options(validate, model_default_help="the model the run used")
     add_quiet_option(validate)
     validate.set_defaults(run=_run_validate)
@@ -197,6 +205,7 @@ def _run_validate(args: argparse.Namespace) -> int:
         progress=say,
         step_progress=StepBar(args.quiet),
         command=args.command_line,
+        save_models=args.save_models,
     )
     document = result.to_json()
     for trait, r in document["pearson_r"].items():

@@ -152,7 +152,7 @@ def _number(value: Any, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("screener", "report"),
         autoescape=True,  # every {{ value }} is HTML-escaped
@@ -218,7 +218,7 @@ def render_report(run: RunFiles, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> s
     )
     categories = category_breakdown(run.scores, summary.categories, traits)
     return (
-        _environment()
+        template_environment()
         .get_template("report.html.j2")
         .render(
             summary=summary,

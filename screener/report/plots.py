@@ -20,7 +20,7 @@ SHORT_SCORE_NAMES = {"delta": "ΔP", "prompt_last": "last-prompt projection"}
 MAX_SCATTER_POINTS = 20_000  # kept samples drawn at most; every flagged sample is drawn
 
 
-def _png(figure: Figure) -> bytes:
+def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     # A fixed Software tag and no date keep the bytes the same from one run to the next.
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": "screener"})
@@ -32,7 +32,7 @@ def png_data_uri(png: bytes) -> str:
 
 
 def _data_uri(figure: Figure) -> str:
-    return png_data_uri(_png(figure))
+    return png_data_uri(png(figure))
 
 
 def histogram(
@@ -177,4 +177,4 @@ def validation_plot(document: dict[str, Any]) -> bytes:
             sweep.set_xlabel("preventative steering coefficient")
             sweep.set_ylabel(f"{trait} shift")
             sweep.legend(fontsize="x-small", frameon=False)
-    return _png(figure)
+    return png(figure)

@@ -22,17 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from screener.atomic import atomic_path
+from screener.paths import safe_file_name
 from screener.reader.files import list_data_files, splits_of
 from screener.reader.memory import MEMORY_SOURCE, InMemoryData, arrow_schema, as_data
 from screener.reader.sources import FILE_TYPES, split_source
 
 _PARQUET_BATCH = 1024
-
-
-def _safe_name(text: str) -> str:
-    """A file name from a source label (keeps it inside the output directory)."""
-    name = Path(text).name or "data"
-    return "".join(c if c.isalnum() or c in "._-[]" else "_" for c in name).lstrip(".") or "data"
 
 
 class _RowWriter:
@@ -126,7 +121,7 @@ class FilteredWriter:
         if file == self.data:
             return kind, self.out_dir / f"filtered{suffix}"
         name = file.name if file.is_file() else file.name + suffix
-        return kind, self.out_dir / "filtered" / _safe_name(name)
+        return kind, self.out_dir / "filtered" / safe_file_name(name)
 
     def __enter__(self) -> FilteredWriter:
         if not isinstance(self.data, Path):  # rows in memory: parquet with their schema, or jsonl
@@ -139,7 +134,7 @@ class FilteredWriter:
             if splits:  # a DatasetDict or hub dataset: each split keeps its own output
                 for split in splits:
                     name = split if file == self.data else f"{file.name}-{split}"
-                    final = self.out_dir / "filtered" / _safe_name(f"{name}.parquet")
+                    final = self.out_dir / "filtered" / safe_file_name(f"{name}.parquet")
                     self._open(split_source(file, split), "parquet", final, None, None)
                 continue
             kind, final = self._target(file)

@@ -22,6 +22,8 @@ from screener.validation.datasets import (
 )
 from screener.validation.shift import (
     AnswerProjections,
+    shift_standard_error,
+    trait_shift,
 )
 from screener.validation.training import ValidateSettings
 
@@ -35,6 +37,19 @@ class Shift:
     after_mean: float
     answers: int
     judge_shift: float | None = None  # the judge's mean trait score (0-100) after minus before
+
+    @classmethod
+    def between(
+        cls, before: AnswerProjections, after: AnswerProjections, judge_shift: float | None = None
+    ) -> Shift:
+        """The shift from `before` to `after` (the same questions, answered by two models)."""
+        return cls(
+            trait_shift(before, after),
+            shift_standard_error(before, after),
+            after.mean,
+            len(after.projections),
+            judge_shift,
+        )
 
 
 @dataclass
@@ -52,6 +67,7 @@ class TrainingRun:
     last_loss: float
     seconds: float
     example_answer: str  # the trained model's answer to the first question of the first trait
+    saved_to: str | None = None  # where the trained model (or LoRA adapter) was saved
 
 
 @dataclass
@@ -150,6 +166,7 @@ class ValidationResult:
                     "last_loss": run.last_loss,
                     "seconds": run.seconds,
                     "example_answer": run.example_answer,
+                    **({"saved_to": run.saved_to} if run.saved_to else {}),
                 }
                 for run in self.runs
             ],
@@ -163,17 +180,17 @@ class ValidationResult:
             },
             "command": self.command,
         }
-        return _without_nan(document)
+        return without_nan(document)
 
 
-def _without_nan(value: Any) -> Any:
+def without_nan(value: Any) -> Any:
     """`value` with every non-finite float replaced by None (JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
+        return {key: without_nan(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_nan(item) for item in value]
+        return [without_nan(item) for item in value]
     return value
 
 

@@ -27,6 +27,7 @@ from screener.generate import GenerationSettings
 from screener.judge import Judge, make_judge
 from screener.model import LoadedModel
 from screener.options import ModelOptions, resolve_model
+from screener.paths import safe_file_name
 from screener.reader import read_dataset
 from screener.records import Sample
 from screener.report import write_report
@@ -42,12 +43,7 @@ from screener.validation.datasets import (
 )
 from screener.validation.finetune import Steer
 from screener.validation.result import Shift, TrainingRun, ValidationResult, write_validation
-from screener.validation.shift import (
-    AnswerProjections,
-    answer_projections,
-    shift_standard_error,
-    trait_shift,
-)
+from screener.validation.shift import AnswerProjections, answer_projections
 from screener.validation.training import (
     ValidateSettings,
     check_trainable,
@@ -97,9 +93,13 @@ def validate(
     progress: Callable[[str], None] | None = None,
     step_progress: Callable[[str, int, int, float], None] | None = None,
     judge: Judge | None = None,
+    save_models: Path | None = None,
 ) -> ValidationResult:
     """Finetune on every training set with every steering coefficient and measure each trained
     model's shift for every trait, against the untouched model measured once.
+
+    save_models: a directory that gets each trained model (the LoRA adapter, or the full model)
+    in a subdirectory named after its training set (and steering), for `screener monitor`.
 
     Steering adds the unit vector of the trait a set was chosen by (else the first trait) at
     that trait's layer.
@@ -146,17 +146,19 @@ def validate(
             started = time.perf_counter()
             say(f"{label}: finetuning on {len(training_set.samples)} samples")
             report = None if step_progress is None else partial(step_progress, label)
+            saved = None
+            if save_models is not None:
+                suffix = f"-steer-{steered}-{coef:g}" if coef else ""
+                saved = save_models / safe_file_name(f"{training_set.name}{suffix}")
             with trained_model(
-                loaded, training_set.samples, settings, steer=steer, progress=report
+                loaded, training_set.samples, settings, steer=steer, progress=report, save_to=saved
             ) as (trained, log):
                 after = measure(trained, vectors, traits, questions, settings.generation)
             shifts = {
-                trait: Shift(
-                    trait_shift(baseline[trait], after[trait]),
-                    shift_standard_error(baseline[trait], after[trait]),
-                    after[trait].mean,
-                    len(after[trait].projections),
-                    _judge_shift(judge, packs[trait], after[trait], result.baseline_judge, trait),
+                trait: Shift.between(
+                    baseline[trait],
+                    after[trait],
+                    judge_shift(judge, packs[trait], after[trait], result.baseline_judge, trait),
                 )
                 for trait in traits
             }
@@ -180,6 +182,7 @@ def validate(
                     log.losses[-1],
                     round(time.perf_counter() - started, 1),
                     after[traits[0]].answers[0] if after[traits[0]].answers else "",
+                    None if saved is None else str(saved),
                 )
             )
             say(
@@ -191,13 +194,14 @@ def validate(
     return result
 
 
-def _judge_shift(
+def judge_shift(
     judge: Judge | None,
     pack: TraitPack,
     after: AnswerProjections,
     baseline: dict[str, float | None],
     trait: str,
 ) -> float | None:
+    """The judge's mean score of `after` minus the baseline's (None without a judge or a score)."""
     if judge is None:
         return None
     before, now = baseline.get(trait), judge_mean(judge, pack, after)
@@ -280,6 +284,7 @@ def validate_run(
     progress: Callable[[str], None] | None = None,
     step_progress: Callable[[str, int, int, float], None] | None = None,
     command: str = "",
+    save_models: Path | None = None,
 ) -> ValidationResult:
     """Validate the screen run in `run_dir`: finetune on `subsets` of its rows (`size` each,
     ranked by each of `traits`, default the run's first trait) or on the user's `datasets`,
@@ -287,6 +292,7 @@ def validate_run(
 
     data: where the screened data is now (default: the path the run recorded).
     judge: `none`, `openai:MODEL@BASE_URL` or `local:MODEL`: also score the answers 0-100.
+    save_models: keep each trained model (LoRA adapter or full model) in a subdirectory here.
     model: a model, its name or its options; the model the run used where none is named. Full
         finetuning loads it in fp32 when its dtype is auto. A local judge uses its dtype and
         device.
@@ -360,6 +366,7 @@ def validate_run(
         progress=say,
         step_progress=step_progress,
         judge=scorer,
+        save_models=save_models,
     )
     result.model = loaded.identity()
     result.command = command

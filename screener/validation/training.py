@@ -9,6 +9,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -73,13 +74,14 @@ class ValidateSettings:
         }
 
 
-def _require_peft() -> Any:
+def require_peft(
+    need: str = "LoRA finetuning", otherwise: str = "; or pass --finetune full for a small model"
+) -> Any:
+    """The peft module; `need` says what needs it, `otherwise` what to do instead."""
     try:
         import peft
     except ImportError:
-        raise ConfigError(
-            f"LoRA finetuning needs peft: {PEFT_INSTALL}; or pass --finetune full for a small model"
-        ) from None
+        raise ConfigError(f"{need} needs peft: {PEFT_INSTALL}{otherwise}") from None
     return peft
 
 
@@ -90,7 +92,7 @@ def check_trainable(loaded: LoadedModel, settings: ValidateSettings) -> None:
             "load it with --dtype fp32, or use --finetune lora"
         )
     if settings.method == "lora":
-        _require_peft()
+        require_peft()
 
 
 @contextlib.contextmanager
@@ -101,15 +103,18 @@ def trained_model(
     *,
     steer: Steer | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    save_to: Path | None = None,
 ) -> Iterator[tuple[LoadedModel, FinetuneLog]]:
     """A copy of `loaded` finetuned on `samples`, for the duration of the block.
 
     LoRA trains adapters on `loaded.model` itself and removes them on exit, so the model is
     left exactly as it was; `full` trains a deep copy (fp32 weights needed) that is dropped.
+    save_to: also write the trained result there with `save_pretrained` before measuring it (the
+    LoRA adapter alone, or the full model with its tokenizer), for `screener monitor`.
     """
     torch.manual_seed(settings.finetune.seed)  # the adapters' initial weights
     if settings.method == "lora":
-        peft = _require_peft()
+        peft = require_peft()
         config = peft.LoraConfig(
             r=settings.lora.rank,
             lora_alpha=settings.lora.alpha,
@@ -129,6 +134,8 @@ def trained_model(
                 progress=progress,
             )
             wrapped.eval()
+            if save_to is not None:
+                wrapped.save_pretrained(str(save_to))
             yield replace(loaded, model=wrapped.get_base_model()), log
         finally:
             wrapped.unload()  # takes the adapters out: the original modules are back in place
@@ -141,6 +148,9 @@ def trained_model(
             model, loaded.tokenizer, samples, settings.finetune, steer=steer, progress=progress
         )
         model.eval()
+        if save_to is not None:
+            model.save_pretrained(str(save_to))
+            loaded.tokenizer.save_pretrained(str(save_to))
         yield replace(loaded, model=model), log
     finally:
         del model

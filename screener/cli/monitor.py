@@ -1,0 +1,123 @@
+"""`screener monitor checkpoints`: the trait drift of checkpoints from their base model, with
+bounds a CI job can fail a release on."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from screener.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_quiet_option,
+    comma_separated,
+    progress_printer,
+)
+
+
+def register(commands: Any) -> None:
+    from screener.validation.training import DEFAULT_EVAL_TOKENS
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="measure persona drift of checkpoints against their base model",
+        description="Measure how far models have drifted along the persona vectors.",
+    )
+    kinds = monitor.add_subparsers(dest="monitor_kind", required=True, metavar="KIND")
+    checkpoints = kinds.add_parser(
+        "checkpoints",
+        help="drift of each checkpoint from the base model",
+        description="The base model and every checkpoint answer each trait's held-out "
+        "questions greedily; the answers are projected onto the base model's vectors. Prints "
+        "per checkpoint and trait the drift (mean projection minus the base model's, ± its "
+        "standard error) and writes monitor.json, monitor.png and monitor.html. Exits 1 when a "
+        "--fail-above bound is exceeded.",
+    )
+    checkpoints.add_argument(
+        "base",
+        metavar="BASE",
+        help="embedded, a .gguf file, a model directory or a Hugging Face model id",
+    )
+    checkpoints.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="model directories, model ids or PEFT adapter directories (adapters go on BASE)",
+    )
+    checkpoints.add_argument(
+        "--traits",
+        type=comma_separated,
+        default=None,
+        help="default: evil,sycophancy,hallucination",
+    )
+    checkpoints.add_argument(
+        "--vectors", default="builtin", help="BASE's vector file (default: builtin)"
+    )
+    checkpoints.add_argument(
+        "--questions",
+        type=int,
+        default=None,
+        help="ask the first N held-out questions per trait (default: all 20)",
+    )
+    checkpoints.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=DEFAULT_EVAL_TOKENS,
+        help=f"new tokens per answer (default {DEFAULT_EVAL_TOKENS})",
+    )
+    checkpoints.add_argument(
+        "--judge",
+        default="none",
+        help="also score the answers 0-100 with the trait pack's rubric: none (default), "
+        "openai:MODEL@BASE_URL (key from $SCREENER_API_KEY) or local:MODEL",
+    )
+    checkpoints.add_argument(
+        "--fail-above",
+        action="append",
+        default=[],
+        metavar="TRAIT=VALUE",
+        help="exit 1 when a checkpoint's drift for TRAIT is above VALUE with 95%% confidence "
+        "(repeatable)",
+    )
+    checkpoints.add_argument(
+        "--out", type=Path, default=None, help="default: reports/monitor-<base name>"
+    )
+    checkpoints.add_argument(
+        "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto"
+    )
+    checkpoints.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    checkpoints.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the models to run code shipped with them (off by default)",
+    )
+    add_quiet_option(checkpoints)
+    checkpoints.set_defaults(run=_run_checkpoints)
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    from screener.monitor import DriftBound, monitor_checkpoints, write_monitor
+    from screener.options import ModelOptions
+
+    bounds = [DriftBound.parse(text) for text in args.fail_above]
+    out = args.out or Path("reports") / f"monitor-{Path(args.base).stem}"
+    result = monitor_checkpoints(
+        ModelOptions(args.base, args.dtype, args.device, args.trust_remote_code),
+        args.checkpoints,
+        traits=args.traits,
+        vectors=args.vectors,
+        questions=args.questions,
+        eval_tokens=args.eval_tokens,
+        judge=args.judge,
+        bounds=bounds,
+        progress=progress_printer(args),
+        command=args.command_line,
+    )
+    print(result.table())
+    written = write_monitor(result, out, bounds)
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    failures = result.failures(bounds)
+    for failure in failures:
+        print(f"FAIL {failure}")
+    return EXIT_FAILED if failures else EXIT_OK
