@@ -358,6 +358,11 @@ def test_calibration_sets_the_default_cut_and_risk(loaded: LoadedModel, tmp_path
         assert load_calibration(path).distribution(trait, "delta").percentile(95) == (  # type: ignore[union-attr]
             pytest.approx(float(np.percentile(deltas, 95)), abs=1e-9)
         )
+        # the model's own answers: the reference for `monitor conversations`
+        answers = load_calibration(path).distribution(trait, "answer")
+        assert answers is not None and answers.values is not None
+        base = plain.scores[f"base_proj_{trait}"].to_list()
+        assert answers.values == pytest.approx(base, abs=1e-9)
 
     # the default cut: the smallest common percentile at which at most 5% of the reference
     # rows are above the cut of either trait (naive: a fine grid, cuts as np.percentile)

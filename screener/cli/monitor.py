@@ -10,9 +10,13 @@ from typing import Any
 from screener.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    add_data_options,
+    add_model_options,
     add_quiet_option,
     comma_separated,
+    model_options,
     progress_printer,
+    read_options,
 )
 
 
@@ -95,6 +99,38 @@ def register(commands: Any) -> None:
     add_quiet_option(checkpoints)
     checkpoints.set_defaults(run=_run_checkpoints)
 
+    conversations = kinds.add_parser(
+        "conversations",
+        help="flag conversations whose assistant turns show a trait, or drift toward it",
+        description="Score every assistant turn of chat logs with the model that wrote them "
+        "(its projection per trait, and the last prompt token's) and flag conversations with a "
+        "turn above the calibrated cut or turns that rise across the conversation. Writes "
+        "turns.parquet, conversations.parquet, monitor.duckdb, flagged.jsonl, rejected.jsonl, "
+        "summary.json and report.html.",
+    )
+    add_data_options(conversations)
+    conversations.add_argument(
+        "--traits",
+        type=comma_separated,
+        default=None,
+        help="default: evil,sycophancy,hallucination",
+    )
+    conversations.add_argument("--vectors", default="builtin", help="default: builtin")
+    conversations.add_argument(
+        "--calibration",
+        default="auto",
+        help="auto: the file beside the vectors (it must hold the model's own answers)",
+    )
+    conversations.add_argument(
+        "--out", type=Path, default=None, help="default: reports/monitor-<logs name>"
+    )
+    conversations.add_argument(
+        "--force", action="store_true", help="replace an --out directory that is not a run"
+    )
+    add_model_options(conversations)
+    add_quiet_option(conversations)
+    conversations.set_defaults(run=_run_conversations)
+
 
 def _run_checkpoints(args: argparse.Namespace) -> int:
     from screener.monitor import DriftBound, monitor_checkpoints, write_monitor
@@ -121,3 +157,29 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"FAIL {failure}")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _run_conversations(args: argparse.Namespace) -> int:
+    from screener.monitor import monitor_conversations
+
+    out = args.out or Path("reports") / f"monitor-{Path(args.data).stem}"
+    result = monitor_conversations(
+        args.data,
+        out=out,
+        model=model_options(args),
+        traits=args.traits,
+        vectors=args.vectors,
+        calibration=args.calibration,
+        read=read_options(args),
+        replace_out=args.force,
+        progress=progress_printer(args),
+        command=args.command_line,
+    )
+    counts = result.counts
+    print(
+        f"{counts.read} conversations: {counts.kept} kept, {counts.flagged} flagged, "
+        f"{counts.rejected} rejected; {counts.turns_scored} turns scored, "
+        f"{counts.turns_skipped} skipped"
+    )
+    print(f"wrote {out}/report.html, turns.parquet, monitor.duckdb, flagged.jsonl")
+    return EXIT_OK

@@ -33,6 +33,9 @@ DEFAULT_PERCENTILE = 95.0
 MAX_STORED_VALUES = 5000
 SCORE_KINDS = ("delta", "prompt_last")
 STYLE_KIND = "delta_style"  # ΔP along the style-controlled direction, out of fold
+# the projection of the model's own (base) answers to the reference prompts: the reference for
+# what a deployed model says (`screener monitor conversations`)
+ANSWER_KIND = "answer"
 
 
 def vector_digest(vectors: VectorFile, trait: str) -> str:
@@ -156,7 +159,7 @@ def load_calibration(path: Path) -> Calibration:
             digests[trait] = str(info["vector_sha256"])
             traits[trait] = {
                 kind: Distribution(**info[kind])
-                for kind in (*SCORE_KINDS, STYLE_KIND)
+                for kind in (*SCORE_KINDS, STYLE_KIND, ANSWER_KIND)
                 if kind in info
             }
             if "style_control" in info:

@@ -31,6 +31,7 @@ from screener.options import (
 from screener.reader import read_dataset
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.screening.calibration import (
+    ANSWER_KIND,
     STYLE_KIND,
     Calibration,
     Distribution,
@@ -92,6 +93,7 @@ def calibrate(
     )
     deltas: dict[str, list[float]] = {t: [] for t in chosen}
     lasts: dict[str, list[float]] = {t: [] for t in chosen}
+    answers: dict[str, list[float]] = {t: [] for t in chosen}
     differences: dict[str, list[np.ndarray]] = {t: [] for t in chosen}
     counts = {"rows_read": 0, "scored": 0, "rejected": 0}
     with RunStore.open(scoring.store, progress=say) as run_store:
@@ -119,6 +121,8 @@ def calibrate(
                         if (delta := sample.delta(trait)) is not None:
                             deltas[trait].append(delta)
                         lasts[trait].append(sample.prompt_last[trait])
+                        if sample.base_projection is not None:
+                            answers[trait].append(sample.base_projection[trait])
                 for trait, rows in scorer.differences(ready).items():
                     differences[trait].append(rows[~np.isnan(rows).any(axis=1)])
                 counts["scored"] += len(ready)
@@ -133,6 +137,8 @@ def calibrate(
             "delta": Distribution.of(deltas[trait]),
             "prompt_last": Distribution.of(lasts[trait]),
         }
+        if answers[trait]:
+            distributions[trait][ANSWER_KIND] = Distribution.of(answers[trait])
         stacked = np.concatenate(differences[trait])
         # a small reference supports fewer components (MIN_ROWS_PER_COMPONENT rows each)
         components = min(style_components, len(stacked) // MIN_ROWS_PER_COMPONENT)
