@@ -181,9 +181,10 @@ def register(commands: Any) -> None:
         help="measure what ordinary chat scores, to set the default flag cuts",
         description="Screen reference sets of ordinary chat in the styles your data comes in, "
         "fit each trait's style control on them, and store, per trait, the distributions of "
-        "ΔP (raw and style-controlled) and prompt-last scores. Later screen runs cut at the "
-        "percentile that flags 5% of reference rows for any trait. The file goes beside the "
-        "vector file unless --out is given.",
+        "ΔP (raw and style-controlled), prompt-last scores and the projections of the model's "
+        "own answers. Later screen runs cut at the percentile that flags 5% of reference rows "
+        "for any trait; monitor conversations cuts the model's own answers alike. The file "
+        "goes beside the vector file unless --out is given.",
     )
     calibrate.add_argument(
         "--reference",
