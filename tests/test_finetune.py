@@ -14,8 +14,8 @@ from screener.validation.finetune import (
     IGNORE_INDEX,
     FinetuneSettings,
     Steer,
-    _examples,
     finetune,
+    training_examples,
 )
 from tests.conftest import tiny_model
 
@@ -66,7 +66,7 @@ def test_same_seed_gives_the_same_weights_and_another_seed_does_not(
 
 
 def test_only_response_tokens_carry_labels(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
-    [(ids, labels)], skipped = _examples(tiny_tokenizer, samples(1), max_tokens=256)
+    [(ids, labels)], skipped = training_examples(tiny_tokenizer, samples(1), max_tokens=256)
     prompt = tiny_tokenizer.apply_chat_template(
         [{"role": "user", "content": "say the word number 0"}],
         tokenize=True,
@@ -78,7 +78,7 @@ def test_only_response_tokens_carry_labels(tiny_tokenizer: PreTrainedTokenizerFa
     assert labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
     assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :]
     # Truncated inside the prompt: nothing left to learn from, counted as skipped.
-    none, skipped = _examples(tiny_tokenizer, samples(1), max_tokens=len(prompt_ids))
+    none, skipped = training_examples(tiny_tokenizer, samples(1), max_tokens=len(prompt_ids))
     assert none == [] and skipped == 1
 
 

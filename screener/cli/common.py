@@ -23,18 +23,23 @@ def comma_separated(text: str) -> list[str]:
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, *, model_default_help: str | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    model_default_help: str | None = None,
+    with_model: bool = True,
 ) -> None:
     """--model, --dtype, --device, --trust-remote-code. With `model_default_help`, --model
-    defaults to None and its help names what the command uses instead (e.g. the run's model)."""
+    defaults to None and its help names what the command uses instead (e.g. the run's model).
+    Without `with_model`, no --model (the command names its models otherwise)."""
     kinds = "a .gguf file, a local model directory, or a Hugging Face model id"
-    parser.add_argument(
-        "--model",
-        default="embedded" if model_default_help is None else None,
-        help=f"embedded (SmolLM2-135M-Instruct, default), {kinds}"
-        if model_default_help is None
-        else f"embedded (SmolLM2-135M-Instruct), {kinds} (default: {model_default_help})",
-    )
+    if with_model:
+        parser.add_argument(
+            "--model",
+            default="embedded" if model_default_help is None else None,
+            help=f"embedded (SmolLM2-135M-Instruct, default), {kinds}"
+            if model_default_help is None
+            else f"embedded (SmolLM2-135M-Instruct), {kinds} (default: {model_default_help})",
+        )
     parser.add_argument(
         "--dtype",
         default="auto",

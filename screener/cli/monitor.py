@@ -88,14 +88,9 @@ def register(commands: Any) -> None:
         "--out", type=Path, default=None, help="default: reports/monitor-<base name>"
     )
     checkpoints.add_argument(
-        "--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default auto"
+        "--force", action="store_true", help="replace an --out directory that is not a run"
     )
-    checkpoints.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    checkpoints.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow the models to run code shipped with them (off by default)",
-    )
+    add_model_options(checkpoints, with_model=False)
     add_quiet_option(checkpoints)
     checkpoints.set_defaults(run=_run_checkpoints)
 
@@ -135,9 +130,11 @@ def register(commands: Any) -> None:
 def _run_checkpoints(args: argparse.Namespace) -> int:
     from screener.monitor import DriftBound, monitor_checkpoints, write_monitor
     from screener.options import ModelOptions
+    from screener.run_directory import check_out_dir
 
     bounds = [DriftBound.parse(text) for text in args.fail_above]
     out = args.out or Path("reports") / f"monitor-{Path(args.base).stem}"
+    check_out_dir(out, replace=args.force)
     result = monitor_checkpoints(
         ModelOptions(args.base, args.dtype, args.device, args.trust_remote_code),
         args.checkpoints,

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from screener.atomic import atomic_path, write_text_atomic
 from screener.errors import ConfigError
 from screener.generate import GenerationSettings
 from screener.model import ModelIdentity
-from screener.validation.result import Shift, without_nan
+from screener.run_directory import staged_run, write_manifest
+from screener.validation.result import Shift, baseline_json, without_nan
 from screener.validation.shift import AnswerProjections
 
 MONITOR_JSON = "monitor.json"
@@ -117,15 +117,7 @@ class MonitorResult:
             "questions": self.questions,
             "generation": self.generation.as_dict(),
             "judge": self.judge,
-            "baseline": {
-                trait: {
-                    "mean": answers.mean,
-                    "standard_error": answers.standard_error,
-                    "answers": len(answers.projections),
-                    "judge_mean": self.baseline_judge.get(trait),
-                }
-                for trait, answers in self.baseline.items()
-            },
+            "baseline": baseline_json(self.baseline, self.baseline_judge),
             "checkpoints": [
                 {
                     "name": checkpoint.name,
@@ -147,17 +139,17 @@ class MonitorResult:
 
 
 def write_monitor(result: MonitorResult, out: Path, bounds: list[DriftBound]) -> list[Path]:
-    """monitor.json, monitor.png (drift against checkpoint) and monitor.html in `out`."""
+    """monitor.json, monitor.png (drift against checkpoint) and monitor.html, replacing `out`
+    whole (check it first with `run_directory.check_out_dir`)."""
     from screener.report.monitor import drift_plot, render_monitor
 
-    out.mkdir(parents=True, exist_ok=True)
     document = result.to_json(bounds)
-    json_path, plot_path, html_path = out / MONITOR_JSON, out / MONITOR_PLOT, out / MONITOR_HTML
-    write_text_atomic(
-        json_path, json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    )
     plot = drift_plot(document)
-    with atomic_path(plot_path) as temporary:
-        temporary.write_bytes(plot)
-    write_text_atomic(html_path, render_monitor(document, plot))
-    return [json_path, plot_path, html_path]
+    names = [MONITOR_JSON, MONITOR_PLOT, MONITOR_HTML]
+    with staged_run(out) as staging:
+        text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        (staging / MONITOR_JSON).write_text(text, encoding="utf-8")
+        (staging / MONITOR_PLOT).write_bytes(plot)
+        (staging / MONITOR_HTML).write_text(render_monitor(document, plot), encoding="utf-8")
+        write_manifest(staging, names)
+    return [out / name for name in names]

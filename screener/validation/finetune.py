@@ -80,7 +80,7 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_supports_bf16()
 
 
-def _examples(
+def training_examples(
     tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sample], max_tokens: int
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """(input ids, labels) per sample: labels copy the response tokens, IGNORE_INDEX elsewhere."""
@@ -100,7 +100,7 @@ def _examples(
     return examples, skipped
 
 
-def _batch(
+def padded_batch(
     examples: Sequence[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input ids, attention mask, labels), each (batch, tokens)."""
@@ -129,7 +129,7 @@ def finetune(
     The shuffling order comes from `settings.seed`, so the same model, samples and settings
     give the same weights.
     """
-    examples, skipped = _examples(tokenizer, samples, settings.max_tokens)
+    examples, skipped = training_examples(tokenizer, samples, settings.max_tokens)
     if not examples:
         raise ScreenerError(
             f"nothing to train on: none of the {len(samples)} samples has a response token "
@@ -166,7 +166,7 @@ def finetune(
                 order = torch.randperm(len(examples), generator=order_generator).tolist()
                 for start in range(0, len(order), settings.batch_size):
                     chosen = [examples[i] for i in order[start : start + settings.batch_size]]
-                    ids, mask, labels = (t.to(device) for t in _batch(chosen, pad_id))
+                    ids, mask, labels = (t.to(device) for t in padded_batch(chosen, pad_id))
                     with autocast:
                         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                     optimizer.zero_grad(set_to_none=True)

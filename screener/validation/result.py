@@ -133,15 +133,7 @@ class ValidationResult:
             "settings": self.settings.as_dict(),
             "judge": self.judge,
             "model": {} if self.model is None else asdict(self.model),
-            "baseline": {
-                trait: {
-                    "mean": answers.mean,
-                    "standard_error": answers.standard_error,
-                    "answers": len(answers.projections),
-                    "judge_mean": self.baseline_judge.get(trait),
-                }
-                for trait, answers in self.baseline.items()
-            },
+            "baseline": baseline_json(self.baseline, self.baseline_judge),
             "training_sets": [
                 {
                     "name": ts.name,
@@ -181,6 +173,21 @@ class ValidationResult:
             "command": self.command,
         }
         return without_nan(document)
+
+
+def baseline_json(
+    baseline: dict[str, AnswerProjections], judged: dict[str, float | None]
+) -> dict[str, dict[str, Any]]:
+    """The untouched (or base) model's measurement per trait, as the JSON files record it."""
+    return {
+        trait: {
+            "mean": answers.mean,
+            "standard_error": answers.standard_error,
+            "answers": len(answers.projections),
+            "judge_mean": judged.get(trait),
+        }
+        for trait, answers in baseline.items()
+    }
 
 
 def without_nan(value: Any) -> Any:
