@@ -171,9 +171,12 @@ def steering_order(loaded: LoadedModel, scratch: Path) -> dict[str, Any]:
 
 
 def multi_turn(loaded: LoadedModel, count: int, steer_from: int | None) -> list[list[Message]]:
-    """`count` four-turn conversations (the TURN_PROMPTS, each conversation's first prompt
-    varied); turns from `steer_from` (1-based) on are written with evil steering at C2."""
-    questions = load_pack("evil").eval_questions
+    """`count` (at most 60) four-turn conversations: the TURN_PROMPTS, each conversation's
+    first prompt opened by another held-out question of the evil, sycophancy and hallucination
+    packs; turns from `steer_from` (1-based) on are written with evil steering at C2."""
+    questions = [
+        q for t in ("evil", "sycophancy", "hallucination") for q in load_pack(t).eval_questions
+    ]
     conversations = [[Message("user", f"{questions[i]} {TURN_PROMPTS[0]}")] for i in range(count)]
     for turn in range(1, len(TURN_PROMPTS) + 1):
         coef = COEFS[-1] if steer_from is not None and turn >= steer_from else 0.0
@@ -186,24 +189,41 @@ def multi_turn(loaded: LoadedModel, count: int, steer_from: int | None) -> list[
 
 
 def conversations_check(loaded: LoadedModel, scratch: Path, count: int) -> dict[str, Any]:
-    found = {}
+    """Plain and steered conversations, monitored for evil alone and for the default three
+    traits: per trait set, conversations flagged (by which flag kind and trait) and the turns
+    named; per trait, the mean projection of each turn."""
+    found: dict[str, Any] = {}
     for name, steer_from in (("plain", None), ("steered_from_turn_3", 3)):
         logs = write_logs(scratch / f"{name}.jsonl", multi_turn(loaded, count, steer_from))
-        out = scratch / name
-        result = monitor_conversations(logs, out=out, model=loaded, traits=["evil"])
-        flagged = [json.loads(line) for line in (out / "flagged.jsonl").read_text().splitlines()]
-        named = [min(f["turn"] for f in record["flags"]) for record in flagged]
-        turns = pl.read_parquet(out / "turns.parquet")
-        found[name] = {
-            "conversations": result.counts.read,
-            "flagged": result.counts.flagged,
-            "named_turns": named,
-            "named_turn_3": sum(1 for t in named if t == 3),
-            "mean_projection_by_turn": [
-                float(turns.filter(pl.col("turn") == t)["projection_evil"].mean())
-                for t in range(1, len(TURN_PROMPTS) + 1)
-            ],
-        }
+        for traits in (("evil",), ("evil", "sycophancy", "hallucination")):
+            out = scratch / f"{name}-{len(traits)}"
+            result = monitor_conversations(logs, out=out, model=loaded, traits=list(traits))
+            lines = (out / "flagged.jsonl").read_text().splitlines()
+            flagged = [json.loads(line) for line in lines]
+            named = [min(f["turn"] for f in record["flags"]) for record in flagged]
+            kinds: dict[str, int] = {}
+            for record in flagged:
+                for flag in record["flags"]:
+                    key = f"{flag['trait']} {flag['kind']}"
+                    kinds[key] = kinds.get(key, 0) + 1
+            turns = pl.read_parquet(out / "turns.parquet")
+            found[f"{name}, traits {'+'.join(traits)}"] = {
+                "conversations": result.counts.read,
+                "flagged": result.counts.flagged,
+                "flags_by_trait_and_kind": kinds,
+                "named_turn_3": sum(1 for t in named if t == 3),
+                "named_turns": named,
+                "mean_projection_by_turn": {
+                    trait: [
+                        round(
+                            float(turns.filter(pl.col("turn") == t)[f"projection_{trait}"].mean()),
+                            2,
+                        )
+                        for t in range(1, len(TURN_PROMPTS) + 1)
+                    ]
+                    for trait in traits
+                },
+            }
     return found
 
 
@@ -211,24 +231,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--size", type=int, default=64, help="rows in validate's top subset")
-    parser.add_argument("--conversations", type=int, default=20)
+    parser.add_argument("--conversations", type=int, default=40)
+    parser.add_argument(
+        "--parts",
+        default="checkpoints,steering,conversations",
+        help="which parts to run; the others keep their figures in the results file",
+    )
     args = parser.parse_args()
+    parts = args.parts.split(",")
     started = time.perf_counter()
     loaded = load_model("embedded", dtype=args.dtype)
-    record: dict[str, Any] = {}
+    record: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
         store = scratch / "store.duckdb"
-        record["checkpoints"] = checkpoints_and_training(loaded, scratch, args.size, store)
-        print(json.dumps(record["checkpoints"], indent=1))
-        record["steering"] = steering_order(loaded, scratch)
-        print(json.dumps(record["steering"], indent=1))
-        record["conversations"] = conversations_check(loaded, scratch, args.conversations)
-        print(json.dumps(record["conversations"], indent=1))
-    record["seconds"] = round(time.perf_counter() - started, 1)
+        if "checkpoints" in parts:
+            record["checkpoints"] = checkpoints_and_training(loaded, scratch, args.size, store)
+            print(json.dumps(record["checkpoints"], indent=1))
+        if "steering" in parts:
+            record["steering"] = steering_order(loaded, scratch)
+            print(json.dumps(record["steering"], indent=1))
+        if "conversations" in parts:
+            record["conversations"] = conversations_check(loaded, scratch, args.conversations)
+            print(json.dumps(record["conversations"], indent=1))
+    record[f"seconds ({args.parts})"] = round(time.perf_counter() - started, 1)
     record["machine"] = {**machine(), "dtype": dtype_name(loaded.dtype)}
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)} ({record['seconds']} s)")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

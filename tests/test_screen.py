@@ -41,6 +41,7 @@ from screener.screening.calibration import (
 )
 from screener.screening.flags import DATASET_SHIFT_ALARM, bootstrap_mean, family_percentile
 from screener.screening.style import StyleControl, fit_style_control, out_of_fold_scores
+from screener.store import RunStore
 from screener.vectors import TraitVector, VectorFile, load_vectors, save_vectors
 from tests.conftest import save_tiny_model, tiny_loaded
 from tests.reference import naive_collect
@@ -584,3 +585,38 @@ def test_without_labels_the_scores_flags_and_means_are_the_same(
     assert flagged.height > 0 and set(flagged["category"]) == {"other"}
     assert flagged["cluster"].is_null().all() and bare.cluster_info == []
     assert labelled.cluster_info != [] and labelled.category_names != []
+
+
+def test_base_answers_are_keyed_by_their_length_and_calibrations_record_it(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """Answers written under another --max-new-tokens are never reused, and a run whose length
+    differs from its calibration's says so."""
+    vectors = tiny_vectors(loaded, tmp_path / "vectors.safetensors")
+    data = write_jsonl(tmp_path / "data.jsonl", rows()[:4])
+    long = run(loaded, data, tmp_path, "long", max_new_tokens=STEPS)
+    short = run(loaded, data, tmp_path, "short", max_new_tokens=2)  # the same store
+    pairs = zip(short.scores.iter_rows(named=True), long.scores.iter_rows(named=True), strict=True)
+    for record, (found, kept) in zip(rows()[:4], pairs, strict=True):
+        prompt = (Message("user", record["messages"][0]["content"]),)
+        assert found["base_response"] == naive_greedy(loaded.model, loaded.tokenizer, prompt, 2)
+        assert kept["base_response"] == naive_greedy(loaded.model, loaded.tokenizer, prompt, STEPS)
+    with RunStore.open(tmp_path / "store.duckdb") as store:
+        count = store.connection.execute("SELECT count(*) FROM base_responses_v2").fetchone()
+    assert count == (8,)  # 4 prompts x 2 lengths
+
+    calibration = calibrate(
+        data,
+        model=loaded,
+        **screen_options(vectors=vectors, max_new_tokens=STEPS, store=tmp_path / "s.db"),
+    )
+    assert calibration.generation["max_new_tokens"] == STEPS
+    save_calibration(calibration, default_calibration_path(vectors))
+    note = (
+        f"the calibration's base responses had max_new_tokens={STEPS}, this run 2: cuts may "
+        "be off (recalibrate with the same setting)"
+    )
+    same = run(loaded, data, tmp_path, "same", calibration="auto")
+    other = run(loaded, data, tmp_path, "other", calibration="auto", max_new_tokens=2)
+    assert note not in same.summary.notes and note in other.summary.notes
+    assert note.replace("'", "&#39;") in (tmp_path / "other" / "report.html").read_text()
