@@ -170,14 +170,19 @@ def steering_order(loaded: LoadedModel, scratch: Path) -> dict[str, Any]:
     return {"mean_turn_projection": means, "ordered": values[0] < values[1] < values[2]}
 
 
-def multi_turn(loaded: LoadedModel, count: int, steer_from: int | None) -> list[list[Message]]:
-    """`count` (at most 60) four-turn conversations: the TURN_PROMPTS, each conversation's
-    first prompt opened by another held-out question of the evil, sycophancy and hallucination
-    packs; turns from `steer_from` (1-based) on are written with evil steering at C2."""
+def multi_turn(
+    loaded: LoadedModel, count: int, steer_from: int | None, offset: int = 0
+) -> list[list[Message]]:
+    """`count` four-turn conversations: the TURN_PROMPTS, each conversation's first prompt
+    opened by another held-out question of the evil, sycophancy and hallucination packs (60 in
+    all; from `offset` on); turns from `steer_from` (1-based) on are written with evil steering
+    at C2."""
     questions = [
         q for t in ("evil", "sycophancy", "hallucination") for q in load_pack(t).eval_questions
     ]
-    conversations = [[Message("user", f"{questions[i]} {TURN_PROMPTS[0]}")] for i in range(count)]
+    conversations = [
+        [Message("user", f"{questions[offset + i]} {TURN_PROMPTS[0]}")] for i in range(count)
+    ]
     for turn in range(1, len(TURN_PROMPTS) + 1):
         coef = COEFS[-1] if steer_from is not None and turn >= steer_from else 0.0
         answers = steered_answers(loaded, [tuple(c) for c in conversations], coef)
@@ -189,15 +194,23 @@ def multi_turn(loaded: LoadedModel, count: int, steer_from: int | None) -> list[
 
 
 def conversations_check(loaded: LoadedModel, scratch: Path, count: int) -> dict[str, Any]:
-    """Plain and steered conversations, monitored for evil alone and for the default three
-    traits: per trait set, conversations flagged (by which flag kind and trait) and the turns
-    named; per trait, the mean projection of each turn."""
+    """Plain and steered conversations, monitored for evil alone, for the default three traits,
+    and for the three with the cuts from a baseline of other plain conversations: conversations
+    flagged (by which flag kind and trait) and the turns named; per trait, the mean projection
+    of each turn."""
     found: dict[str, Any] = {}
+    three = ("evil", "sycophancy", "hallucination")
+    spare = 60 - count  # the questions left for a baseline of other plain conversations
+    baseline = write_logs(scratch / "baseline.jsonl", multi_turn(loaded, spare, None, count))
+    based = f"three traits, baseline of {spare} other plain conversations"
+    variants = (("evil", ("evil",), None), ("three traits", three, None), (based, three, baseline))
     for name, steer_from in (("plain", None), ("steered_from_turn_3", 3)):
         logs = write_logs(scratch / f"{name}.jsonl", multi_turn(loaded, count, steer_from))
-        for traits in (("evil",), ("evil", "sycophancy", "hallucination")):
-            out = scratch / f"{name}-{len(traits)}"
-            result = monitor_conversations(logs, out=out, model=loaded, traits=list(traits))
+        for label, traits, reference in variants:
+            out = scratch / f"{name}-{len(traits)}-{reference is not None}"
+            result = monitor_conversations(
+                logs, out=out, model=loaded, traits=list(traits), baseline=reference
+            )
             lines = (out / "flagged.jsonl").read_text().splitlines()
             flagged = [json.loads(line) for line in lines]
             named = [min(f["turn"] for f in record["flags"]) for record in flagged]
@@ -207,7 +220,7 @@ def conversations_check(loaded: LoadedModel, scratch: Path, count: int) -> dict[
                     key = f"{flag['trait']} {flag['kind']}"
                     kinds[key] = kinds.get(key, 0) + 1
             turns = pl.read_parquet(out / "turns.parquet")
-            found[f"{name}, traits {'+'.join(traits)}"] = {
+            found[f"{name}, {label}"] = {
                 "conversations": result.counts.read,
                 "flagged": result.counts.flagged,
                 "flags_by_trait_and_kind": kinds,

@@ -226,7 +226,7 @@ def test_mistakes_are_one_line_errors_before_the_model_loads(
     with pytest.raises(InputError, match="no such file or directory"):
         monitor_conversations(tmp_path / "none.jsonl", out=tmp_path / "o", vectors=vectors)
     logs = write_jsonl(tmp_path / "logs.jsonl", LOGS)
-    with pytest.raises(ConfigError, match="needs a calibration of the model's own answers"):
+    with pytest.raises(ConfigError, match="needs a reference of the model's own answers"):
         monitor_conversations(logs, out=tmp_path / "o", vectors=vectors, calibration="none")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
@@ -252,3 +252,32 @@ def test_cli_runs_and_counts(
     assert sorted(p.name for p in out.iterdir()) == sorted(
         json.loads((out / "manifest.json").read_text())["files"] + ["manifest.json"]
     )
+
+
+def test_a_baseline_of_ordinary_logs_sets_the_cuts_from_its_turns(
+    loaded: LoadedModel, vectors: Path, tmp_path: Path
+) -> None:
+    valid = [r for r in LOGS if isinstance(r["messages"], list)]
+    copies = [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r in valid]  # 24 turns
+    baseline = write_jsonl(tmp_path / "baseline.jsonl", copies)
+    out = run(loaded, vectors, tmp_path, "based", baseline=baseline, calibration="none")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"] == str(baseline)
+    assert summary["rule"]["reference"] == f"assistant turns of {baseline} (24 turns)"
+    turns = naive_turns(loaded, vectors)
+    values = {t: np.array([v[f"projection_{t}"] for v in turns.values()] * 3) for t in TRAITS}
+
+    def share(q: float) -> float:
+        above = [values[t] > np.percentile(values[t], q) for t in TRAITS]
+        return float(np.logical_or(*above).mean())
+
+    q = next(g for g in [*np.arange(95.0, 100.0, 0.001), 100.0] if share(g) <= 0.05)
+    for trait in TRAITS:
+        expected = float(np.percentile(values[trait], q))
+        assert summary["rule"]["cuts"][trait] == pytest.approx(expected, abs=1e-3)
+        assert summary["rule"]["reference_sd"][trait] == pytest.approx(
+            values[trait].std(), abs=1e-4
+        )
+    small = write_jsonl(tmp_path / "small.jsonl", valid)
+    with pytest.raises(ConfigError, match="8 assistant turns could be scored, at least 20"):
+        run(loaded, vectors, tmp_path, "small", baseline=small)

@@ -117,6 +117,13 @@ def register(commands: Any) -> None:
         help="auto: the file beside the vectors (it must hold the model's own answers)",
     )
     conversations.add_argument(
+        "--baseline",
+        default=None,
+        metavar="LOGS",
+        help="conversations known to be ordinary (e.g. last week's logs): the cuts are taken "
+        "from their turns instead of the calibration's answers to ordinary prompts",
+    )
+    conversations.add_argument(
         "--out", type=Path, default=None, help="default: reports/monitor-<logs name>"
     )
     conversations.add_argument(
@@ -167,6 +174,7 @@ def _run_conversations(args: argparse.Namespace) -> int:
         traits=args.traits,
         vectors=args.vectors,
         calibration=args.calibration,
+        baseline=args.baseline,
         read=read_options(args),
         replace_out=args.force,
         progress=progress_printer(args),

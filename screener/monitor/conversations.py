@@ -35,10 +35,12 @@ from screener.reader import read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.run_directory import check_out_dir, staged_run
+from screener.screening.calibration import Distribution
 from screener.screening.preflight import choose_traits, peek, resolve_calibration
 from screener.vectors.store import VectorFile, load_vectors
 
 CHUNK_CONVERSATIONS = 64
+MIN_BASELINE_TURNS = 20  # a cut near the 98th percentile needs a few dozen turns at least
 
 
 @dataclass
@@ -141,6 +143,28 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+def baseline_rule(
+    scorer: TurnScorer, baseline: str | Path, read: ReadOptions, say: Callable[[str], None]
+) -> TurnRule:
+    """The rule with its cuts taken from the assistant turns of `baseline`."""
+    values: dict[str, list[float]] = {trait: [] for trait in scorer.traits}
+    reader = read_dataset(baseline, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
+    for chunk in _chunks(iter(reader), CHUNK_CONVERSATIONS):
+        for scored in scorer.score([r for r in chunk if isinstance(r, Sample)]):
+            for turn in scored.turns:
+                for trait in scorer.traits:
+                    values[trait].append(turn.projection[trait])
+    turns = len(values[scorer.traits[0]])
+    if turns < MIN_BASELINE_TURNS:
+        raise ConfigError(
+            f"--baseline {baseline}: {turns} assistant turns could be scored, at least "
+            f"{MIN_BASELINE_TURNS} are needed to set a cut"
+        )
+    say(f"baseline: {turns} assistant turns of {baseline}")
+    references = {trait: Distribution.of(found) for trait, found in values.items()}
+    return TurnRule.from_references(references, f"assistant turns of {baseline} ({turns} turns)")
+
+
 def monitor_conversations(
     logs: str | Path,
     *,
@@ -149,30 +173,43 @@ def monitor_conversations(
     traits: Sequence[str] | None = None,
     vectors: str | Path = "builtin",
     calibration: str | Path = "auto",
+    baseline: str | Path | None = None,
     read: ReadOptions | None = None,
     replace_out: bool = False,
     progress: Callable[[str], None] | None = None,
     command: str = "",
 ) -> ConversationsResult:
     """Score every assistant turn of the conversations in `logs`, flag conversations by
-    `turn_flags`' rule, and write the outputs into `out`. Every check that needs no model (the
-    logs, traits, calibration and output directory) runs before the model loads."""
+    `turn_flags`' rule, and write the outputs into `out`. The cuts come from the calibration's
+    own answers, or from the turns of `baseline` (conversations known to be ordinary, read
+    like the logs). Every check that needs no model (the logs, baseline, traits, calibration
+    and output directory) runs before the model loads."""
     say = progress or (lambda message: None)
     read = read or ReadOptions()
     peek(logs, read)
+    if baseline is not None:
+        peek(baseline, read)
     vector_file = load_vectors(vectors)
     chosen = choose_traits(vector_file, traits)
     calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
-    if calibrated is None:
-        raise ConfigError(
-            "monitoring conversations needs a calibration of the model's own answers: "
-            + ("; ".join(notes) or "pass --calibration FILE")
-        )
-    rule = TurnRule.from_calibration(calibrated, chosen)
+    calibrated_rule = None
+    if baseline is None:
+        if calibrated is None:
+            raise ConfigError(
+                "monitoring conversations needs a reference of the model's own answers: a "
+                "calibration (" + ("; ".join(notes) or "pass --calibration FILE") + ") or "
+                "--baseline LOGS"
+            )
+        calibrated_rule = TurnRule.from_calibration(calibrated, chosen)
     check_out_dir(out, replace=replace_out)
     loaded = resolve_model(model, say)
     vector_file.check_model(loaded)
     scorer = TurnScorer(loaded, vector_file, chosen)
+    if baseline is not None:
+        rule = baseline_rule(scorer, baseline, read, say)
+    else:
+        assert calibrated_rule is not None
+        rule = calibrated_rule
     result = ConversationsResult(out, chosen, rule)
     counts = result.counts
     reader = read_dataset(logs, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
@@ -205,7 +242,8 @@ def monitor_conversations(
                 counts.read = reader.counts.rows
                 say(f"{counts.read} conversations, {counts.turns_scored} turns scored")
         counts.read = reader.counts.rows
-        summary = summary_document(result, loaded, vector_file, calibrated.path, notes, command)
+        reference = str(baseline) if baseline is not None else getattr(calibrated, "path", None)
+        summary = summary_document(result, loaded, vector_file, reference, notes, command)
         writer.finish(summary)
     say(f"wrote {out}")
     return result
@@ -215,7 +253,7 @@ def summary_document(
     result: ConversationsResult,
     loaded: LoadedModel,
     vectors: VectorFile,
-    calibration_path: str | None,
+    reference_path: str | None,
     notes: list[str],
     command: str,
 ) -> dict[str, Any]:
@@ -225,7 +263,7 @@ def summary_document(
         "kind": "monitor conversations",
         "model": asdict(loaded.identity()),
         "vectors": str(vectors.path or "builtin"),
-        "calibration": calibration_path,
+        "reference": reference_path,
         "traits": {
             t: {"layer": vectors.trait(t).chosen_layer, "cut": result.rule.cuts[t]}
             for t in result.traits

@@ -5,6 +5,10 @@ trait's layer, on the trait's unit vector. The reference is the model's own answ
 calibration's ordinary prompts (the calibration's `answer` distribution): what the model says
 when nothing pulls it toward a trait.
 
+A baseline of conversations known to be ordinary (`baseline=`, `--baseline LOGS`: last week's
+logs, say) replaces that reference: its assistant turns are the reference answers then, so the
+cut is taken in the same kind of conversation as the logs.
+
 A conversation is flagged for a trait when
 - **above the cut:** one of its turns projects above the trait's cut. The cuts are one common
   percentile of the reference, chosen so that FAMILY_RATE (5%) of the reference answers are
@@ -27,11 +31,12 @@ from typing import Literal
 import numpy as np
 
 from screener.errors import ConfigError
-from screener.screening.calibration import ANSWER_KIND, Calibration
+from screener.screening.calibration import ANSWER_KIND, Calibration, Distribution
 from screener.screening.flags import FAMILY_RATE, family_percentile
 
 RISE_SD = 1.0
 MIN_RISE_TURNS = 3
+CALIBRATION_REFERENCE = "projections of the model's own answers to the calibration prompts"
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,21 @@ class TurnRule:
     percentile: float  # the common reference percentile of the cuts
     cuts: dict[str, float]
     sd: dict[str, float]  # the reference answers' standard deviation
+    reference: str = CALIBRATION_REFERENCE  # what the cuts were taken from
     rise_sd: float = RISE_SD
     min_rise_turns: int = MIN_RISE_TURNS
+
+    @classmethod
+    def from_references(cls, references: dict[str, Distribution], reference: str) -> TurnRule:
+        """Cuts at the common percentile that leaves FAMILY_RATE of the reference above the cut
+        of at least one trait (the distributions' values are aligned row by row)."""
+        percentile = family_percentile(list(references.values()), FAMILY_RATE)
+        return cls(
+            percentile,
+            {t: r.percentile(percentile) for t, r in references.items()},
+            {t: r.std for t, r in references.items()},
+            reference,
+        )
 
     @classmethod
     def from_calibration(cls, calibration: Calibration, traits: Sequence[str]) -> TurnRule:
@@ -87,13 +105,8 @@ class TurnRule:
                 f"for {', '.join(missing)} (it was made by an older screener): run screener "
                 "calibrate again"
             )
-        references = [calibration.traits[t][ANSWER_KIND] for t in traits]
-        percentile = family_percentile(references, FAMILY_RATE)
-        return cls(
-            percentile,
-            {t: r.percentile(percentile) for t, r in zip(traits, references, strict=True)},
-            {t: r.std for t, r in zip(traits, references, strict=True)},
-        )
+        references = {t: calibration.traits[t][ANSWER_KIND] for t in traits}
+        return cls.from_references(references, CALIBRATION_REFERENCE)
 
     def flags(self, turns: Sequence[TurnScore]) -> list[ConversationFlag]:
         """The conversation's flags, in trait order (above the cut before rising)."""
@@ -125,7 +138,7 @@ class TurnRule:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "reference": "projections of the model's own answers to the calibration prompts",
+            "reference": self.reference,
             "percentile": self.percentile,
             "cuts": self.cuts,
             "reference_sd": self.sd,
