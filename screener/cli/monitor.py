@@ -20,6 +20,23 @@ from screener.cli.common import (
 )
 
 
+def _add_shared_options(parser: argparse.ArgumentParser, named: str, vectors_help: str) -> None:
+    """--traits, --vectors, --out and --force, which both kinds take."""
+    parser.add_argument(
+        "--traits",
+        type=comma_separated,
+        default=None,
+        help="default: evil,sycophancy,hallucination",
+    )
+    parser.add_argument("--vectors", default="builtin", help=vectors_help)
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"default: reports/monitor-<{named} name>"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an --out directory that is not a run"
+    )
+
+
 def register(commands: Any) -> None:
     from screener.validation.training import DEFAULT_EVAL_TOKENS
 
@@ -49,15 +66,7 @@ def register(commands: Any) -> None:
         metavar="CKPT",
         help="model directories, model ids or PEFT adapter directories (adapters go on BASE)",
     )
-    checkpoints.add_argument(
-        "--traits",
-        type=comma_separated,
-        default=None,
-        help="default: evil,sycophancy,hallucination",
-    )
-    checkpoints.add_argument(
-        "--vectors", default="builtin", help="BASE's vector file (default: builtin)"
-    )
+    _add_shared_options(checkpoints, "base", "BASE's vector file (default: builtin)")
     checkpoints.add_argument(
         "--questions",
         type=int,
@@ -84,12 +93,6 @@ def register(commands: Any) -> None:
         help="exit 1 when a checkpoint's drift for TRAIT is above VALUE with 95%% confidence "
         "(repeatable)",
     )
-    checkpoints.add_argument(
-        "--out", type=Path, default=None, help="default: reports/monitor-<base name>"
-    )
-    checkpoints.add_argument(
-        "--force", action="store_true", help="replace an --out directory that is not a run"
-    )
     add_model_options(checkpoints, with_model=False)
     add_quiet_option(checkpoints)
     checkpoints.set_defaults(run=_run_checkpoints)
@@ -104,13 +107,7 @@ def register(commands: Any) -> None:
         "summary.json and report.html.",
     )
     add_data_options(conversations)
-    conversations.add_argument(
-        "--traits",
-        type=comma_separated,
-        default=None,
-        help="default: evil,sycophancy,hallucination",
-    )
-    conversations.add_argument("--vectors", default="builtin", help="default: builtin")
+    _add_shared_options(conversations, "logs", "vector file (default: builtin)")
     conversations.add_argument(
         "--calibration",
         default="auto",
@@ -122,12 +119,6 @@ def register(commands: Any) -> None:
         metavar="LOGS",
         help="conversations known to be ordinary (e.g. last week's logs): the cuts are taken "
         "from their turns instead of the calibration's answers to ordinary prompts",
-    )
-    conversations.add_argument(
-        "--out", type=Path, default=None, help="default: reports/monitor-<logs name>"
-    )
-    conversations.add_argument(
-        "--force", action="store_true", help="replace an --out directory that is not a run"
     )
     add_model_options(conversations)
     add_quiet_option(conversations)
