@@ -17,6 +17,7 @@ second copy of the weights. Every checkpoint is checked before anything loads.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -69,7 +70,9 @@ def checkpoint_model(spec: str, kind: str, base: LoadedModel) -> Iterator[Loaded
     """The checkpoint, loaded for the duration of the block."""
     if kind == "adapter":
         peft = require_peft(f"the adapter {spec}", "")
-        wrapped = peft.PeftModel.from_pretrained(base.model, spec)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question: noise
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            wrapped = peft.PeftModel.from_pretrained(base.model, spec)
         try:
             wrapped.eval()
             name = f"{base.name}+{spec}"

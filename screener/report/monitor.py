@@ -35,9 +35,10 @@ def drift_plot(document: dict[str, Any]) -> bytes:
             colour = line.lines[0].get_color()
             axes.axhline(bounds[trait], color=colour, linestyle="--", linewidth=0.9)
     axes.axhline(0, color=REFERENCE_COLOUR, linewidth=0.8)
+    axes.set_xlim(-0.5, len(names) - 0.5)  # traits sit side by side at each checkpoint
     axes.set_xticks(positions, [_short(name) for name in names], rotation=20, ha="right")
-    axes.set_ylabel("drift from the base model")
-    axes.set_title("mean projection of answers, checkpoint minus base (± 95%)", fontsize="medium")
+    axes.set_ylabel("drift: checkpoint minus base")
+    axes.set_title("drift from the base model (± 95%)", fontsize="medium")
     axes.legend(fontsize="x-small", frameon=False)
     return png(figure)
 
