@@ -27,8 +27,8 @@ from screener.errors import ConfigError, InputError
 from screener.generate import GenerationSettings
 from screener.judge import make_judge
 from screener.model import DTYPES, LoadedModel, load_model
-from screener.monitor.meter import trait_questions
-from screener.monitor.result import CheckpointDrift, DriftBound, MonitorResult
+from screener.monitor.meter import require_answers, trait_questions
+from screener.monitor.result import CheckpointDrift, DriftBound, MonitorResult, check_bounds
 from screener.options import ModelOptions, resolve_model
 from screener.screening.preflight import choose_traits
 from screener.traits import load_pack
@@ -94,10 +94,7 @@ def checkpoint_model(spec: str, kind: str, base: LoadedModel) -> Iterator[Loaded
             f"{spec}: hidden size {width}, the base model's is {expected}: a checkpoint must be "
             "a finetune of the base model (its vectors are measured in its activation space)"
         )
-    try:
-        yield loaded
-    finally:
-        del loaded
+    yield loaded
 
 
 def monitor_checkpoints(
@@ -127,11 +124,7 @@ def monitor_checkpoints(
     chosen = choose_traits(vector_file, traits)
     asked = trait_questions(chosen, questions)
     generation = GenerationSettings(max_new_tokens=eval_tokens)
-    for bound in bounds:
-        if bound.trait not in chosen:
-            raise ConfigError(
-                f"--fail-above {bound.trait}: not measured (traits: {', '.join(chosen)})"
-            )
+    check_bounds(bounds, chosen)
     options = base if isinstance(base, ModelOptions) else None
     scorer = make_judge(
         judge,
@@ -144,12 +137,9 @@ def monitor_checkpoints(
     count = sum(map(len, asked.values()))
     say(f"measuring the base model on {count} held-out questions")
     baseline = measure(loaded, vector_file, chosen, asked, generation)
-    silent = [trait for trait, found in baseline.items() if not len(found.projections)]
-    if silent:
-        raise ConfigError(
-            f"the base model gave no usable answer to the questions of {', '.join(silent)}: "
-            "raise --eval-tokens, or check the model's chat template"
-        )
+    require_answers(
+        baseline, "the base model", "raise --eval-tokens, or check the model's chat template"
+    )
     result = MonitorResult(
         base=loaded.identity(),
         traits=chosen,
@@ -165,6 +155,7 @@ def monitor_checkpoints(
         say(f"[{number}/{len(checkpoints)}] {spec} ({kind}): answering the questions")
         with checkpoint_model(spec, kind, loaded) as checkpoint:
             after = measure(checkpoint, vector_file, chosen, asked, generation)
+        del checkpoint  # a full checkpoint's weights go before the next one loads
         shifts = {
             trait: Shift.between(
                 baseline[trait],

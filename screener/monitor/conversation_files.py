@@ -17,10 +17,9 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from screener.atomic import write_text_atomic
-from screener.errors import StoreError
 from screener.monitor.turn_flags import ConversationFlag
 from screener.run_directory import write_manifest
-from screener.screening.write import OUTPUT_DUCKDB_CONFIG
+from screener.screening.write import output_duckdb
 
 if TYPE_CHECKING:
     from screener.monitor.conversations import ScoredConversation
@@ -194,30 +193,18 @@ class ConversationWriter:
         write_manifest(self.directory, names)
 
     def _duckdb(self) -> None:
-        import duckdb
-
         path = self.directory / MONITOR_DUCKDB
-        connection = duckdb.connect(str(path), config=OUTPUT_DUCKDB_CONFIG)
-        try:
+        rejected = self.directory / REJECTED_JSONL
+        schema = pa.schema([("source", pa.string()), ("line", pa.int64()), ("reason", pa.string())])
+        rows = (
+            pa_json.read_json(rejected, parse_options=pa_json.ParseOptions(explicit_schema=schema))
+            if rejected.stat().st_size
+            else schema.empty_table()
+        )
+        with output_duckdb(path, path) as connection:  # staged_run names the final place
             for table, name in (("turns", TURNS_PARQUET), ("conversations", CONVERSATIONS_PARQUET)):
-                source = str(self.directory / name)
                 query = f"CREATE TABLE {table} AS SELECT * FROM read_parquet(?)"
-                connection.execute(query, [source])
-            schema = pa.schema(
-                [("source", pa.string()), ("line", pa.int64()), ("reason", pa.string())]
-            )
-            rejected = self.directory / REJECTED_JSONL
-            options = pa_json.ParseOptions(explicit_schema=schema)
-            table = (
-                pa_json.read_json(rejected, parse_options=options)
-                if rejected.stat().st_size
-                else schema.empty_table()
-            )
-            connection.register("rejected_rows", table)
+                connection.execute(query, [str(self.directory / name)])
+            connection.register("rejected_rows", rows)
             connection.execute("CREATE TABLE rejected AS SELECT * FROM rejected_rows")
             connection.unregister("rejected_rows")
-            connection.execute("CHECKPOINT")
-        except duckdb.Error as exc:
-            raise StoreError(f"{path}: cannot write: {str(exc).splitlines()[0]}") from exc
-        finally:
-            connection.close()

@@ -9,7 +9,7 @@ format). Every assistant turn of a conversation is scored with the model that wr
 turn's prompt is every message before it): its projection per trait, and the projection of the
 last prompt token, which the persona-vectors paper found to predict the turn's trait before it
 is written. `turn_flags` says when a conversation is flagged. Conversations stream through in
-chunks; only the counts and the first flagged conversations stay in memory.
+chunks; only the counts and the ids of the flagged conversations stay in memory.
 
 Files in the output directory (one run, replaced whole): turns.parquet (a row per turn),
 conversations.parquet (a row per conversation), monitor.duckdb (both tables), flagged.jsonl
@@ -239,8 +239,7 @@ def monitor_conversations(
                         result.flagged_ids.append(scored.sample.id)
                     else:
                         counts.kept += 1
-                counts.read = reader.counts.rows
-                say(f"{counts.read} conversations, {counts.turns_scored} turns scored")
+                say(f"{reader.counts.rows} conversations, {counts.turns_scored} turns scored")
         counts.read = reader.counts.rows
         reference = str(baseline) if baseline is not None else getattr(calibrated, "path", None)
         summary = summary_document(result, loaded, vector_file, reference, notes, command)
@@ -269,7 +268,7 @@ def summary_document(
             for t in result.traits
         },
         "rule": result.rule.as_json(),
-        "counts": {**result.counts.__dict__, "invariant": result.counts.invariant},
+        "counts": {**asdict(result.counts), "invariant": result.counts.invariant},
         "notes": notes,
         "screener_version": __version__,
         "command": command,

@@ -47,6 +47,16 @@ def trait_questions(traits: Sequence[str], count: int | None = None) -> dict[str
     return {trait: load_pack(trait).eval_questions[:count] for trait in traits}
 
 
+def require_answers(measured: dict[str, AnswerProjections], who: str, advice: str) -> None:
+    """Raise when `who` gave no usable answer to some trait's questions: no drift can be
+    counted from a baseline without one."""
+    silent = [trait for trait, found in measured.items() if not len(found.projections)]
+    if silent:
+        raise ConfigError(
+            f"{who} gave no usable answer to the questions of {', '.join(silent)}: {advice}"
+        )
+
+
 def measured_model(model: nn.Module) -> nn.Module:
     """The causal language model inside a training wrapper (a peft model, DDP's `module`)."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -116,12 +126,9 @@ class DriftMeter:
     def start(self, model: nn.Module) -> dict[str, AnswerProjections]:
         """Measure the baseline the drift is counted from (before the first training step)."""
         baseline = self.answers(model)
-        silent = [trait for trait, found in baseline.items() if not len(found.projections)]
-        if silent:
-            raise ConfigError(
-                f"the model gave no usable answer to the questions of {', '.join(silent)}: raise "
-                "eval_tokens, or check the tokenizer's chat template"
-            )
+        require_answers(
+            baseline, "the model", "raise eval_tokens, or check the tokenizer's chat template"
+        )
         self.baseline = baseline
         return baseline
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,15 @@ class DriftBound:
         return math.isfinite(shift.shift) and self.lower_bound(shift) > self.value
 
 
+def check_bounds(bounds: Sequence[DriftBound], traits: Sequence[str]) -> None:
+    """Refuse a bound on a trait that is not measured."""
+    for bound in bounds:
+        if bound.trait not in traits:
+            raise ConfigError(
+                f"--fail-above {bound.trait}: not measured (traits: {', '.join(traits)})"
+            )
+
+
 @dataclass(frozen=True)
 class CheckpointDrift:
     """One checkpoint's drift from the base model, per trait."""
@@ -79,11 +89,7 @@ class MonitorResult:
 
     def failures(self, bounds: list[DriftBound]) -> list[str]:
         """One line per (checkpoint, bound) whose drift is above the bound."""
-        for bound in bounds:
-            if bound.trait not in self.traits:
-                raise ConfigError(
-                    f"--fail-above {bound.trait}: not measured (traits: {', '.join(self.traits)})"
-                )
+        check_bounds(bounds, self.traits)
         return [
             f"{checkpoint.name}: {bound.trait} drift {shift.shift:+.2f} ± "
             f"{shift.standard_error:.2f} is above {bound.value:g} "

@@ -47,10 +47,8 @@ def splits_of(file: Path) -> list[str]:
     """The splits of a data file from `list_data_files` that holds several (a `save_to_disk`
     DatasetDict or a cached hub dataset); none for anything else. The rows of split S come with
     the source `split_source(file, S)`."""
-    if not file.exists():
-        cached = find_cached(file)
-        return list(cached.splits) if cached is not None else []
-    return saved_splits(file)
+    cached = find_cached(file)
+    return list(cached.splits) if cached is not None else saved_splits(file)
 
 
 def _is_documentation(path: Path) -> bool:
@@ -80,7 +78,7 @@ def skipped_files(path: Path) -> list[Path]:
 def iter_path(path: Path) -> Iterator[RawRow]:
     """Rows of every data file at `path`, file after file."""
     for file in list_data_files(path):
-        cached = None if file.exists() else find_cached(file)
+        cached = find_cached(file)  # None for any path that exists
         if cached is not None:
             yield from iter_cached(cached)
         elif is_saved_dataset(file):
@@ -96,7 +94,7 @@ def expected_rows(path: Path) -> int | None:
     dataset metadata."""
     total = 0
     for file in list_data_files(path):
-        cached = None if file.exists() else find_cached(file)
+        cached = find_cached(file)  # None for any path that exists
         if cached is not None:
             total += cached.num_rows
             continue

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import math
 from array import array
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -255,8 +255,6 @@ def _write_duckdb(
 ) -> None:
     """Write the run's tables into a new DuckDB file at `path` (a temporary beside `final`);
     the scores table is read from the `scores` parquet file."""
-    import duckdb
-
     path.unlink()  # atomic_path made an empty file; DuckDB wants to create its own
     fields = summary.as_json()  # the `run` table: one row per field of summary.json
     flags = result.flags
@@ -292,8 +290,7 @@ def _write_duckdb(
         {"key": list(fields), "value": [json.dumps(v) for v in fields.values()]},
         schema={"key": pl.String, "value": pl.String},
     )
-    connection = duckdb.connect(str(path), config=OUTPUT_DUCKDB_CONFIG)
-    try:
+    with output_duckdb(path, final) as connection:
         connection.execute("CREATE TABLE scores AS SELECT * FROM read_parquet(?)", [str(scores)])
         for name, frame in (
             ("reasons", reasons),
@@ -303,8 +300,20 @@ def _write_duckdb(
             connection.register("frame", frame.to_arrow())
             connection.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
             connection.unregister("frame")
+
+
+@contextmanager
+def output_duckdb(path: Path, final: Path) -> Iterator[Any]:
+    """A connection to a new DuckDB output file at `path` (under the small output memory
+    limit), for the block to create tables in; then everything is written into the file.
+    Errors name `final`, where the file will be."""
+    import duckdb
+
+    connection = duckdb.connect(str(path), config=OUTPUT_DUCKDB_CONFIG)
+    try:
+        yield connection
         # Write everything into the file now: a checkpoint that fails at close() is silent and
-        # would leave the tables in a write-ahead log that the rename below leaves behind.
+        # would leave the tables in a write-ahead log that a rename leaves behind.
         connection.execute("CHECKPOINT")
         connection.close()
     except duckdb.Error as exc:
