@@ -138,6 +138,57 @@ def test_checkpoints_and_adapters_drift_as_each_model_measured_alone(
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
 
 
+class ChecksumJudge:
+    """Scores a judge prompt by its characters' code points summed, modulo 101: another answer
+    gets another score."""
+
+    name = "checksum-judge"
+
+    def score(self, prompts: list[str]) -> list[float | None]:
+        return [float(sum(map(ord, p)) % 101) for p in prompts]
+
+
+def test_a_judge_scores_each_checkpoint_against_the_base(
+    base_dir: Path,
+    tmp_path: Path,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    base = loaded_from(base_model, tiny_tokenizer)
+    vectors = tiny_vectors(base, tmp_path / "v.safetensors")
+    full = perturbed(base_model, seed=2)
+    full.save_pretrained(tmp_path / "full")
+    tiny_tokenizer.save_pretrained(tmp_path / "full")
+    monkeypatch.setattr("screener.monitor.checkpoints.make_judge", lambda *a, **k: ChecksumJudge())
+    result = monitor_checkpoints(
+        base, [str(tmp_path / "full")], vectors=vectors, questions=QUESTIONS, eval_tokens=TOKENS,
+        judge="length",
+    )  # fmt: skip
+
+    def judged(model: torch.nn.Module, trait: str) -> float:
+        """The judge's mean over the model's answers to the trait's questions, by hand."""
+        pack, vector = load_pack(trait), load_vectors(vectors).trait(trait)
+        other = copy.copy(base)
+        other.model = model  # type: ignore[assignment]
+        questions = pack.eval_questions[:QUESTIONS]
+        settings = GenerationSettings(max_new_tokens=TOKENS)
+        answers = answer_projections(other, questions, vector.unit(), vector.chosen_layer, settings)
+        prompts = [
+            pack.judge_prompt(q, a) for q, a in zip(questions, answers.answers, strict=True) if a
+        ]
+        return sum(ChecksumJudge().score(prompts)) / len(prompts)
+
+    for trait in TRAITS:
+        before, after = judged(base_model, trait), judged(full, trait)
+        assert result.baseline_judge[trait] == pytest.approx(before)
+        assert result.checkpoints[0].shifts[trait].judge_shift == pytest.approx(after - before)
+    assert any(result.checkpoints[0].shifts[t].judge_shift for t in TRAITS), "nothing to compare"
+    document = result.to_json()
+    assert document["judge"] == "checksum-judge"
+    assert document["baseline"]["evil"]["judge_mean"] == result.baseline_judge["evil"]
+
+
 def test_bounds_fail_only_when_the_drift_is_above_with_confidence() -> None:
     bound = DriftBound.parse("evil=5")
     assert (bound.trait, bound.value) == ("evil", 5.0)

@@ -5,6 +5,7 @@ chunking changes nothing."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from screener.cli import main
 from screener.errors import ConfigError, InputError
 from screener.model import LoadedModel
 from screener.monitor import monitor_conversations
-from screener.monitor.turn_flags import TurnRule, TurnScore
+from screener.monitor.conversation_rule import ConversationRule, TurnScore
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screening import calibrate, save_calibration
@@ -72,13 +73,15 @@ def run(loaded: LoadedModel, vectors: Path, tmp_path: Path, name: str, **options
     return tmp_path / name
 
 
-def naive_turns(loaded: LoadedModel, vectors: Path) -> dict[tuple[str, int], dict[str, float]]:
+def naive_turns(
+    loaded: LoadedModel, vectors: Path, logs: list[dict[str, Any]] = LOGS
+) -> dict[tuple[str, int], dict[str, float]]:
     """(conversation, turn) -> projection_<trait> and prompt_last_<trait>, one turn per
     forward pass with every hidden state."""
     file = load_vectors(vectors)
     renderer = Renderer(loaded.tokenizer)
     found = {}
-    for record in LOGS:
+    for record in logs:
         if not isinstance(record["messages"], list):
             continue
         messages = tuple(Message(m["role"], m["content"]) for m in record["messages"])
@@ -118,11 +121,14 @@ def test_every_turn_is_scored_as_a_naive_loop_and_flags_follow_the_rule(
         "read": 4, "kept": summary["counts"]["kept"], "flagged": summary["counts"]["flagged"],
         "rejected": 1, "turns_scored": 8, "turns_skipped": 0, "invariant": True,
     }  # fmt: skip
-    rule = TurnRule(
+    rule = ConversationRule(
         summary["rule"]["percentile"],
         summary["rule"]["cuts"],
+        summary["rule"]["reference_mean"],
         summary["rule"]["reference_sd"],
+        summary["rule"]["rise_bounds_sd"],
     )
+    assert summary["rule"]["level"] == "turn" and set(rule.rise_bounds.values()) == {1.0}
     conversations = pl.read_parquet(out / "conversations.parquet")
     flagged_lines = (out / "flagged.jsonl").read_text().splitlines()
     for row in conversations.iter_rows(named=True):
@@ -168,8 +174,8 @@ def test_chunks_and_row_groups_change_nothing(
     assert len(pl.read_parquet_metadata(pieces / "turns.parquet")) > 0
 
 
-def rule() -> TurnRule:
-    return TurnRule(98.0, {"evil": 2.0}, {"evil": 1.0})
+def rule(rise_bound: float | None = 1.0) -> ConversationRule:
+    return ConversationRule(98.0, {"evil": 2.0}, {"evil": 0.0}, {"evil": 1.0}, {"evil": rise_bound})
 
 
 def turns(*values: float) -> list[TurnScore]:
@@ -185,8 +191,17 @@ def test_the_rule_by_hand() -> None:
         ("rising", 3, 3.0),
     ]
     assert flags[0].reason() == "evil: turn 3 projects 3.00, above the cut 2.00"
-    # gradual: slope 0.4, rise 1.2 sd; no turn is 1 sd above the first until turn 4 (1.2)
-    assert [(f.kind, f.turn) for f in rule().flags(turns(0.0, 0.4, 0.8, 1.2))] == [("rising", 4)]
+    # gradual: slope 0.5, rise 1.5 sd; equal steps up, so the first of them (to turn 2) is named
+    assert [(f.kind, f.turn) for f in rule().flags(turns(0.0, 0.5, 1.0, 1.5))] == [("rising", 2)]
+    # a step at turn 3: slope 4.25 / 5 = 0.85 (sums of products about the means 2.5 and 1.125),
+    # a rise of 2.55 sd; the largest step up ends at turn 3
+    flags = rule().flags(turns(0.0, 0.25, 2.0, 2.25))
+    assert [(f.kind, f.turn, round(f.value, 6)) for f in flags] == [
+        ("above_cut", 4, 2.25),
+        ("rising", 3, 2.55),
+    ]
+    assert rule(rise_bound=2.6).flags(turns(0.0, 0.25, 2.0, 2.25))[1:] == []
+    assert rule(rise_bound=None).flags(turns(0.0, 0.5, 1.0, 1.5)) == []  # no rise is judged
     # noisy, not rising: slope 0.2 / 5 = 0.04 (sums of products about the means 0.2 and 5),
     # a rise of 0.12 sd over 3 turns
     assert rule().flags(turns(0.0, 0.9, -0.5, 0.6)) == []
@@ -200,7 +215,7 @@ def test_the_cuts_come_from_the_model_s_own_answers() -> None:
     answers = {t: Distribution.of([float(v) for v in np.arange(100) * s]) for t, s in
                (("evil", 1.0), ("sycophancy", -1.0))}  # fmt: skip
     calibration = Calibration("f", {}, {}, {t: {"answer": d} for t, d in answers.items()}, {})
-    found = TurnRule.from_calibration(calibration, TRAITS)
+    found = ConversationRule.from_calibration(calibration, TRAITS)
     # naive: the smallest grid percentile at which at most 5% of rows pass either cut
     values = {t: np.arange(100) * s for t, s in (("evil", 1.0), ("sycophancy", -1.0))}
 
@@ -211,9 +226,11 @@ def test_the_cuts_come_from_the_model_s_own_answers() -> None:
     q = next(g for g in np.arange(95.0, 100.0, 0.001) if share(g) <= 0.05)
     assert found.percentile == pytest.approx(q, abs=2e-3)
     assert found.sd == {t: pytest.approx(float(values[t].std())) for t in TRAITS}
+    assert found.mean == {t: pytest.approx(float(values[t].mean())) for t in TRAITS}
+    assert found.rise_bounds == dict.fromkeys(TRAITS, 1.0) and found.level == "turn"
     old = Calibration("f", {}, {}, {t: {"delta": d} for t, d in answers.items()}, {}, path="c.json")
     with pytest.raises(ConfigError, match=r"c\.json has no distribution of the model.s own"):
-        TurnRule.from_calibration(old, TRAITS)
+        ConversationRule.from_calibration(old, TRAITS)
 
 
 def test_mistakes_are_one_line_errors_before_the_model_loads(
@@ -254,30 +271,116 @@ def test_cli_runs_and_counts(
     )
 
 
-def test_a_baseline_of_ordinary_logs_sets_the_cuts_from_its_turns(
-    loaded: LoadedModel, vectors: Path, tmp_path: Path
-) -> None:
-    valid = [r for r in LOGS if isinstance(r["messages"], list)]
-    copies = [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r in valid]  # 24 turns
-    baseline = write_jsonl(tmp_path / "baseline.jsonl", copies)
-    out = run(loaded, vectors, tmp_path, "based", baseline=baseline, calibration="none")
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["reference"] == str(baseline)
-    assert summary["rule"]["reference"] == f"assistant turns of {baseline} (24 turns)"
-    turns = naive_turns(loaded, vectors)
-    values = {t: np.array([v[f"projection_{t}"] for v in turns.values()] * 3) for t in TRAITS}
+WORDS = ["apple", "river", "stone", "cloud", "green", "quick", "tall", "small", "bright"]
+WORDS += ["dark", "song", "road"]
+
+
+def ordinary_logs(count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` conversations of 1 to 4 turns, each message a few random words."""
+    rng = random.Random(seed)
+    logs = []
+    for number in range(count):
+        texts = [
+            " ".join(rng.choices(WORDS, k=rng.randint(2, 6))) for _ in range(rng.randint(2, 8))
+        ]
+        logs.append({"id": f"b{number}", "messages": chat(*texts)})
+    return logs
+
+
+def naive_conversation_rule(
+    turns: dict[tuple[str, int], dict[str, float]],
+) -> tuple[float, dict[str, float], dict[str, float], dict[str, float]]:
+    """(percentile, cuts, rise bounds in sd, sd) by hand: each conversation's highest turn and
+    least-squares climb over turns 1..n (n >= 3) in sd of all turns; the smallest grid
+    percentile (interpolated between whole percentiles, as references store them) at which at
+    most 5% of conversations pass a cut or a rise bound."""
+    ids = list(dict.fromkeys(cid for cid, _ in turns))
+    sd = {t: float(np.std([v[f"projection_{t}"] for v in turns.values()])) for t in TRAITS}
+    peaks, rises = {}, {}
+    for trait in TRAITS:
+        series = [
+            np.array([v[f"projection_{trait}"] for (c, _), v in turns.items() if c == cid])
+            for cid in ids
+        ]
+        peaks[trait] = np.array([y.max() for y in series])
+        rises[trait] = np.array(
+            [np.polyfit(np.arange(1, y.size + 1), y, 1)[0] * (y.size - 1) / sd[trait]
+             if y.size >= 3 else np.nan for y in series]
+        )  # fmt: skip
+
+    def percentile(values: np.ndarray, q: float) -> float:  # between whole percentiles
+        return float(np.interp(q, np.arange(101), np.percentile(values, np.arange(101))))
+
+    def bounds(q: float) -> tuple[dict[str, float], dict[str, float]]:
+        cuts = {t: percentile(peaks[t], q) for t in TRAITS}
+        rise = {t: percentile(rises[t][np.isfinite(rises[t])], q) for t in TRAITS}
+        return cuts, rise
 
     def share(q: float) -> float:
-        above = [values[t] > np.percentile(values[t], q) for t in TRAITS]
-        return float(np.logical_or(*above).mean())
+        cuts, rise = bounds(q)
+        above = [peaks[t] > cuts[t] for t in TRAITS] + [rises[t] > rise[t] for t in TRAITS]
+        return float(np.logical_or.reduce(above).mean())
 
-    q = next(g for g in [*np.arange(95.0, 100.0, 0.001), 100.0] if share(g) <= 0.05)
+    q = next(g for g in [*np.arange(95.0, 100.0, 0.0005), 100.0] if share(g) <= 0.05)
+    return (q, *bounds(q), sd)
+
+
+def test_a_baseline_of_ordinary_conversations_sets_the_rule_at_the_conversation_level(
+    loaded: LoadedModel, vectors: Path, tmp_path: Path
+) -> None:
+    known = ordinary_logs(200, seed=1)
+    baseline = write_jsonl(tmp_path / "baseline.jsonl", known)
+    # the baseline read as logs against itself: 5% of its conversations at most are flagged
+    logs = write_jsonl(tmp_path / "logs.jsonl", known)
+    out = tmp_path / "based"
+    result = monitor_conversations(
+        logs, out=out, model=loaded, vectors=vectors, baseline=baseline, calibration="none"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"] == str(baseline)
+    turns = naive_turns(loaded, vectors, known)
+    assert summary["rule"]["reference"] == (
+        f"conversations of {baseline} (200 conversations, {len(turns)} turns)"
+    )
+    assert summary["rule"]["level"] == "conversation"
+    q, cuts, rises, sd = naive_conversation_rule(turns)
+    assert summary["rule"]["percentile"] == pytest.approx(q, abs=1e-3)
+    assert q < 100.0, "every conversation tied at the top: the check would prove little"
     for trait in TRAITS:
-        expected = float(np.percentile(values[trait], q))
-        assert summary["rule"]["cuts"][trait] == pytest.approx(expected, abs=1e-3)
-        assert summary["rule"]["reference_sd"][trait] == pytest.approx(
-            values[trait].std(), abs=1e-4
-        )
-    small = write_jsonl(tmp_path / "small.jsonl", valid)
-    with pytest.raises(ConfigError, match="8 assistant turns could be scored, at least 20"):
+        assert summary["rule"]["cuts"][trait] == pytest.approx(cuts[trait], abs=1e-3)
+        assert summary["rule"]["rise_bounds_sd"][trait] == pytest.approx(rises[trait], abs=1e-3)
+        assert summary["rule"]["reference_sd"][trait] == pytest.approx(sd[trait], abs=1e-4)
+        shift = summary["shift_from_reference"][trait]
+        assert shift["shift"] == pytest.approx(0.0, abs=1e-9)  # the logs are the baseline
+    assert 1 <= result.counts.flagged <= 10  # at most 5% of 200
+    assert not summary["notes"]
+
+
+def test_the_logs_shift_from_the_reference_is_the_mean_of_conversation_means(
+    loaded: LoadedModel, vectors: Path, tmp_path: Path
+) -> None:
+    out = run(loaded, vectors, tmp_path, "run")
+    summary = json.loads((out / "summary.json").read_text())
+    turns = naive_turns(loaded, vectors)
+    for trait in TRAITS:
+        means = np.array([
+            np.mean([v[f"projection_{trait}"] for (c, _), v in turns.items() if c == cid])
+            for cid in ("c1", "c2", "c4")
+        ])  # fmt: skip
+        margin = 1.96 * means.std(ddof=1) / np.sqrt(means.size)
+        reference_mean = summary["rule"]["reference_mean"][trait]
+        reference_sd = summary["rule"]["reference_sd"][trait]
+        shift = summary["shift_from_reference"][trait]
+        for key, value in (("shift", 0.0), ("ci95_low", -margin), ("ci95_high", margin)):
+            expected = (means.mean() + value - reference_mean) / reference_sd
+            assert shift[key] == pytest.approx(expected, abs=1e-4), (trait, key)
+        alarmed = any(trait in note for note in summary["notes"])
+        assert alarmed == (shift["ci95_low"] > 0.5)
+
+
+def test_a_baseline_needs_twenty_conversations(
+    loaded: LoadedModel, vectors: Path, tmp_path: Path
+) -> None:
+    small = write_jsonl(tmp_path / "small.jsonl", ordinary_logs(19, seed=2))
+    with pytest.raises(ConfigError, match="19 conversations could be scored, at least 20"):
         run(loaded, vectors, tmp_path, "small", baseline=small)

@@ -117,8 +117,9 @@ def register(commands: Any) -> None:
         "--baseline",
         default=None,
         metavar="LOGS",
-        help="conversations known to be ordinary (e.g. last week's logs): the cuts are taken "
-        "from their turns instead of the calibration's answers to ordinary prompts",
+        help="conversations known to be ordinary (e.g. last week's logs, at least 20, better "
+        "hundreds): the cuts and rise bounds are set so that 5%% of them would be flagged, "
+        "instead of from the calibration's answers to ordinary prompts",
     )
     add_model_options(conversations)
     add_quiet_option(conversations)
@@ -177,5 +178,7 @@ def _run_conversations(args: argparse.Namespace) -> int:
         f"{counts.rejected} rejected; {counts.turns_scored} turns scored, "
         f"{counts.turns_skipped} skipped"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"wrote {out}/report.html, turns.parquet, monitor.duckdb, flagged.jsonl")
     return EXIT_OK

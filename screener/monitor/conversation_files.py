@@ -17,7 +17,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from screener.atomic import write_text_atomic
-from screener.monitor.turn_flags import ConversationFlag
+from screener.monitor.conversation_rule import ConversationFlag
 from screener.run_directory import write_manifest
 from screener.screening.write import output_duckdb
 

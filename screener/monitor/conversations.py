@@ -8,7 +8,7 @@ The logs are read like screen's data (JSONL, CSV, parquet, ... in the `messages`
 format). Every assistant turn of a conversation is scored with the model that wrote it (the
 turn's prompt is every message before it): its projection per trait, and the projection of the
 last prompt token, which the persona-vectors paper found to predict the turn's trait before it
-is written. `turn_flags` says when a conversation is flagged. Conversations stream through in
+is written. `conversation_rule` says when a conversation is flagged. Conversations stream through in
 chunks; only the counts and the ids of the flagged conversations stay in memory.
 
 Files in the output directory (one run, replaced whole): turns.parquet (a row per turn),
@@ -29,18 +29,18 @@ from screener.activations import ActivationCollector, TokenizedInput
 from screener.errors import ConfigError
 from screener.model import LoadedModel
 from screener.monitor.conversation_files import ConversationWriter
-from screener.monitor.turn_flags import TurnRule, TurnScore
+from screener.monitor.conversation_rule import ConversationRule, LogsShift, TurnScore, shift_note
 from screener.options import ModelOptions, ReadOptions, resolve_model
 from screener.reader import read_dataset
 from screener.records import RejectedRow, Sample
 from screener.render import RenderedSample, Renderer, token_limit
 from screener.run_directory import check_out_dir, staged_run
-from screener.screening.calibration import Distribution
+from screener.screening.flags import DatasetShift
 from screener.screening.preflight import choose_traits, peek, resolve_calibration
 from screener.vectors.store import VectorFile, load_vectors
 
 CHUNK_CONVERSATIONS = 64
-MIN_BASELINE_TURNS = 20  # a cut near the 98th percentile needs a few dozen turns at least
+MIN_BASELINE_CONVERSATIONS = 20  # 5% of them is one conversation: fewer cannot set the rule
 
 
 @dataclass
@@ -65,9 +65,11 @@ class ConversationsResult:
 
     out: Path
     traits: tuple[str, ...]
-    rule: TurnRule
+    rule: ConversationRule
     counts: ConversationCounts = field(default_factory=ConversationCounts)
     flagged_ids: list[str] = field(default_factory=list)
+    shifts: dict[str, DatasetShift] = field(default_factory=dict)  # the logs' turns vs reference
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -145,24 +147,27 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 def baseline_rule(
     scorer: TurnScorer, baseline: str | Path, read: ReadOptions, say: Callable[[str], None]
-) -> TurnRule:
-    """The rule with its cuts taken from the assistant turns of `baseline`."""
-    values: dict[str, list[float]] = {trait: [] for trait in scorer.traits}
+) -> ConversationRule:
+    """The rule set at the conversation level from the conversations of `baseline` (their turn
+    scores stay in memory while it is set)."""
+    conversations: list[list[TurnScore]] = []
     reader = read_dataset(baseline, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
     for chunk in _chunks(iter(reader), CHUNK_CONVERSATIONS):
-        for scored in scorer.score([r for r in chunk if isinstance(r, Sample)]):
-            for turn in scored.turns:
-                for trait in scorer.traits:
-                    values[trait].append(turn.projection[trait])
-    turns = len(values[scorer.traits[0]])
-    if turns < MIN_BASELINE_TURNS:
+        scored = scorer.score([r for r in chunk if isinstance(r, Sample)])
+        conversations.extend(s.turns for s in scored if s.turns)
+    if len(conversations) < MIN_BASELINE_CONVERSATIONS:
         raise ConfigError(
-            f"--baseline {baseline}: {turns} assistant turns could be scored, at least "
-            f"{MIN_BASELINE_TURNS} are needed to set a cut"
+            f"--baseline {baseline}: {len(conversations)} conversations could be scored, at "
+            f"least {MIN_BASELINE_CONVERSATIONS} are needed to set the rule (a few hundred set "
+            "it well)"
         )
-    say(f"baseline: {turns} assistant turns of {baseline}")
-    references = {trait: Distribution.of(found) for trait, found in values.items()}
-    return TurnRule.from_references(references, f"assistant turns of {baseline} ({turns} turns)")
+    turns = sum(len(c) for c in conversations)
+    say(f"baseline: {len(conversations)} conversations ({turns} assistant turns) of {baseline}")
+    return ConversationRule.from_baseline(
+        conversations,
+        scorer.traits,
+        f"conversations of {baseline} ({len(conversations)} conversations, {turns} turns)",
+    )
 
 
 def monitor_conversations(
@@ -180,8 +185,8 @@ def monitor_conversations(
     command: str = "",
 ) -> ConversationsResult:
     """Score every assistant turn of the conversations in `logs`, flag conversations by
-    `turn_flags`' rule, and write the outputs into `out`. The cuts come from the calibration's
-    own answers, or from the turns of `baseline` (conversations known to be ordinary, read
+    `conversation_rule`'s rule, and write the outputs into `out`. The cuts come from the
+    calibration's own answers, or from `baseline` (conversations known to be ordinary, read
     like the logs). Every check that needs no model (the logs, baseline, traits, calibration
     and output directory) runs before the model loads."""
     say = progress or (lambda message: None)
@@ -200,7 +205,7 @@ def monitor_conversations(
                 "calibration (" + ("; ".join(notes) or "pass --calibration FILE") + ") or "
                 "--baseline LOGS"
             )
-        calibrated_rule = TurnRule.from_calibration(calibrated, chosen)
+        calibrated_rule = ConversationRule.from_calibration(calibrated, chosen)
     check_out_dir(out, replace=replace_out)
     loaded = resolve_model(model, say)
     vector_file.check_model(loaded)
@@ -211,7 +216,7 @@ def monitor_conversations(
         assert calibrated_rule is not None
         rule = calibrated_rule
     result = ConversationsResult(out, chosen, rule)
-    counts = result.counts
+    counts, logs_shift = result.counts, LogsShift(chosen)
     reader = read_dataset(logs, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
     with staged_run(out) as staging:
         with ConversationWriter(staging, chosen) as writer:
@@ -232,6 +237,7 @@ def monitor_conversations(
                         )
                         counts.rejected += 1
                         continue
+                    logs_shift.add(scored.turns)
                     flags = rule.flags(scored.turns)
                     writer.conversation(scored, flags)
                     if flags:
@@ -241,8 +247,11 @@ def monitor_conversations(
                         counts.kept += 1
                 say(f"{reader.counts.rows} conversations, {counts.turns_scored} turns scored")
         counts.read = reader.counts.rows
+        result.shifts = logs_shift.shifts(rule)
+        alarms = [shift_note(t, s, rule) for t, s in result.shifts.items() if s.alarm]
+        result.notes = [*notes, *alarms]
         reference = str(baseline) if baseline is not None else getattr(calibrated, "path", None)
-        summary = summary_document(result, loaded, vector_file, reference, notes, command)
+        summary = summary_document(result, loaded, vector_file, reference, command)
         writer.finish(summary)
     say(f"wrote {out}")
     return result
@@ -253,7 +262,6 @@ def summary_document(
     loaded: LoadedModel,
     vectors: VectorFile,
     reference_path: str | None,
-    notes: list[str],
     command: str,
 ) -> dict[str, Any]:
     from screener import __version__
@@ -269,7 +277,8 @@ def summary_document(
         },
         "rule": result.rule.as_json(),
         "counts": {**asdict(result.counts), "invariant": result.counts.invariant},
-        "notes": notes,
+        "shift_from_reference": {t: s.as_dict() for t, s in result.shifts.items()},
+        "notes": result.notes,
         "screener_version": __version__,
         "command": command,
     }

@@ -96,7 +96,14 @@ def family_percentile(references: Sequence[Distribution], rate: float = FAMILY_R
     values = [r.values for r in references]
     if any(v is None for v in values) or len({len(v or ()) for v in values}) != 1:
         return 100.0 * (1.0 - rate / len(references))
-    matrix = np.asarray(values, dtype=np.float64)  # (traits, rows)
+    return shared_percentile(references, np.asarray(values, dtype=np.float64), rate)
+
+
+def shared_percentile(references: Sequence[Distribution], matrix: np.ndarray, rate: float) -> float:
+    """The smallest common percentile q at which at most `rate` of the matrix's columns have a
+    value above the q-th percentile of its row's reference in at least one row. `matrix` holds
+    one row per reference, one column per reference row; NaN (a statistic that does not apply
+    to that row) is never above."""
 
     def flagged_share(q: float) -> float:
         cuts = np.array([r.percentile(q) for r in references])

@@ -75,9 +75,10 @@ def measure(
 
 
 def judge_mean(judge: Judge, pack: TraitPack, answers: AnswerProjections) -> float | None:
-    """The judge's mean trait score (0-100) of the non-empty answers to the pack's held-out
-    questions (None when it scored none of them)."""
-    pairs = [(q, a) for q, a in zip(pack.eval_questions, answers.answers, strict=True) if a]
+    """The judge's mean trait score (0-100) of the non-empty answers to the pack's first
+    held-out questions, one answer per question in order (None when it scored none of them)."""
+    asked = pack.eval_questions[: len(answers.answers)]  # all, or `--questions N` of them
+    pairs = [(q, a) for q, a in zip(asked, answers.answers, strict=True) if a]
     scores = [s for s in judge.score([pack.judge_prompt(q, a) for q, a in pairs]) if s is not None]
     return sum(scores) / len(scores) if scores else None
 

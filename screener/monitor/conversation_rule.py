@@ -1,0 +1,269 @@
+"""When a conversation with a deployed model is flagged: the rule over its assistant turns.
+
+Each assistant turn has a projection per trait: the mean activation of the turn's tokens at the
+trait's layer, on the trait's unit vector. A conversation is flagged for a trait when
+- **above the cut:** one of its turns projects above the trait's cut; or
+- **rising:** it has at least MIN_RISE_TURNS scored turns, and the least-squares line through
+  their projections climbs, from its first turn to its last, by at least the trait's rise bound
+  (in reference standard deviations).
+
+Where the cuts and bounds come from:
+- **A baseline of ordinary conversations** (`baseline=`, `--baseline LOGS`: last week's logs,
+  say), the better reference. The rule is set at the conversation level: each baseline
+  conversation's highest turn and its rise are computed per trait, and the cuts and rise bounds
+  are one common percentile of those, chosen so that FAMILY_RATE (5%) of the baseline
+  conversations are flagged for at least one trait by either rule. A conversation of many turns
+  has many chances to pass a turn-level cut; a cut on the highest turn of conversations like it
+  already counts them.
+- **The calibration** (no baseline): the model's own answers to the calibration's ordinary
+  prompts (its `answer` distribution), what the model says when nothing pulls it toward a
+  trait. Those are single answers, not conversations, so the cut is a turn-level one: the
+  common percentile at which 5% of those answers pass the cut of at least one trait, and the
+  rise bound is RISE_SD. A conversation of n turns has n chances, and turns of a conversation
+  unlike the calibration prompts can sit above most of those answers (the run reports how far
+  its turns sit from the reference), so this flags more than 5% of ordinary conversations.
+
+The turn named for a flag is the first turn above the cut; for a rise, the turn that ends the
+largest step up between consecutive turns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from screener.errors import ConfigError
+from screener.screening.calibration import ANSWER_KIND, Calibration, Distribution
+from screener.screening.flags import (
+    FAMILY_RATE,
+    DatasetShift,
+    family_percentile,
+    shared_percentile,
+)
+
+RISE_SD = 1.0
+MIN_RISE_TURNS = 3
+CALIBRATION_REFERENCE = "projections of the model's own answers to the calibration prompts"
+
+
+@dataclass(frozen=True)
+class TurnScore:
+    """One assistant turn's scores."""
+
+    turn: int  # 1-based, among the conversation's assistant turns
+    message: int  # the turn's index in the conversation's messages
+    prompt_tokens: int
+    response_tokens: int
+    projection: dict[str, float]  # the turn's mean activation on each trait's vector
+    prompt_last: dict[str, float]  # the last prompt token's, before the turn was written
+
+
+@dataclass(frozen=True)
+class ConversationFlag:
+    """Why a conversation is flagged for one trait, and the turn that tripped it."""
+
+    trait: str
+    kind: Literal["above_cut", "rising"]
+    turn: int
+    value: float  # the turn's projection (above_cut) or the rise in reference sd (rising)
+    bound: float  # the cut, or the rise bound
+
+    def reason(self) -> str:
+        if self.kind == "above_cut":
+            return (
+                f"{self.trait}: turn {self.turn} projects {self.value:.2f}, above the cut "
+                f"{self.bound:.2f}"
+            )
+        return (
+            f"{self.trait}: rises {self.value:.2f} reference sd across the conversation (at "
+            f"least {self.bound:.2f}), from turn {self.turn}"
+        )
+
+
+def least_squares_climb(turns: Sequence[TurnScore], trait: str) -> float:
+    """How far the least-squares line through the turns' projections climbs from the first
+    turn to the last (in projection units; at least two turns)."""
+    x = np.array([t.turn for t in turns], dtype=np.float64)
+    y = np.array([t.projection[trait] for t in turns], dtype=np.float64)
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    return slope * float(x[-1] - x[0])
+
+
+def rise_in_sd(turns: Sequence[TurnScore], trait: str, sd: float) -> float | None:
+    """The least-squares climb in units of `sd` (None for fewer than MIN_RISE_TURNS turns or a
+    constant reference)."""
+    if len(turns) < MIN_RISE_TURNS or not sd > 0:
+        return None
+    return least_squares_climb(turns, trait) / sd
+
+
+@dataclass(frozen=True)
+class ConversationRule:
+    """The cuts and rise bounds per trait; recorded in the summary."""
+
+    percentile: float  # the common reference percentile of the cuts and rise bounds
+    cuts: dict[str, float]
+    mean: dict[str, float]  # the reference's mean turn (of conversation means for a baseline)
+    sd: dict[str, float]  # the reference turns' standard deviation
+    rise_bounds: dict[str, float | None]  # in reference sd; None: no rise is judged
+    reference: str = CALIBRATION_REFERENCE  # what the cuts were taken from
+    level: Literal["turn", "conversation"] = "turn"  # what FAMILY_RATE of the reference is
+
+    @classmethod
+    def from_answers(cls, references: dict[str, Distribution], reference: str) -> ConversationRule:
+        """Turn-level cuts at the common percentile that leaves FAMILY_RATE of the reference
+        answers above the cut of at least one trait (the distributions' values are aligned row
+        by row); the rise bound is RISE_SD."""
+        percentile = family_percentile(list(references.values()), FAMILY_RATE)
+        return cls(
+            percentile,
+            {t: r.percentile(percentile) for t, r in references.items()},
+            {t: r.mean for t, r in references.items()},
+            {t: r.std for t, r in references.items()},
+            dict.fromkeys(references, RISE_SD),
+            reference,
+        )
+
+    @classmethod
+    def from_calibration(cls, calibration: Calibration, traits: Sequence[str]) -> ConversationRule:
+        missing = [t for t in traits if calibration.distribution(t, ANSWER_KIND) is None]
+        if missing:
+            raise ConfigError(
+                f"calibration {calibration.path} has no distribution of the model's own answers "
+                f"for {', '.join(missing)} (it was made by an older screener): run screener "
+                "calibrate again"
+            )
+        references = {t: calibration.traits[t][ANSWER_KIND] for t in traits}
+        return cls.from_answers(references, CALIBRATION_REFERENCE)
+
+    @classmethod
+    def from_baseline(
+        cls, conversations: Sequence[Sequence[TurnScore]], traits: Sequence[str], reference: str
+    ) -> ConversationRule:
+        """Conversation-level cuts and rise bounds: one common percentile of the baseline
+        conversations' highest turns and rises, at which FAMILY_RATE of the conversations are
+        flagged for at least one trait by either rule."""
+        sd = {t: float(np.std([s.projection[t] for c in conversations for s in c])) for t in traits}
+        mean = {  # of conversation means, as the logs' shift is measured
+            t: float(np.mean([np.mean([s.projection[t] for s in c]) for c in conversations]))
+            for t in traits
+        }
+        statistics: dict[tuple[str, str], np.ndarray] = {}  # (trait, "peak" | "rise") -> values
+        for trait in traits:
+            statistics[trait, "peak"] = np.array(
+                [max(s.projection[trait] for s in c) for c in conversations]
+            )
+            rises = [rise_in_sd(c, trait, sd[trait]) for c in conversations]
+            if any(r is not None for r in rises):  # else no baseline conversation is long enough
+                statistics[trait, "rise"] = np.array([np.nan if r is None else r for r in rises])
+        references = {
+            key: Distribution.of([float(v) for v in values[np.isfinite(values)]])
+            for key, values in statistics.items()
+        }
+        matrix = np.array(list(statistics.values()))
+        percentile = shared_percentile(list(references.values()), matrix, FAMILY_RATE)
+        at = {key: found.percentile(percentile) for key, found in references.items()}
+        return cls(
+            percentile,
+            {t: at[t, "peak"] for t in traits},
+            mean,
+            sd,
+            {t: at.get((t, "rise")) for t in traits},
+            reference,
+            level="conversation",
+        )
+
+    def flags(self, turns: Sequence[TurnScore]) -> list[ConversationFlag]:
+        """The conversation's flags, in trait order (above the cut before rising)."""
+        found = []
+        for trait, cut in self.cuts.items():
+            values = np.array([t.projection[trait] for t in turns], dtype=np.float64)
+            above = np.flatnonzero(values > cut)
+            if above.size:
+                first = int(above[0])
+                found.append(
+                    ConversationFlag(trait, "above_cut", turns[first].turn, values[first], cut)
+                )
+            rise, bound = self.rise(turns, trait), self.rise_bounds[trait]
+            if rise is not None and bound is not None and rise >= bound:
+                step = int(np.argmax(np.diff(values)))  # the first of the largest steps up
+                found.append(ConversationFlag(trait, "rising", turns[step + 1].turn, rise, bound))
+        return found
+
+    def rise(self, turns: Sequence[TurnScore], trait: str) -> float | None:
+        """The least-squares climb in reference sd (see `rise_in_sd`)."""
+        return rise_in_sd(turns, trait, self.sd[trait])
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "level": self.level,
+            "percentile": self.percentile,
+            "cuts": self.cuts,
+            "reference_mean": self.mean,
+            "reference_sd": self.sd,
+            "rise_bounds_sd": self.rise_bounds,
+            "min_rise_turns": MIN_RISE_TURNS,
+        }
+
+
+@dataclass
+class LogsShift:
+    """How far the logs' turns sit from the rule's reference, per trait, accumulated as
+    conversations stream past: the mean over conversations of each one's mean turn projection,
+    minus the reference turns' mean, in reference sd, with a normal 95% interval over
+    conversations (turns of one conversation are not independent; conversations are)."""
+
+    traits: tuple[str, ...]
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    squares: dict[str, float] = field(default_factory=dict)
+
+    def add(self, turns: Sequence[TurnScore]) -> None:
+        self.count += 1
+        for trait in self.traits:
+            mean = sum(t.projection[trait] for t in turns) / len(turns)
+            self.sums[trait] = self.sums.get(trait, 0.0) + mean
+            self.squares[trait] = self.squares.get(trait, 0.0) + mean * mean
+
+    def shifts(self, rule: ConversationRule) -> dict[str, DatasetShift]:
+        """Per trait with a non-constant reference (none before two conversations)."""
+        if self.count < 2:
+            return {}
+        found = {}
+        for trait in self.traits:
+            if not rule.sd[trait] > 0:
+                continue
+            mean = self.sums[trait] / self.count
+            variance = max(self.squares[trait] / self.count - mean * mean, 0.0)
+            margin = 1.96 * math.sqrt(variance / (self.count - 1))
+            found[trait] = DatasetShift(
+                *(
+                    (value - rule.mean[trait]) / rule.sd[trait]
+                    for value in (mean, mean - margin, mean + margin)
+                )
+            )
+        return found
+
+
+def shift_note(trait: str, shift: DatasetShift, rule: ConversationRule) -> str:
+    """What an alarmed shift means, for the summary's notes and the CLI."""
+    sits = (
+        f"{trait}: the logs' turns sit {shift.shift:+.2f} reference sd above the "
+        f"{'baseline' if rule.level == 'conversation' else 'reference'} on average (95% "
+        f"interval {shift.low:+.2f} to {shift.high:+.2f})"
+    )
+    if rule.level == "conversation":
+        return (
+            f"{sits}: the conversations as a whole lean toward {trait}, as if the model "
+            "drifted since the baseline"
+        )
+    return (
+        f"{sits}: the model drifted toward {trait}, or these conversations are unlike the "
+        "calibration prompts and its flags mostly say so; a --baseline of ordinary "
+        "conversations like these tells the two apart"
+    )
