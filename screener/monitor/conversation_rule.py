@@ -252,10 +252,10 @@ class LogsShift:
 
 def shift_note(trait: str, shift: DatasetShift, rule: ConversationRule) -> str:
     """What an alarmed shift means, for the summary's notes and the CLI."""
+    against = "the baseline's" if rule.level == "conversation" else "the model's own answers"
     sits = (
-        f"{trait}: the logs' turns sit {shift.shift:+.2f} reference sd above the "
-        f"{'baseline' if rule.level == 'conversation' else 'reference'} on average (95% "
-        f"interval {shift.low:+.2f} to {shift.high:+.2f})"
+        f"{trait}: the logs' turns sit {shift.shift:+.2f} reference sd above {against} on "
+        f"average (95% interval {shift.low:+.2f} to {shift.high:+.2f})"
     )
     if rule.level == "conversation":
         return (
