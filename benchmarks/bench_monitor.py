@@ -217,6 +217,7 @@ def conversations_check(loaded: LoadedModel, scratch: Path) -> dict[str, Any]:
     variants = (
         ("evil", ("evil",), None),
         ("three traits", TRAITS, None),
+        ("evil, baseline", ("evil",), baseline),
         ("three traits, baseline", TRAITS, baseline),
     )
     sets = [
