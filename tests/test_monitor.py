@@ -92,6 +92,20 @@ def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.n
     return changed.eval()
 
 
+def base_and_full_checkpoint(
+    base_dir: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerFast, seed: int
+) -> tuple[torch.nn.Module, LoadedModel, Path, torch.nn.Module]:
+    """The base model (and loaded), tiny vectors for it, and a perturbed copy saved as a full
+    checkpoint in tmp_path/full with the tokenizer."""
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    base = loaded_from(base_model, tokenizer)
+    vectors = tiny_vectors(base, tmp_path / "v.safetensors")
+    full = perturbed(base_model, seed=seed)
+    full.save_pretrained(tmp_path / "full")
+    tokenizer.save_pretrained(tmp_path / "full")
+    return base_model, base, vectors, full
+
+
 @pytest.fixture
 def base_dir(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> Path:
     return save_tiny_model(tmp_path / "base", "llama", tiny_tokenizer)
@@ -102,12 +116,9 @@ def test_checkpoints_and_adapters_drift_as_each_model_measured_alone(
 ) -> None:
     import peft
 
-    base_model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    base = loaded_from(base_model, tiny_tokenizer)
-    vectors = tiny_vectors(base, tmp_path / "v.safetensors")
-    full = perturbed(base_model, seed=1)
-    full.save_pretrained(tmp_path / "full")
-    tiny_tokenizer.save_pretrained(tmp_path / "full")
+    base_model, base, vectors, full = base_and_full_checkpoint(
+        base_dir, tmp_path, tiny_tokenizer, seed=1
+    )
     torch.manual_seed(3)  # LoRA weights that are not zero at the start, so the adapter acts
     config = peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
     adapter = peft.get_peft_model(copy.deepcopy(base_model), config)
@@ -154,12 +165,9 @@ def test_a_judge_scores_each_checkpoint_against_the_base(
     tiny_tokenizer: PreTrainedTokenizerFast,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base_model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    base = loaded_from(base_model, tiny_tokenizer)
-    vectors = tiny_vectors(base, tmp_path / "v.safetensors")
-    full = perturbed(base_model, seed=2)
-    full.save_pretrained(tmp_path / "full")
-    tiny_tokenizer.save_pretrained(tmp_path / "full")
+    base_model, base, vectors, full = base_and_full_checkpoint(
+        base_dir, tmp_path, tiny_tokenizer, seed=2
+    )
     monkeypatch.setattr("screener.monitor.checkpoints.make_judge", lambda *a, **k: ChecksumJudge())
     result = monitor_checkpoints(
         base, [str(tmp_path / "full")], vectors=vectors, questions=QUESTIONS, eval_tokens=TOKENS,
