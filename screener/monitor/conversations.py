@@ -8,8 +8,9 @@ The logs are read like screen's data (JSONL, CSV, parquet, ... in the `messages`
 format). Every assistant turn of a conversation is scored with the model that wrote it (the
 turn's prompt is every message before it): its projection per trait, and the projection of the
 last prompt token, which the persona-vectors paper found to predict the turn's trait before it
-is written. `conversation_rule` says when a conversation is flagged. Conversations stream through in
-chunks; only the counts and the ids of the flagged conversations stay in memory.
+is written. `conversation_rule` says when a conversation is flagged. Conversations stream
+through in chunks; only the counts, running sums for the logs' shift and the ids of the flagged
+conversations stay in memory (and a baseline's turn scores while its rule is set).
 
 Files in the output directory (one run, replaced whole): turns.parquet (a row per turn),
 conversations.parquet (a row per conversation), monitor.duckdb (both tables), flagged.jsonl
