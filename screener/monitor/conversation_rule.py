@@ -93,12 +93,44 @@ def least_squares_climb(turns: Sequence[TurnScore], trait: str) -> float:
     return slope * float(x[-1] - x[0])
 
 
-def rise_in_sd(turns: Sequence[TurnScore], trait: str, sd: float) -> float | None:
-    """The least-squares climb in units of `sd` (None for fewer than MIN_RISE_TURNS turns or a
-    constant reference)."""
-    if len(turns) < MIN_RISE_TURNS or not sd > 0:
-        return None
-    return least_squares_climb(turns, trait) / sd
+@dataclass
+class BaselineConversations:
+    """What the rule needs of a baseline, accumulated as its conversations stream past: per
+    conversation and trait its highest turn and its least-squares climb (NaN under
+    MIN_RISE_TURNS turns), and running sums for the turns' standard deviation and the mean of
+    conversation means. A few floats per conversation stay in memory, not its turns."""
+
+    traits: tuple[str, ...]
+    count: int = 0
+    turns: int = 0
+    peaks: dict[str, list[float]] = field(default_factory=dict)
+    climbs: dict[str, list[float]] = field(default_factory=dict)
+    turn_sums: dict[str, float] = field(default_factory=dict)
+    turn_squares: dict[str, float] = field(default_factory=dict)
+    mean_sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, turns: Sequence[TurnScore]) -> None:
+        self.count += 1
+        self.turns += len(turns)
+        for trait in self.traits:
+            values = [t.projection[trait] for t in turns]
+            self.peaks.setdefault(trait, []).append(max(values))
+            long_enough = len(turns) >= MIN_RISE_TURNS
+            climb = least_squares_climb(turns, trait) if long_enough else math.nan
+            self.climbs.setdefault(trait, []).append(climb)
+            self.turn_sums[trait] = self.turn_sums.get(trait, 0.0) + sum(values)
+            self.turn_squares[trait] = self.turn_squares.get(trait, 0.0) + sum(
+                v * v for v in values
+            )
+            self.mean_sums[trait] = self.mean_sums.get(trait, 0.0) + sum(values) / len(values)
+
+    def turn_sd(self) -> dict[str, float]:
+        """The standard deviation of all the baseline's turns, per trait."""
+        found = {}
+        for trait in self.traits:
+            mean = self.turn_sums[trait] / self.turns
+            found[trait] = math.sqrt(max(self.turn_squares[trait] / self.turns - mean * mean, 0.0))
+        return found
 
 
 @dataclass(frozen=True)
@@ -141,25 +173,17 @@ class ConversationRule:
         return cls.from_answers(references, CALIBRATION_REFERENCE)
 
     @classmethod
-    def from_baseline(
-        cls, conversations: Sequence[Sequence[TurnScore]], traits: Sequence[str], reference: str
-    ) -> ConversationRule:
+    def from_baseline(cls, baseline: BaselineConversations, reference: str) -> ConversationRule:
         """Conversation-level cuts and rise bounds: one common percentile of the baseline
         conversations' highest turns and rises, at which FAMILY_RATE of the conversations are
         flagged for at least one trait by either rule."""
-        sd = {t: float(np.std([s.projection[t] for c in conversations for s in c])) for t in traits}
-        mean = {  # of conversation means, as the logs' shift is measured
-            t: float(np.mean([np.mean([s.projection[t] for s in c]) for c in conversations]))
-            for t in traits
-        }
+        sd = baseline.turn_sd()
         statistics: dict[tuple[str, str], np.ndarray] = {}  # (trait, "peak" | "rise") -> values
-        for trait in traits:
-            statistics[trait, "peak"] = np.array(
-                [max(s.projection[trait] for s in c) for c in conversations]
-            )
-            rises = [rise_in_sd(c, trait, sd[trait]) for c in conversations]
-            if any(r is not None for r in rises):  # else no baseline conversation is long enough
-                statistics[trait, "rise"] = np.array([np.nan if r is None else r for r in rises])
+        for trait in baseline.traits:
+            statistics[trait, "peak"] = np.array(baseline.peaks[trait])
+            climbs = np.array(baseline.climbs[trait])
+            if sd[trait] > 0 and np.isfinite(climbs).any():  # else no rise can be judged
+                statistics[trait, "rise"] = climbs / sd[trait]
         references = {
             key: Distribution.of([float(v) for v in values[np.isfinite(values)]])
             for key, values in statistics.items()
@@ -169,10 +193,10 @@ class ConversationRule:
         at = {key: found.percentile(percentile) for key, found in references.items()}
         return cls(
             percentile,
-            {t: at[t, "peak"] for t in traits},
-            mean,
+            {t: at[t, "peak"] for t in baseline.traits},
+            {t: total / baseline.count for t, total in baseline.mean_sums.items()},
             sd,
-            {t: at.get((t, "rise")) for t in traits},
+            {t: at.get((t, "rise")) for t in baseline.traits},
             reference,
             level="conversation",
         )
@@ -195,8 +219,11 @@ class ConversationRule:
         return found
 
     def rise(self, turns: Sequence[TurnScore], trait: str) -> float | None:
-        """The least-squares climb in reference sd (see `rise_in_sd`)."""
-        return rise_in_sd(turns, trait, self.sd[trait])
+        """The least-squares climb in reference sd (None for fewer than MIN_RISE_TURNS turns or
+        a constant reference)."""
+        if len(turns) < MIN_RISE_TURNS or not self.sd[trait] > 0:
+            return None
+        return least_squares_climb(turns, trait) / self.sd[trait]
 
     def as_json(self) -> dict[str, object]:
         return {

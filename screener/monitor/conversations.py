@@ -10,7 +10,8 @@ turn's prompt is every message before it): its projection per trait, and the pro
 last prompt token, which the persona-vectors paper found to predict the turn's trait before it
 is written. `conversation_rule` says when a conversation is flagged. Conversations stream
 through in chunks; only the counts, running sums for the logs' shift and the ids of the flagged
-conversations stay in memory (and a baseline's turn scores while its rule is set).
+conversations stay in memory (and a few floats per baseline conversation while its rule is
+set).
 
 Files in the output directory (one run, replaced whole): turns.parquet (a row per turn),
 conversations.parquet (a row per conversation), monitor.duckdb (both tables), flagged.jsonl
@@ -30,7 +31,13 @@ from screener.activations import ActivationCollector, TokenizedInput
 from screener.errors import ConfigError
 from screener.model import LoadedModel
 from screener.monitor.conversation_files import ConversationWriter
-from screener.monitor.conversation_rule import ConversationRule, LogsShift, TurnScore, shift_note
+from screener.monitor.conversation_rule import (
+    BaselineConversations,
+    ConversationRule,
+    LogsShift,
+    TurnScore,
+    shift_note,
+)
 from screener.options import ModelOptions, ReadOptions, resolve_model
 from screener.reader import read_dataset
 from screener.records import RejectedRow, Sample
@@ -149,25 +156,22 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 def baseline_rule(
     scorer: TurnScorer, baseline: str | Path, read: ReadOptions, say: Callable[[str], None]
 ) -> ConversationRule:
-    """The rule set at the conversation level from the conversations of `baseline` (their turn
-    scores stay in memory while it is set)."""
-    conversations: list[list[TurnScore]] = []
+    """The rule set at the conversation level from the conversations of `baseline`."""
+    found = BaselineConversations(scorer.traits)
     reader = read_dataset(baseline, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
     for chunk in _chunks(iter(reader), CHUNK_CONVERSATIONS):
-        scored = scorer.score([r for r in chunk if isinstance(r, Sample)])
-        conversations.extend(s.turns for s in scored if s.turns)
-    if len(conversations) < MIN_BASELINE_CONVERSATIONS:
+        for scored in scorer.score([r for r in chunk if isinstance(r, Sample)]):
+            if scored.turns:
+                found.add(scored.turns)
+    if found.count < MIN_BASELINE_CONVERSATIONS:
         raise ConfigError(
-            f"--baseline {baseline}: {len(conversations)} conversations could be scored, at "
+            f"--baseline {baseline}: {found.count} conversations could be scored, at "
             f"least {MIN_BASELINE_CONVERSATIONS} are needed to set the rule (a few hundred set "
             "it well)"
         )
-    turns = sum(len(c) for c in conversations)
-    say(f"baseline: {len(conversations)} conversations ({turns} assistant turns) of {baseline}")
+    say(f"baseline: {found.count} conversations ({found.turns} assistant turns) of {baseline}")
     return ConversationRule.from_baseline(
-        conversations,
-        scorer.traits,
-        f"conversations of {baseline} ({len(conversations)} conversations, {turns} turns)",
+        found, f"conversations of {baseline} ({found.count} conversations, {found.turns} turns)"
     )
 
 
