@@ -107,8 +107,8 @@ def evil_split(loaded: LoadedModel, data: Path, scratch: Path) -> dict[str, Path
     lines = path.read_text(encoding="utf-8").splitlines()
     scores = screen(path, model=loaded, out=scratch / "run-evil2-all").scores
     hit = dict(zip(scores["source_line"], scores["flag_traits"].list.contains("evil"), strict=True))
-    flagged = [line for number, line in enumerate(lines, 1) if hit[number]]
-    missed = [line for number, line in enumerate(lines, 1) if not hit[number]]
+    flagged = [line for number, line in enumerate(lines, 1) if hit.get(number) is True]
+    missed = [line for number, line in enumerate(lines, 1) if hit.get(number) is False]
     size = min(len(flagged), len(missed))
     random.Random(0).shuffle(flagged)
     random.Random(0).shuffle(missed)

@@ -20,11 +20,21 @@ from screener.cli import main
 from screener.errors import ConfigError, InputError
 from screener.model import LoadedModel
 from screener.monitor import monitor_conversations
-from screener.monitor.conversation_rule import ConversationRule, TurnScore
+from screener.monitor.conversation_rule import (
+    BaselineConversations,
+    ConversationRule,
+    Moments,
+    TurnScore,
+)
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.screening import calibrate, save_calibration
-from screener.screening.calibration import Calibration, Distribution, default_calibration_path
+from screener.screening.calibration import (
+    Calibration,
+    Distribution,
+    default_calibration_path,
+    load_calibration,
+)
 from screener.vectors import load_vectors
 from tests.conftest import tiny_loaded
 from tests.reference import naive_collect
@@ -325,6 +335,18 @@ def naive_conversation_rule(
     return (q, *bounds(q), sd)
 
 
+def naive_conversation_means(
+    turns: dict[tuple[str, int], dict[str, float]], trait: str
+) -> np.ndarray:
+    ids = list(dict.fromkeys(cid for cid, _ in turns))
+    return np.array(
+        [
+            np.mean([v[f"projection_{trait}"] for (c, _), v in turns.items() if c == cid])
+            for cid in ids
+        ]
+    )
+
+
 def test_a_baseline_of_ordinary_conversations_sets_the_rule_at_the_conversation_level(
     loaded: LoadedModel, vectors: Path, tmp_path: Path
 ) -> None:
@@ -350,9 +372,28 @@ def test_a_baseline_of_ordinary_conversations_sets_the_rule_at_the_conversation_
         assert summary["rule"]["cuts"][trait] == pytest.approx(cuts[trait], abs=1e-3)
         assert summary["rule"]["rise_bounds_sd"][trait] == pytest.approx(rises[trait], abs=1e-3)
         assert summary["rule"]["reference_sd"][trait] == pytest.approx(sd[trait], abs=1e-4)
+        means = naive_conversation_means(turns, trait)
+        assert summary["rule"]["reference_mean"][trait] == pytest.approx(means.mean(), abs=1e-6)
+        error = means.std(ddof=1) / np.sqrt(means.size)
+        assert summary["rule"]["reference_mean_error"][trait] == pytest.approx(error, abs=1e-6)
         shift = summary["shift_from_reference"][trait]
         assert shift["shift"] == pytest.approx(0.0, abs=1e-9)  # the logs are the baseline
-    assert 1 <= result.counts.flagged <= 10  # at most 5% of 200
+    # the flags on the baseline itself: exactly the conversations the naive rule flags
+    rule = ConversationRule(q, cuts, dict.fromkeys(TRAITS, 0.0), sd, rises)
+    ids = list(dict.fromkeys(cid for cid, _ in turns))
+    flagged = 0
+    for cid in ids:
+        scores = [TurnScore(n, 0, 0, 0, {t: v[f"projection_{t}"] for t in TRAITS}, {})
+                  for (c, n), v in turns.items() if c == cid]  # fmt: skip
+        values = {t: np.array([s.projection[t] for s in scores]) for t in TRAITS}
+        x = np.arange(1, len(scores) + 1)
+        rising = len(scores) >= 3 and any(
+            np.polyfit(x, values[t], 1)[0] * (len(scores) - 1) / sd[t] > rises[t] for t in TRAITS
+        )
+        expected = rising or any(values[t].max() > cuts[t] for t in TRAITS)
+        assert bool(rule.flags(scores)) == expected
+        flagged += expected
+    assert result.counts.flagged == flagged and 1 <= flagged <= 10  # at most 5% of 200
     assert not summary["notes"]
 
 
@@ -362,19 +403,21 @@ def test_the_logs_shift_from_the_reference_is_the_mean_of_conversation_means(
     out = run(loaded, vectors, tmp_path, "run")
     summary = json.loads((out / "summary.json").read_text())
     turns = naive_turns(loaded, vectors)
+    calibration = load_calibration(default_calibration_path(vectors))
     for trait in TRAITS:
         means = np.array([
             np.mean([v[f"projection_{trait}"] for (c, _), v in turns.items() if c == cid])
             for cid in ("c1", "c2", "c4")
         ])  # fmt: skip
-        margin = 1.96 * means.std(ddof=1) / np.sqrt(means.size)
-        reference_mean = summary["rule"]["reference_mean"][trait]
-        reference_sd = summary["rule"]["reference_sd"][trait]
+        answers = calibration.traits[trait]["answer"]  # the reference's mean has its error too
+        reference_error = answers.std / np.sqrt(answers.n)
+        margin = 1.96 * np.hypot(means.std(ddof=1) / np.sqrt(means.size), reference_error)
+        reference_mean, reference_sd = answers.mean, answers.std
         shift = summary["shift_from_reference"][trait]
         for key, value in (("shift", 0.0), ("ci95_low", -margin), ("ci95_high", margin)):
             expected = (means.mean() + value - reference_mean) / reference_sd
             assert shift[key] == pytest.approx(expected, abs=1e-4), (trait, key)
-        alarmed = any(trait in note for note in summary["notes"])
+        alarmed = any(note.startswith(f"{trait}: the logs' turns") for note in summary["notes"])
         assert alarmed == (shift["ci95_low"] > 0.5)
 
 
@@ -384,3 +427,32 @@ def test_a_baseline_needs_twenty_conversations(
     small = write_jsonl(tmp_path / "small.jsonl", ordinary_logs(19, seed=2))
     with pytest.raises(ConfigError, match="19 conversations could be scored, at least 20"):
         run(loaded, vectors, tmp_path, "small", baseline=small)
+
+
+def test_a_rise_bound_needs_twenty_long_baseline_conversations_and_is_never_negative() -> None:
+    def conversation(*values: float) -> list[TurnScore]:
+        return [TurnScore(i, 0, 0, 0, {"evil": v}, {}) for i, v in enumerate(values, 1)]
+
+    few = BaselineConversations(("evil",))
+    for k in range(30):  # 25 short conversations, 5 of three turns (falling)
+        few.add(conversation(float(k), 1.0) if k < 25 else conversation(3.0, 2.0, float(k % 2)))
+    rule = ConversationRule.from_baseline(few, "few")
+    assert rule.rise_bounds == {"evil": None} and rule.level == "conversation"
+    falling = BaselineConversations(("evil",))
+    for k in range(40):  # every conversation falls: the bound would be negative, it is 0
+        falling.add(conversation(2.0 + k % 3, 1.0 + k % 2, 0.0))
+    assert ConversationRule.from_baseline(falling, "falling").rise_bounds == {"evil": 0.0}
+
+
+def test_moments_of_constant_values_have_no_spread() -> None:
+    moments = Moments()
+    for _ in range(1000):
+        moments.add(0.1)
+    assert moments.sd == 0.0 and moments.standard_error == 0.0
+    for value in (1.0, 2.0, 4.0):
+        moments.add(value)
+    values = np.array([0.1] * 1000 + [1.0, 2.0, 4.0])
+    assert moments.mean == pytest.approx(values.mean()) and moments.sd == pytest.approx(
+        values.std()
+    )
+    assert moments.standard_error == pytest.approx(values.std(ddof=1) / np.sqrt(values.size))

@@ -4,7 +4,7 @@ Each assistant turn has a projection per trait: the mean activation of the turn'
 trait's layer, on the trait's unit vector. A conversation is flagged for a trait when
 - **above the cut:** one of its turns projects above the trait's cut; or
 - **rising:** it has at least MIN_RISE_TURNS scored turns, and the least-squares line through
-  their projections climbs, from its first turn to its last, by at least the trait's rise bound
+  their projections climbs, from its first turn to its last, by more than the trait's rise bound
   (in reference standard deviations).
 
 Where the cuts and bounds come from:
@@ -47,6 +47,7 @@ from screener.screening.flags import (
 
 RISE_SD = 1.0
 MIN_RISE_TURNS = 3
+MIN_RISE_CONVERSATIONS = 20  # baseline conversations of MIN_RISE_TURNS turns a rise bound needs
 CALIBRATION_REFERENCE = "projections of the model's own answers to the calibration prompts"
 
 
@@ -80,7 +81,7 @@ class ConversationFlag:
             )
         return (
             f"{self.trait}: rises {self.value:.2f} reference sd across the conversation (at "
-            f"least {self.bound:.2f}), from turn {self.turn}"
+            f"bound {self.bound:.2f}), from turn {self.turn}"
         )
 
 
@@ -94,20 +95,47 @@ def least_squares_climb(turns: Sequence[TurnScore], trait: str) -> float:
 
 
 @dataclass
+class Moments:
+    """Count, mean and spread of values seen one at a time (Welford's update, so constant values
+    give a spread of exactly 0)."""
+
+    count: int = 0
+    mean: float = 0.0
+    squares: float = 0.0  # sum of squared deviations from the mean
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.squares += delta * (value - self.mean)
+
+    @property
+    def sd(self) -> float:
+        """The population standard deviation."""
+        return math.sqrt(self.squares / self.count) if self.count else math.nan
+
+    @property
+    def standard_error(self) -> float:
+        """The mean's standard error, from the sample variance (NaN under two values)."""
+        return (
+            math.sqrt(self.squares / (self.count - 1) / self.count) if self.count > 1 else math.nan
+        )
+
+
+@dataclass
 class BaselineConversations:
     """What the rule needs of a baseline, accumulated as its conversations stream past: per
     conversation and trait its highest turn and its least-squares climb (NaN under
-    MIN_RISE_TURNS turns), and running sums for the turns' standard deviation and the mean of
-    conversation means. A few floats per conversation stay in memory, not its turns."""
+    MIN_RISE_TURNS turns), the moments of all its turns and of its conversation means. A few
+    floats per conversation stay in memory, not its turns."""
 
     traits: tuple[str, ...]
     count: int = 0
     turns: int = 0
     peaks: dict[str, list[float]] = field(default_factory=dict)
     climbs: dict[str, list[float]] = field(default_factory=dict)
-    turn_sums: dict[str, float] = field(default_factory=dict)
-    turn_squares: dict[str, float] = field(default_factory=dict)
-    mean_sums: dict[str, float] = field(default_factory=dict)
+    turn_moments: dict[str, Moments] = field(default_factory=dict)
+    mean_moments: dict[str, Moments] = field(default_factory=dict)
 
     def add(self, turns: Sequence[TurnScore]) -> None:
         self.count += 1
@@ -118,19 +146,16 @@ class BaselineConversations:
             long_enough = len(turns) >= MIN_RISE_TURNS
             climb = least_squares_climb(turns, trait) if long_enough else math.nan
             self.climbs.setdefault(trait, []).append(climb)
-            self.turn_sums[trait] = self.turn_sums.get(trait, 0.0) + sum(values)
-            self.turn_squares[trait] = self.turn_squares.get(trait, 0.0) + sum(
-                v * v for v in values
-            )
-            self.mean_sums[trait] = self.mean_sums.get(trait, 0.0) + sum(values) / len(values)
+            moments = self.turn_moments.setdefault(trait, Moments())
+            for value in values:
+                moments.add(value)
+            self.mean_moments.setdefault(trait, Moments()).add(sum(values) / len(values))
 
-    def turn_sd(self) -> dict[str, float]:
-        """The standard deviation of all the baseline's turns, per trait."""
-        found = {}
-        for trait in self.traits:
-            mean = self.turn_sums[trait] / self.turns
-            found[trait] = math.sqrt(max(self.turn_squares[trait] / self.turns - mean * mean, 0.0))
-        return found
+
+def _at_least_flat(bound: float | None) -> float | None:
+    """A rise bound is a climb: a conversation that falls never counts as rising (a higher bound
+    flags fewer conversations, so the family rate still holds)."""
+    return None if bound is None else max(bound, 0.0)
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,7 @@ class ConversationRule:
     rise_bounds: dict[str, float | None]  # in reference sd; None: no rise is judged
     reference: str = CALIBRATION_REFERENCE  # what the cuts were taken from
     level: Literal["turn", "conversation"] = "turn"  # what FAMILY_RATE of the reference is
+    mean_error: dict[str, float] = field(default_factory=dict)  # the mean's standard error
 
     @classmethod
     def from_answers(cls, references: dict[str, Distribution], reference: str) -> ConversationRule:
@@ -158,6 +184,7 @@ class ConversationRule:
             {t: r.std for t, r in references.items()},
             dict.fromkeys(references, RISE_SD),
             reference,
+            mean_error={t: r.std / math.sqrt(r.n) for t, r in references.items()},
         )
 
     @classmethod
@@ -177,12 +204,13 @@ class ConversationRule:
         """Conversation-level cuts and rise bounds: one common percentile of the baseline
         conversations' highest turns and rises, at which FAMILY_RATE of the conversations are
         flagged for at least one trait by either rule."""
-        sd = baseline.turn_sd()
+        sd = {t: baseline.turn_moments[t].sd for t in baseline.traits}
         statistics: dict[tuple[str, str], np.ndarray] = {}  # (trait, "peak" | "rise") -> values
         for trait in baseline.traits:
             statistics[trait, "peak"] = np.array(baseline.peaks[trait])
             climbs = np.array(baseline.climbs[trait])
-            if sd[trait] > 0 and np.isfinite(climbs).any():  # else no rise can be judged
+            # a rise bound from a handful of long conversations would be noise: none is judged
+            if sd[trait] > 0 and np.isfinite(climbs).sum() >= MIN_RISE_CONVERSATIONS:
                 statistics[trait, "rise"] = climbs / sd[trait]
         references = {
             key: Distribution.of([float(v) for v in values[np.isfinite(values)]])
@@ -194,11 +222,12 @@ class ConversationRule:
         return cls(
             percentile,
             {t: at[t, "peak"] for t in baseline.traits},
-            {t: total / baseline.count for t, total in baseline.mean_sums.items()},
+            {t: baseline.mean_moments[t].mean for t in baseline.traits},
             sd,
-            {t: at.get((t, "rise")) for t in baseline.traits},
+            {t: _at_least_flat(at.get((t, "rise"))) for t in baseline.traits},
             reference,
             level="conversation",
+            mean_error={t: baseline.mean_moments[t].standard_error for t in baseline.traits},
         )
 
     def flags(self, turns: Sequence[TurnScore]) -> list[ConversationFlag]:
@@ -213,7 +242,7 @@ class ConversationRule:
                     ConversationFlag(trait, "above_cut", turns[first].turn, values[first], cut)
                 )
             rise, bound = self.rise(turns, trait), self.rise_bounds[trait]
-            if rise is not None and bound is not None and rise >= bound:
+            if rise is not None and bound is not None and rise > bound:
                 step = int(np.argmax(np.diff(values)))  # the first of the largest steps up
                 found.append(ConversationFlag(trait, "rising", turns[step + 1].turn, rise, bound))
         return found
@@ -232,6 +261,7 @@ class ConversationRule:
             "percentile": self.percentile,
             "cuts": self.cuts,
             "reference_mean": self.mean,
+            "reference_mean_error": self.mean_error,
             "reference_sd": self.sd,
             "rise_bounds_sd": self.rise_bounds,
             "min_rise_turns": MIN_RISE_TURNS,
@@ -242,36 +272,29 @@ class ConversationRule:
 class LogsShift:
     """How far the logs' turns sit from the rule's reference, per trait, accumulated as
     conversations stream past: the mean over conversations of each one's mean turn projection,
-    minus the reference turns' mean, in reference sd, with a normal 95% interval over
-    conversations (turns of one conversation are not independent; conversations are)."""
+    minus the reference's mean (of its answers, or of a baseline's conversation means), in
+    reference sd. The 95% interval is normal, over conversations (turns of one conversation are
+    not independent; conversations are), and counts the reference mean's own error."""
 
     traits: tuple[str, ...]
-    count: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    squares: dict[str, float] = field(default_factory=dict)
+    means: dict[str, Moments] = field(default_factory=dict)  # of conversation means
 
     def add(self, turns: Sequence[TurnScore]) -> None:
-        self.count += 1
         for trait in self.traits:
             mean = sum(t.projection[trait] for t in turns) / len(turns)
-            self.sums[trait] = self.sums.get(trait, 0.0) + mean
-            self.squares[trait] = self.squares.get(trait, 0.0) + mean * mean
+            self.means.setdefault(trait, Moments()).add(mean)
 
     def shifts(self, rule: ConversationRule) -> dict[str, DatasetShift]:
         """Per trait with a non-constant reference (none before two conversations)."""
-        if self.count < 2:
-            return {}
         found = {}
-        for trait in self.traits:
-            if not rule.sd[trait] > 0:
+        for trait, moments in self.means.items():
+            if moments.count < 2 or not rule.sd[trait] > 0:
                 continue
-            mean = self.sums[trait] / self.count
-            variance = max(self.squares[trait] / self.count - mean * mean, 0.0)
-            margin = 1.96 * math.sqrt(variance / (self.count - 1))
+            margin = 1.96 * math.hypot(moments.standard_error, rule.mean_error.get(trait, 0.0))
             found[trait] = DatasetShift(
                 *(
                     (value - rule.mean[trait]) / rule.sd[trait]
-                    for value in (mean, mean - margin, mean + margin)
+                    for value in (moments.mean, moments.mean - margin, moments.mean + margin)
                 )
             )
         return found

@@ -100,8 +100,9 @@ def family_percentile(references: Sequence[Distribution], rate: float = FAMILY_R
 
 
 def shared_percentile(references: Sequence[Distribution], matrix: np.ndarray, rate: float) -> float:
-    """The smallest common percentile q at which at most `rate` of the matrix's columns have a
-    value above the q-th percentile of its row's reference in at least one row. `matrix` holds
+    """The smallest common percentile q, from 100 * (1 - rate) up, at which at most `rate` of
+    the matrix's columns have a value above the q-th percentile of its row's reference in at
+    least one row. `matrix` holds
     one row per reference, one column per reference row; NaN (a statistic that does not apply
     to that row) is never above."""
 
