@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from machine import machine
+from parts import saved_results
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from screener.batch_plan import BatchBudget, default_budget
@@ -152,7 +153,7 @@ def main() -> None:
         f"{info['cpu']} ({info['cpu_capability']} kernels) | {args.shape} | {args.device} | "
         f"{args.prompts} prompts"
     )
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    saved = saved_results(RESULTS)
     saved[key] = {
         "machine": info,
         "threads": torch.get_num_threads(),

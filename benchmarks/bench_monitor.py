@@ -30,6 +30,7 @@ from typing import Any
 
 import polars as pl
 from machine import machine
+from parts import add_parts_option, saved_results
 
 from screener.generate import GenerationSettings, generate_responses
 from screener.model import LoadedModel, dtype_name, load_model
@@ -268,16 +269,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--size", type=int, default=64, help="rows in validate's top subset")
-    parser.add_argument(
-        "--parts",
-        default="checkpoints,steering,conversations",
-        help="which parts to run; the others keep their figures in the results file",
-    )
+    add_parts_option(parser, ("checkpoints", "steering", "conversations"))
     args = parser.parse_args()
-    parts = args.parts.split(",")
+    parts = args.parts
     started = time.perf_counter()
     loaded = load_model("embedded", dtype=args.dtype)
-    record: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    record = saved_results(RESULTS)
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
         store = scratch / "store.duckdb"
@@ -290,7 +287,7 @@ def main() -> None:
         if "conversations" in parts:
             record["conversations"] = conversations_check(loaded, scratch)
             print(json.dumps(record["conversations"], indent=1))
-    record[f"seconds ({args.parts})"] = round(time.perf_counter() - started, 1)
+    record[f"seconds ({','.join(parts)})"] = round(time.perf_counter() - started, 1)
     record["machine"] = {**machine(), "dtype": dtype_name(loaded.dtype)}
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

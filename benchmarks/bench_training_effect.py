@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import machine
+from parts import add_parts_option, saved_results
 
 from screener.model import LoadedModel, dtype_name, load_model
 from screener.screening import screen
@@ -126,19 +127,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument(
-        "--parts",
-        default="sets,evil_split",
-        help="which parts to run; the others keep their figures in the results file",
-    )
+    add_parts_option(parser, ("sets", "evil_split"))
     args = parser.parse_args()
-    parts = args.parts.split(",")
+    parts = args.parts
     paper = all((args.data / name).exists() for name in PAPER.values())
     if not paper:
         print(f"{args.data} does not hold the paper-dev files: ordinary data only")
     started = time.perf_counter()
     loaded = load_model("embedded", dtype=args.dtype)
-    record: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    record = saved_results(RESULTS)
     with tempfile.TemporaryDirectory() as name:
         scratch = Path(name)
         if "sets" in parts:
@@ -157,7 +154,7 @@ def main() -> None:
             record["evil_split"] = trained(loaded, evil_split(loaded, args.data, scratch), scratch)
     seconds = time.perf_counter() - started
     record["settings"] = "screener validate --datasets with default settings (LoRA)"
-    record[f"seconds ({args.parts})"] = round(seconds, 1)
+    record[f"seconds ({','.join(parts)})"] = round(seconds, 1)
     record["machine"] = {**machine(), "dtype": dtype_name(loaded.dtype)}
     RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(ROOT)} ({seconds:.0f} s)")
