@@ -80,8 +80,8 @@ class ConversationFlag:
                 f"{self.bound:.2f}"
             )
         return (
-            f"{self.trait}: rises {self.value:.2f} reference sd across the conversation (at "
-            f"bound {self.bound:.2f}), from turn {self.turn}"
+            f"{self.trait}: rises {self.value:.2f} reference sd across the conversation, above "
+            f"the bound {self.bound:.2f}, from turn {self.turn}"
         )
 
 
@@ -123,6 +123,40 @@ class Moments:
 
 
 @dataclass
+class ConversationMeans:
+    """The moments, per trait, of each conversation's mean turn projection, accumulated as
+    conversations stream past: a baseline's reference mean, and the logs' shift from the
+    reference (`shifts`)."""
+
+    traits: tuple[str, ...]
+    means: dict[str, Moments] = field(default_factory=dict)  # of conversation means
+
+    def add(self, turns: Sequence[TurnScore]) -> None:
+        for trait in self.traits:
+            mean = sum(t.projection[trait] for t in turns) / len(turns)
+            self.means.setdefault(trait, Moments()).add(mean)
+
+    def shifts(self, rule: ConversationRule) -> dict[str, DatasetShift]:
+        """How far these conversations sit from the rule's reference, per trait with a
+        non-constant reference (none before two conversations): their mean minus the
+        reference's mean (of its answers, or of a baseline's conversation means), in reference
+        sd. The 95% interval is normal, over conversations (turns of one conversation are not
+        independent; conversations are), and counts the reference mean's own error."""
+        found = {}
+        for trait, moments in self.means.items():
+            if moments.count < 2 or not rule.sd[trait] > 0:
+                continue
+            margin = 1.96 * math.hypot(moments.standard_error, rule.mean_error.get(trait, 0.0))
+            found[trait] = DatasetShift(
+                *(
+                    (value - rule.mean[trait]) / rule.sd[trait]
+                    for value in (moments.mean, moments.mean - margin, moments.mean + margin)
+                )
+            )
+        return found
+
+
+@dataclass
 class BaselineConversations:
     """What the rule needs of a baseline, accumulated as its conversations stream past: per
     conversation and trait its highest turn and its least-squares climb (NaN under
@@ -135,7 +169,10 @@ class BaselineConversations:
     peaks: dict[str, list[float]] = field(default_factory=dict)
     climbs: dict[str, list[float]] = field(default_factory=dict)
     turn_moments: dict[str, Moments] = field(default_factory=dict)
-    mean_moments: dict[str, Moments] = field(default_factory=dict)
+    conversation_means: ConversationMeans = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conversation_means = ConversationMeans(self.traits)
 
     def add(self, turns: Sequence[TurnScore]) -> None:
         self.count += 1
@@ -149,7 +186,7 @@ class BaselineConversations:
             moments = self.turn_moments.setdefault(trait, Moments())
             for value in values:
                 moments.add(value)
-            self.mean_moments.setdefault(trait, Moments()).add(sum(values) / len(values))
+        self.conversation_means.add(turns)
 
 
 def _at_least_flat(bound: float | None) -> float | None:
@@ -222,12 +259,14 @@ class ConversationRule:
         return cls(
             percentile,
             {t: at[t, "peak"] for t in baseline.traits},
-            {t: baseline.mean_moments[t].mean for t in baseline.traits},
+            {t: baseline.conversation_means.means[t].mean for t in baseline.traits},
             sd,
             {t: _at_least_flat(at.get((t, "rise"))) for t in baseline.traits},
             reference,
             level="conversation",
-            mean_error={t: baseline.mean_moments[t].standard_error for t in baseline.traits},
+            mean_error={
+                t: baseline.conversation_means.means[t].standard_error for t in baseline.traits
+            },
         )
 
     def flags(self, turns: Sequence[TurnScore]) -> list[ConversationFlag]:
@@ -266,38 +305,6 @@ class ConversationRule:
             "rise_bounds_sd": self.rise_bounds,
             "min_rise_turns": MIN_RISE_TURNS,
         }
-
-
-@dataclass
-class LogsShift:
-    """How far the logs' turns sit from the rule's reference, per trait, accumulated as
-    conversations stream past: the mean over conversations of each one's mean turn projection,
-    minus the reference's mean (of its answers, or of a baseline's conversation means), in
-    reference sd. The 95% interval is normal, over conversations (turns of one conversation are
-    not independent; conversations are), and counts the reference mean's own error."""
-
-    traits: tuple[str, ...]
-    means: dict[str, Moments] = field(default_factory=dict)  # of conversation means
-
-    def add(self, turns: Sequence[TurnScore]) -> None:
-        for trait in self.traits:
-            mean = sum(t.projection[trait] for t in turns) / len(turns)
-            self.means.setdefault(trait, Moments()).add(mean)
-
-    def shifts(self, rule: ConversationRule) -> dict[str, DatasetShift]:
-        """Per trait with a non-constant reference (none before two conversations)."""
-        found = {}
-        for trait, moments in self.means.items():
-            if moments.count < 2 or not rule.sd[trait] > 0:
-                continue
-            margin = 1.96 * math.hypot(moments.standard_error, rule.mean_error.get(trait, 0.0))
-            found[trait] = DatasetShift(
-                *(
-                    (value - rule.mean[trait]) / rule.sd[trait]
-                    for value in (moments.mean, moments.mean - margin, moments.mean + margin)
-                )
-            )
-        return found
 
 
 def shift_note(trait: str, shift: DatasetShift, rule: ConversationRule) -> str:

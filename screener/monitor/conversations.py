@@ -33,8 +33,8 @@ from screener.model import LoadedModel
 from screener.monitor.conversation_files import ConversationWriter
 from screener.monitor.conversation_rule import (
     BaselineConversations,
+    ConversationMeans,
     ConversationRule,
-    LogsShift,
     TurnScore,
     shift_note,
 )
@@ -221,7 +221,7 @@ def monitor_conversations(
         assert calibrated_rule is not None
         rule = calibrated_rule
     result = ConversationsResult(out, chosen, rule)
-    counts, logs_shift = result.counts, LogsShift(chosen)
+    counts, logs_means = result.counts, ConversationMeans(chosen)
     reader = read_dataset(logs, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
     with staged_run(out) as staging:
         with ConversationWriter(staging, chosen) as writer:
@@ -242,7 +242,7 @@ def monitor_conversations(
                         )
                         counts.rejected += 1
                         continue
-                    logs_shift.add(scored.turns)
+                    logs_means.add(scored.turns)
                     flags = rule.flags(scored.turns)
                     writer.conversation(scored, flags)
                     if flags:
@@ -252,7 +252,7 @@ def monitor_conversations(
                         counts.kept += 1
                 say(f"{reader.counts.rows} conversations, {counts.turns_scored} turns scored")
         counts.read = reader.counts.rows
-        result.shifts = logs_shift.shifts(rule)
+        result.shifts = logs_means.shifts(rule)
         alarms = [shift_note(t, s, rule) for t, s in result.shifts.items() if s.alarm]
         result.notes = [*notes, *alarms]
         reference = str(baseline) if baseline is not None else getattr(calibrated, "path", None)
