@@ -202,7 +202,7 @@ def monitor_conversations(
     vector_file = load_vectors(vectors)
     chosen = choose_traits(vector_file, traits)
     calibrated, notes = resolve_calibration(calibration, vectors, vector_file, chosen)
-    calibrated_rule = None
+    rule = None  # from the calibration now, or from the baseline once the model has loaded
     if baseline is None:
         if calibrated is None:
             raise ConfigError(
@@ -210,16 +210,14 @@ def monitor_conversations(
                 "calibration (" + ("; ".join(notes) or "pass --calibration FILE") + ") or "
                 "--baseline LOGS"
             )
-        calibrated_rule = ConversationRule.from_calibration(calibrated, chosen)
+        rule = ConversationRule.from_calibration(calibrated, chosen)
     check_out_dir(out, replace=replace_out)
     loaded = resolve_model(model, say)
     vector_file.check_model(loaded)
     scorer = TurnScorer(loaded, vector_file, chosen)
-    if baseline is not None:
+    if rule is None:
+        assert baseline is not None
         rule = baseline_rule(scorer, baseline, read, say)
-    else:
-        assert calibrated_rule is not None
-        rule = calibrated_rule
     result = ConversationsResult(out, chosen, rule)
     counts, logs_means = result.counts, ConversationMeans(chosen)
     reader = read_dataset(logs, fmt=read.fmt, fields=read.fields, on_bad_row=read.on_bad_row)
