@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_paper_dev.py [--data ../shared/data/paper-dev]
         [--store PATH] [--model embedded] [--dtype auto] [--skip-validate]
+        [--vectors builtin] [--results benchmarks/results/paper_dev.json]
 
 Reads the development sample of the persona-vectors paper's released finetuning sets (150 rows
 each of evil level II, evil level I, hallucinated answers and their clean twins; long, fluent
@@ -121,6 +122,14 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="run store (default: the user's)")
     parser.add_argument("--dtype", default="auto", help="model precision (default: auto)")
     parser.add_argument("--skip-validate", action="store_true", help="no finetuning runs")
+    parser.add_argument(
+        "--vectors",
+        default="builtin",
+        help="vector file, with its calibration beside it (default: the shipped ones)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"JSON written (default: {RESULTS})"
+    )
     args = parser.parse_args()
     if not all((args.data / name).exists() for name in FILES.values()):
         print(
@@ -130,7 +139,7 @@ def main() -> None:
     started = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype)
     rows = {part: read_rows(args.data, part) for part in FILES}
-    scoring = ScoringOptions(store=args.store)
+    scoring = ScoringOptions(vectors=args.vectors, store=args.store)
     mixes: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {}
     validations: dict[str, dict[str, object]] = {}
@@ -185,6 +194,7 @@ def main() -> None:
     record = {
         "data": str(args.data),
         "defaults": "no user flags: shipped vectors and calibration, default gate rules",
+        "vectors": str(args.vectors),
         "model": summary.get("model"),
         "calibration": summary.get("calibration"),
         "targets": TARGETS,
@@ -194,9 +204,9 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "machine": {**machine(), "dtype": dtype_name(loaded.dtype)},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)} ({seconds:.0f} s)")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.results} ({seconds:.0f} s)")
 
 
 def validation_record(document: dict) -> dict[str, object]:
@@ -239,7 +249,7 @@ def print_validations(validations: dict[str, dict]) -> None:
 def print_table(mixes: dict[str, dict[str, Any]], gates: dict[str, list[dict]]) -> None:
     print(
         f"\n{'dataset':<20}{'rows':>5}{'flagged':>9}{'trait':>15}{'AUROC':>7}{'recall':>8}"
-        f"{'precision':>10}  dataset shift alarms"
+        f"{'precision':>10}  alarms; flags by trait"
     )
     for name, entry in mixes.items():
         cells = [
@@ -251,7 +261,8 @@ def print_table(mixes: dict[str, dict[str, Any]], gates: dict[str, list[dict]]) 
         print(
             f"{name:<20}{entry['rows']:>5}{entry['flag_rate_any']:>9.1%}"
             f"{entry.get('trait') or '-':>15}{''.join(cells)}  "
-            f"{', '.join(entry['alarms']) or '-'}"
+            f"{', '.join(entry['alarms']) or '-'}; "
+            + ", ".join(f"{t} {n}" for t, n in entry["flagged_by_trait"].items())
         )
     for added, verdicts in gates.items():
         passed = sum(v["passed"] for v in verdicts)

@@ -131,6 +131,7 @@ def test_written_answers_give_the_hand_computed_vectors_and_layer(
     assert result.heldout_separation == pytest.approx(separations, rel=1e-3, abs=1e-4)
     assert result.chosen_layer == choose_layer(aurocs, separations)
     assert result.details["responses"] == "written"
+    assert result.details["dtype"] == "float32"  # the precision the activations were taken in
     assert result.details["generation"] is None and result.details["rollouts"] is None
     assert result.details["pairs"] == {
         "extraction_asked": 12,

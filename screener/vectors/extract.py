@@ -33,7 +33,7 @@ from screener.batch_plan import default_budget
 from screener.errors import ConfigError, ScreenerError
 from screener.generate import GenerationSettings
 from screener.judge import COHERENCE_RUBRIC, Judge
-from screener.model import LoadedModel
+from screener.model import LoadedModel, dtype_name
 from screener.records import Message, Sample
 from screener.render import RenderedSample, Renderer
 from screener.served import AnswerServer
@@ -278,6 +278,7 @@ def extract_trait(
         "pack": pack.name,
         "pack_sha256": pack.digest(),
         "responses": settings.responses,
+        "dtype": dtype_name(loaded.dtype),  # activations in another precision differ by ~1%
         "pairs": {
             "extraction_asked": asked,
             "extraction_answered": len(generated),
