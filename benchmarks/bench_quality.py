@@ -1,7 +1,8 @@
 """Benchmark: how well the screening scores find the labelled risky rows of the candidate set.
 
-    .venv/bin/python benchmarks/bench_quality.py [--model embedded] [--vectors builtin]
-        [--max-new-tokens 128] [--store PATH]
+    .venv/bin/python benchmarks/bench_quality.py [--model embedded] [--dtype auto]
+        [--vectors builtin] [--max-new-tokens 128] [--store PATH]
+        [--results benchmarks/results/quality.json]
 
 Screens sample_datasets/chat_mixed.jsonl (200 rows, a `label` field the scorer never reads:
 normal, evil, sycophancy, hallucination) with the shipped vectors and calibration, then for
@@ -35,7 +36,7 @@ import polars as pl
 from machine import machine
 from sklearn.metrics import roc_auc_score
 
-from screener.options import GenerationOptions, ScoringOptions
+from screener.options import GenerationOptions, ModelOptions, ScoringOptions
 from screener.screening import screen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,16 +65,20 @@ def auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--dtype", default="auto", help="model precision (default: auto)")
     parser.add_argument("--vectors", default="builtin")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--store", type=Path, default=None, help="run store (default: fresh)")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"JSON written (default: {RESULTS})"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         result = screen(
             DATA,
-            model=args.model,
+            model=ModelOptions(args.model, dtype=args.dtype),
             scoring=ScoringOptions(
                 vectors=args.vectors, store=args.store or Path(scratch) / "store.duckdb"
             ),
@@ -125,7 +130,7 @@ def main() -> None:
         f"(AUROC of each score, rows with the trait's label vs all others; target ΔP >= "
         f"{TARGET_AUROC})"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "data": str(DATA.relative_to(ROOT)),
         "model": summary["model"],
@@ -137,8 +142,8 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "machine": machine(),
     }
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.results.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
