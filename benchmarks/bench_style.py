@@ -1,6 +1,6 @@
 """Benchmark: how many style components make a cut hold across writing styles?
 
-    .venv/bin/python benchmarks/bench_style.py [--model embedded] [--store PATH]
+    .venv/bin/python benchmarks/bench_style.py [--model embedded] [--dtype auto] [--store PATH]
 
 The shipped calibration reference has two styles: short chats (reference_chat.jsonl) and long
 strong-assistant answers (reference_prose.jsonl). For each number of style components k, per
@@ -66,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--store", default=None, help="run store (default: the user's)")
+    parser.add_argument("--dtype", default="auto", help="model precision (default: auto)")
     args = parser.parse_args()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.dtype)
     vectors = load_vectors("builtin", model=loaded)
     renderer = Renderer(loaded.tokenizer)
     with RunStore.open(args.store) as store:
