@@ -9,9 +9,9 @@ format). Every assistant turn of a conversation is scored with the model that wr
 turn's prompt is every message before it): its projection per trait, and the projection of the
 last prompt token, which the persona-vectors paper found to predict the turn's trait before it
 is written. `conversation_rule` says when a conversation is flagged. Conversations stream
-through in chunks; only the counts, running sums for the logs' shift and the ids of the flagged
-conversations stay in memory (and a few floats per baseline conversation while its rule is
-set).
+through in chunks; only the counts, running moments for the logs' shift and the ids of the
+flagged conversations stay in memory (and a few floats per baseline conversation while its rule
+is set).
 
 Files in the output directory (one run, replaced whole): turns.parquet (a row per turn),
 conversations.parquet (a row per conversation), monitor.duckdb (both tables), flagged.jsonl
